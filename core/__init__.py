@@ -1,0 +1,45 @@
+"""fanwise.core: state, actions, graphs and the application that runs them."""
+
+from fanwise.core.actions import Action, FunctionBasedAction, Input, Result, action, streaming_action
+from fanwise.core.application import Application
+from fanwise.core.builder import ApplicationBuilder
+from fanwise.core.conditions import Condition, default, expr, when
+from fanwise.core.context import ApplicationContext, ParentPointer
+from fanwise.core.errors import (
+    AppLockedError,
+    AsyncMismatchError,
+    CorruptStateError,
+    FanwiseError,
+    GraphError,
+    InputError,
+    StateSerialisationError,
+)
+from fanwise.core.graph import Graph, GraphBuilder
+from fanwise.core.state import State
+
+__all__ = [
+    "Action",
+    "AppLockedError",
+    "Application",
+    "ApplicationBuilder",
+    "ApplicationContext",
+    "AsyncMismatchError",
+    "Condition",
+    "CorruptStateError",
+    "FanwiseError",
+    "FunctionBasedAction",
+    "Graph",
+    "GraphBuilder",
+    "GraphError",
+    "Input",
+    "InputError",
+    "ParentPointer",
+    "Result",
+    "State",
+    "StateSerialisationError",
+    "action",
+    "default",
+    "expr",
+    "streaming_action",
+    "when",
+]

@@ -1,0 +1,221 @@
+"""The step runner: one generator per step, driven either synchronously or by asyncio.
+
+The step logic is written once, as a generator that yields whatever may need waiting
+(a coroutine from an async action, hook or persister, or a plain value). The sync driver
+sends plain values straight back and refuses awaitables; the async driver awaits them.
+Streaming actions additionally yield `Partial` items, which `stream_result` hands out.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Generator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fanwise.core.errors import AsyncMismatchError, GraphError, InputError
+from fanwise.core.hooks import PostRunStepHookAsync, PreRunStepHookAsync, hooks_for
+from fanwise.core.state import State
+
+if TYPE_CHECKING:
+    from fanwise.core.actions import Action
+    from fanwise.core.application import Application
+
+StepGen = Generator[Any, Any, "StepOutcome"]
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step produced."""
+
+    action: Action
+    result: dict[str, Any] | None
+    state: State
+
+
+@dataclass(frozen=True)
+class Partial:
+    """An intermediate result of a streaming action."""
+
+    value: Any
+
+
+def select_inputs(action: Action, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs `action` declares, after checking none is missing or reserved."""
+    reserved = [k for k in inputs if k.startswith("__")]
+    if reserved:
+        raise InputError(f"input key(s) {reserved} start with '__', which is reserved")
+    missing = [k for k in action.inputs if k not in inputs]
+    if missing:
+        raise InputError(
+            f"action {action.name!r} needs input(s) {missing}: pass them as inputs={{...}}"
+        )
+    wanted = (*action.inputs, *action.optional_inputs)
+    return {k: inputs[k] for k in wanted if k in inputs}
+
+
+def apply_writes(action: Action, before: State, after: State) -> State:
+    """`before` with the fields `action` declares as writes taken from `after`."""
+    old, new = before._data, after._data
+    writes = action.writes
+    for key, value in new.items():
+        if key not in writes and (key not in old or old[key] is not value):
+            raise GraphError(
+                f"action {action.name!r} changed state field {key!r}, which is not in its "
+                f"writes={list(writes)}"
+            )
+    data = dict(old)
+    for key in writes:
+        if key in new:
+            data[key] = new[key]
+        else:
+            data.pop(key, None)
+    return State(data)
+
+
+def _check_async_allowed(app: Application, action: Action, async_run: bool) -> None:
+    if async_run:
+        return
+    if action.is_async():
+        raise AsyncMismatchError(
+            f"action {action.name!r} is async: run the application with arun/astep/aiterate"
+        )
+    for hook in app._hooks:
+        if isinstance(hook, PreRunStepHookAsync | PostRunStepHookAsync):
+            raise AsyncMismatchError(
+                f"hook {type(hook).__name__} is async: run the application with "
+                "arun/astep/aiterate, or use the sync hook classes"
+            )
+
+
+def _run_action(action: Action, state: State, inputs: dict[str, Any]) -> StepGen:
+    """Yield what the action needs awaited; return (result, state)."""
+    if not action.streaming:
+        return (yield action.execute(state, inputs))
+    stream = action.stream(state, inputs)
+    if inspect.isasyncgen(stream):
+        while True:
+            try:
+                item = yield stream.__anext__()
+            except StopAsyncIteration:
+                break
+            if item[1] is not None:
+                return item
+            yield Partial(item[0])
+    else:
+        for item in stream:
+            if item[1] is not None:
+                return item
+            yield Partial(item[0])
+    raise GraphError(
+        f"streaming action {action.name!r} ended without yielding a final (result, state)"
+    )
+
+
+def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> StepGen:
+    """Run the next action of `app`: hooks, action, persistence, transition."""
+    action = app.get_next_action()
+    if action is None:
+        return None
+    _check_async_allowed(app, action, async_run)
+    chosen = select_inputs(action, inputs or {})
+    sequence_id = app._next_sequence_id
+    context_param = action.context_param
+    if context_param is not None:
+        chosen_with_context = {**chosen, context_param: app._context(action, sequence_id)}
+    else:
+        chosen_with_context = chosen
+    before = app._state
+    ids = {"app_id": app.uid, "partition_key": app.partition_key, "sequence_id": sequence_id}
+    for hook in hooks_for(app._hooks, "pre_run_step"):
+        yield hook.pre_run_step(**ids, state=before, action=action, inputs=chosen)
+    try:
+        result, returned = yield from _run_action(action, before, chosen_with_context)
+        after = apply_writes(action, before, returned)
+        if app._saver is not None:
+            yield app._saver.save(
+                app.partition_key, app.uid, sequence_id, action.name, after, "completed"
+            )
+    except Exception as exc:
+        if app._saver is not None:
+            yield app._saver.save(
+                app.partition_key, app.uid, sequence_id, action.name, before, "failed"
+            )
+        for hook in hooks_for(app._hooks, "post_run_step"):
+            yield hook.post_run_step(
+                **ids, state=before, action=action, result=None, exception=exc
+            )
+        raise
+    app._advance(action, after, sequence_id)
+    for hook in hooks_for(app._hooks, "post_run_step"):
+        yield hook.post_run_step(**ids, state=after, action=action, result=result, exception=None)
+    return StepOutcome(action, result, after)
+
+
+class Driver:
+    """Runs one step generator; iterate it (sync or async) to receive streamed partials."""
+
+    def __init__(self, gen: StepGen) -> None:
+        self._gen = gen
+        self.result: Any = None
+
+    def _advance(self, send: Any, throw: BaseException | None) -> tuple[bool, Any]:
+        try:
+            effect = self._gen.throw(throw) if throw is not None else self._gen.send(send)
+        except StopIteration as stop:
+            self.result = stop.value
+            return True, None
+        return False, effect
+
+    def __iter__(self) -> Iterator[Any]:
+        send: Any = None
+        throw: BaseException | None = None
+        while True:
+            done, effect = self._advance(send, throw)
+            if done:
+                return
+            send, throw = None, None
+            if isinstance(effect, Partial):
+                yield effect.value
+            elif inspect.isawaitable(effect):
+                if inspect.iscoroutine(effect):
+                    effect.close()
+                throw = AsyncMismatchError(
+                    "an async function was reached from a sync run: use arun/astep/aiterate"
+                )
+            else:
+                send = effect
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        send: Any = None
+        throw: BaseException | None = None
+        while True:
+            done, effect = self._advance(send, throw)
+            if done:
+                return
+            send, throw = None, None
+            if isinstance(effect, Partial):
+                yield effect.value
+            elif inspect.isawaitable(effect):
+                try:
+                    send = await effect
+                except BaseException as exc:  # handed back into the step logic
+                    throw = exc
+            else:
+                send = effect
+
+
+def drive_sync(gen: StepGen) -> Any:
+    """Run a step generator to completion without an event loop; partials are dropped."""
+    driver = Driver(gen)
+    for _ in driver:
+        pass
+    return driver.result
+
+
+async def drive_async(gen: StepGen) -> Any:
+    """Run a step generator to completion under asyncio; partials are dropped."""
+    driver = Driver(gen)
+    async for _ in driver:
+        pass
+    return driver.result

@@ -1,0 +1,292 @@
+"""`Application`: runs a graph step by step from a state; sync and async entry points."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from fanwise.core import _runner
+from fanwise.core.actions import Action
+from fanwise.core.context import ApplicationContext, ParentPointer
+from fanwise.core.graph import Graph
+from fanwise.core.hooks import LifecycleHook
+from fanwise.core.state import State
+
+RunOutcome = tuple[Action | None, dict[str, Any] | None, State]
+
+
+class Application:
+    """A built application; create one with `ApplicationBuilder`."""
+
+    def __init__(
+        self,
+        *,
+        graph: Graph,
+        state: State,
+        entrypoint: str | None,
+        app_id: str,
+        partition_key: str | None,
+        hooks: list[LifecycleHook],
+        tracker: Any,
+        saver: Any,
+        loader: Any,
+        executor: Any,
+        spawning_parent: ParentPointer | None,
+        parent_pointer: ParentPointer | None,
+        next_sequence_id: int,
+    ) -> None:
+        self._graph = graph
+        self._state = state
+        self._next_action_name = entrypoint
+        self._uid = app_id
+        self._partition_key = partition_key
+        self._hooks = hooks
+        self._tracker = tracker
+        self._saver = saver
+        self._loader = loader
+        self._executor = executor
+        self._spawning_parent = spawning_parent
+        self._parent_pointer = parent_pointer
+        self._next_sequence_id = next_sequence_id
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def uid(self) -> str:
+        return self._uid
+
+    @property
+    def app_id(self) -> str:
+        return self._uid
+
+    @property
+    def partition_key(self) -> str | None:
+        return self._partition_key
+
+    @property
+    def sequence_id(self) -> int | None:
+        """The sequence id of the last step run (None before the first)."""
+        return self._next_sequence_id - 1 if self._next_sequence_id > 0 else None
+
+    @property
+    def graph(self) -> Graph:
+        return self._graph
+
+    @property
+    def parent_pointer(self) -> ParentPointer | None:
+        """The app and step this one was forked from, if any."""
+        return self._parent_pointer
+
+    @property
+    def spawning_parent(self) -> ParentPointer | None:
+        """The app and step whose parallel action spawned this one, if any."""
+        return self._spawning_parent
+
+    def get_next_action(self) -> Action | None:
+        """The action the next `step()` will run, or None when the application is done."""
+        if self._next_action_name is None:
+            return None
+        return self._graph.get_action(self._next_action_name)
+
+    def _advance(self, action: Action, state: State, sequence_id: int) -> None:
+        self._state = state
+        self._next_sequence_id = sequence_id + 1
+        following = self._graph.next_action(action.name, state)
+        self._next_action_name = following.name if following is not None else None
+
+    def _context(self, action: Action, sequence_id: int) -> ApplicationContext:
+        return ApplicationContext(
+            app_id=self._uid,
+            partition_key=self._partition_key,
+            sequence_id=sequence_id,
+            action_name=action.name,
+            tracker=self._tracker,
+            state_persister=self._saver,
+            state_initializer=self._loader,
+            executor=self._executor,
+            spawning_parent=self._spawning_parent,
+        )
+
+    # -- sync ---------------------------------------------------------------------------
+
+    def step(self, inputs: dict[str, Any] | None = None) -> RunOutcome | None:
+        """Run the next action; None when there is none."""
+        outcome = _runner.drive_sync(_runner.step(self, inputs, async_run=False))
+        return None if outcome is None else (outcome.action, outcome.result, outcome.state)
+
+    def iterate(
+        self,
+        halt_before: Sequence[str] = (),
+        halt_after: Sequence[str] = (),
+        inputs: dict[str, Any] | None = None,
+    ) -> Iterator[RunOutcome]:
+        """Yield (action, result, state) per step until a halt or the end of the graph."""
+        self._check_halts(halt_before, halt_after)
+        while self._should_continue(halt_before):
+            outcome = self.step(inputs)
+            yield outcome
+            if outcome[0].name in halt_after:
+                return
+
+    def run(
+        self,
+        halt_before: Sequence[str] = (),
+        halt_after: Sequence[str] = (),
+        inputs: dict[str, Any] | None = None,
+    ) -> RunOutcome:
+        """Run until a halt; returns the last (action, result, state)."""
+        last: RunOutcome | None = None
+        for last in self.iterate(halt_before, halt_after, inputs):
+            pass
+        return self._final(last)
+
+    def stream_result(
+        self,
+        halt_after: Sequence[str],
+        halt_before: Sequence[str] = (),
+        inputs: dict[str, Any] | None = None,
+    ) -> tuple[Action | None, StreamingResultContainer]:
+        """Run up to the halt action and stream its partial results."""
+        self._check_halts(halt_before, halt_after)
+        for _ in self._iterate_until(halt_before, halt_after, inputs):
+            pass
+        action = self.get_next_action()
+        if action is None or action.name in halt_before:
+            return action, StreamingResultContainer.empty(self._state)
+        driver = _runner.Driver(_runner.step(self, inputs, async_run=False))
+        return action, StreamingResultContainer(driver)
+
+    def _iterate_until(
+        self, halt_before: Sequence[str], halt_after: Sequence[str], inputs: dict[str, Any] | None
+    ) -> Iterator[RunOutcome]:
+        stops = {*halt_before, *halt_after}
+        while self._should_continue(stops):
+            yield self.step(inputs)
+
+    # -- async --------------------------------------------------------------------------
+
+    async def astep(self, inputs: dict[str, Any] | None = None) -> RunOutcome | None:
+        """Async `step`: awaits async actions, hooks and persisters."""
+        outcome = await _runner.drive_async(_runner.step(self, inputs, async_run=True))
+        return None if outcome is None else (outcome.action, outcome.result, outcome.state)
+
+    async def aiterate(
+        self,
+        halt_before: Sequence[str] = (),
+        halt_after: Sequence[str] = (),
+        inputs: dict[str, Any] | None = None,
+    ) -> AsyncIterator[RunOutcome]:
+        """Async `iterate`."""
+        self._check_halts(halt_before, halt_after)
+        while self._should_continue(halt_before):
+            outcome = await self.astep(inputs)
+            yield outcome
+            if outcome[0].name in halt_after:
+                return
+
+    async def arun(
+        self,
+        halt_before: Sequence[str] = (),
+        halt_after: Sequence[str] = (),
+        inputs: dict[str, Any] | None = None,
+    ) -> RunOutcome:
+        """Async `run`."""
+        last: RunOutcome | None = None
+        async for last in self.aiterate(halt_before, halt_after, inputs):
+            pass
+        return self._final(last)
+
+    async def astream_result(
+        self,
+        halt_after: Sequence[str],
+        halt_before: Sequence[str] = (),
+        inputs: dict[str, Any] | None = None,
+    ) -> tuple[Action | None, AsyncStreamingResultContainer]:
+        """Async `stream_result`."""
+        self._check_halts(halt_before, halt_after)
+        stops = {*halt_before, *halt_after}
+        while self._should_continue(stops):
+            await self.astep(inputs)
+        action = self.get_next_action()
+        if action is None or action.name in halt_before:
+            return action, AsyncStreamingResultContainer.empty(self._state)
+        driver = _runner.Driver(_runner.step(self, inputs, async_run=True))
+        return action, AsyncStreamingResultContainer(driver)
+
+    # -- shared -------------------------------------------------------------------------
+
+    def _check_halts(self, halt_before: Sequence[str], halt_after: Sequence[str]) -> None:
+        if isinstance(halt_before, str) or isinstance(halt_after, str):
+            raise TypeError("halt_before/halt_after take a list of action names, not a string")
+        self._graph.check_names(halt_before, "halt_before")
+        self._graph.check_names(halt_after, "halt_after")
+
+    def _should_continue(self, halt_before: Sequence[str] | set[str]) -> bool:
+        following = self.get_next_action()
+        return following is not None and following.name not in halt_before
+
+    def _final(self, last: RunOutcome | None) -> RunOutcome:
+        if last is None:
+            return self.get_next_action(), None, self._state
+        return last
+
+
+class StreamingResultContainer:
+    """Iterate for partial results; `get()` then gives the final (result, state)."""
+
+    def __init__(self, driver: _runner.Driver | None, state: State | None = None) -> None:
+        self._driver = driver
+        self._state = state
+        self._done = driver is None
+
+    @classmethod
+    def empty(cls, state: State) -> StreamingResultContainer:
+        return cls(None, state)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._done:
+            return
+        yield from self._driver
+        self._done = True
+
+    def get(self) -> tuple[dict[str, Any] | None, State]:
+        """Drain what is left of the stream and return (result, state)."""
+        for _ in self:
+            pass
+        return _outcome_pair(self._driver, self._state)
+
+
+class AsyncStreamingResultContainer:
+    """Async twin of `StreamingResultContainer`."""
+
+    def __init__(self, driver: _runner.Driver | None, state: State | None = None) -> None:
+        self._driver = driver
+        self._state = state
+        self._done = driver is None
+
+    @classmethod
+    def empty(cls, state: State) -> AsyncStreamingResultContainer:
+        return cls(None, state)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        if self._done:
+            return
+        async for item in self._driver:
+            yield item
+        self._done = True
+
+    async def get(self) -> tuple[dict[str, Any] | None, State]:
+        async for _ in self:
+            pass
+        return _outcome_pair(self._driver, self._state)
+
+
+def _outcome_pair(
+    driver: _runner.Driver | None, state: State | None
+) -> tuple[dict[str, Any] | None, State]:
+    if driver is None:
+        return None, state
+    outcome = driver.result
+    return outcome.result, outcome.state

@@ -1,0 +1,37 @@
+"""`ApplicationContext`: what a running action may know about its application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ParentPointer:
+    """Points at one step of another application (a fork source or a spawning parent)."""
+
+    app_id: str
+    sequence_id: int | None
+    partition_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "app_id": self.app_id,
+            "sequence_id": self.sequence_id,
+            "partition_key": self.partition_key,
+        }
+
+
+@dataclass(frozen=True)
+class ApplicationContext:
+    """Passed to an action parameter named `__context`; everything needed to spawn children."""
+
+    app_id: str
+    partition_key: str | None
+    sequence_id: int
+    action_name: str
+    tracker: Any
+    state_persister: Any
+    state_initializer: Any
+    executor: Any
+    spawning_parent: ParentPointer | None

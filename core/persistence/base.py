@@ -1,0 +1,158 @@
+"""Loader / saver / persister contracts, sync and async."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, NotRequired, TypedDict
+
+from fanwise.core.state import State
+
+Status = Literal["completed", "failed"]
+
+
+class PersistedStateData(TypedDict):
+    """One saved step of one application."""
+
+    partition_key: str | None
+    app_id: str
+    sequence_id: int
+    position: str
+    state: State
+    created_at: str
+    status: Status
+    meta: NotRequired[dict[str, Any] | None]
+
+
+class SaveRow(TypedDict):
+    """Arguments of one `save` call, for `save_many`."""
+
+    partition_key: str | None
+    app_id: str
+    sequence_id: int
+    position: str
+    state: State
+    status: Status
+    meta: NotRequired[dict[str, Any] | None]
+
+
+class BaseStateLoader(abc.ABC):
+    """Reads saved steps back."""
+
+    @abc.abstractmethod
+    def load(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData | None:
+        """The step `sequence_id` of the app, or its latest step when None; None if unknown."""
+
+    def list_app_ids(self, partition_key: str | None) -> list[str]:
+        """The app ids saved under `partition_key` (None: those saved without one)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list app ids")
+
+    def load_many(
+        self, partition_key: str | None, app_ids: Sequence[str]
+    ) -> dict[str, PersistedStateData]:
+        """The latest step of each app that has one; persisters override this with a batch read."""
+        found = {}
+        for app_id in app_ids:
+            data = self.load(partition_key, app_id)
+            if data is not None:
+                found[app_id] = data
+        return found
+
+    def is_async(self) -> bool:
+        return False
+
+
+class BaseStateSaver(abc.ABC):
+    """Writes one row per step."""
+
+    @abc.abstractmethod
+    def save(
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int,
+        position: str,
+        state: State,
+        status: Status,
+        **kwargs: Any,
+    ) -> None:
+        """Save (or replace) the row of step `sequence_id`; `meta=` is optional extra data."""
+
+    def save_many(self, rows: Iterable[SaveRow]) -> None:
+        """Save several rows durably; persisters override this with one transaction."""
+        for row in rows:
+            self.save(**row)
+
+    def is_async(self) -> bool:
+        return False
+
+
+class BaseStatePersister(BaseStateLoader, BaseStateSaver, abc.ABC):
+    """Both a loader and a saver."""
+
+    def initialize(self) -> None:
+        """Create what the store needs (tables); idempotent."""
+
+    def copy(self) -> BaseStatePersister:
+        """A persister on the same store, safe to hand to another thread or process."""
+        return self
+
+
+class AsyncBaseStateLoader(abc.ABC):
+    """Async twin of `BaseStateLoader`; needs `ApplicationBuilder.abuild()`."""
+
+    @abc.abstractmethod
+    async def load(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData | None: ...
+
+    async def list_app_ids(self, partition_key: str | None) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} cannot list app ids")
+
+    async def load_many(
+        self, partition_key: str | None, app_ids: Sequence[str]
+    ) -> dict[str, PersistedStateData]:
+        found = {}
+        for app_id in app_ids:
+            data = await self.load(partition_key, app_id)
+            if data is not None:
+                found[app_id] = data
+        return found
+
+    def is_async(self) -> bool:
+        return True
+
+
+class AsyncBaseStateSaver(abc.ABC):
+    """Async twin of `BaseStateSaver`; needs `ApplicationBuilder.abuild()`."""
+
+    @abc.abstractmethod
+    async def save(
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int,
+        position: str,
+        state: State,
+        status: Status,
+        **kwargs: Any,
+    ) -> None: ...
+
+    async def save_many(self, rows: Iterable[SaveRow]) -> None:
+        for row in rows:
+            await self.save(**row)
+
+    def is_async(self) -> bool:
+        return True
+
+
+class AsyncBaseStatePersister(AsyncBaseStateLoader, AsyncBaseStateSaver, abc.ABC):
+    """Both an async loader and an async saver."""
+
+    async def initialize(self) -> None:
+        """Create what the store needs; idempotent."""
+
+    def copy(self) -> AsyncBaseStatePersister:
+        return self

@@ -1,0 +1,114 @@
+"""`State`: the immutable mapping an application carries from step to step."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+
+class State(Mapping[str, Any]):
+    """An immutable mapping; every method returns a new `State`."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, initial: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, Any] = dict(initial or {})
+
+    def update(self, **updates: Any) -> State:
+        """Set fields, replacing their previous values."""
+        return State({**self._data, **updates})
+
+    def append(self, **items: Any) -> State:
+        """Append one item to each named list field (created if missing)."""
+        data = dict(self._data)
+        for key, value in items.items():
+            data[key] = [*self._list_field(key), value]
+        return State(data)
+
+    def extend(self, **items: Any) -> State:
+        """Extend each named list field with an iterable (created if missing)."""
+        data = dict(self._data)
+        for key, values in items.items():
+            data[key] = [*self._list_field(key), *values]
+        return State(data)
+
+    def increment(self, **deltas: int | float) -> State:
+        """Add a number to each named field (missing fields start at 0)."""
+        data = dict(self._data)
+        for key, delta in deltas.items():
+            current = data.get(key, 0)
+            if not isinstance(current, int | float):
+                raise TypeError(f"cannot increment state field {key!r}: it holds {current!r}")
+            data[key] = current + delta
+        return State(data)
+
+    def wipe(self, delete: list[str] | None = None, keep: list[str] | None = None) -> State:
+        """Drop the fields in `delete`, or every field not in `keep` (exactly one of the two)."""
+        if (delete is None) == (keep is None):
+            raise ValueError("State.wipe needs exactly one of delete=[...] or keep=[...]")
+        if delete is not None:
+            return State({k: v for k, v in self._data.items() if k not in set(delete)})
+        return State({k: v for k, v in self._data.items() if k in set(keep or [])})
+
+    def merge(self, other: Mapping[str, Any]) -> State:
+        """Fields of `other` win over ours."""
+        return State({**self._data, **dict(other)})
+
+    def subset(self, *keys: str, ignore_missing: bool = True) -> State:
+        """Only the named fields; missing ones are skipped unless `ignore_missing=False`."""
+        if not ignore_missing:
+            missing = [k for k in keys if k not in self._data]
+            if missing:
+                raise KeyError(f"state has no field(s) {missing}")
+        return State({k: self._data[k] for k in keys if k in self._data})
+
+    def get_all(self) -> dict[str, Any]:
+        """A shallow copy of the fields as a plain dict."""
+        return dict(self._data)
+
+    def deepcopy(self) -> State:
+        """A copy whose mutable values are not shared with this one."""
+        return State(copy.deepcopy(self._data))
+
+    def _list_field(self, key: str) -> list[Any]:
+        current = self._data.get(key, [])
+        if not isinstance(current, list):
+            raise TypeError(f"cannot append to state field {key!r}: it holds {type(current).__name__}")
+        return current
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise KeyError(
+                f"state has no field {key!r}; fields are {sorted(self._data)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, State):
+            return self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"State({self._data!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self._data
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self._data = data
