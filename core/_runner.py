@@ -50,6 +50,8 @@ def select_inputs(action: Action, inputs: dict[str, Any]) -> dict[str, Any]:
         raise InputError(
             f"action {action.name!r} needs input(s) {missing}: pass them as inputs={{...}}"
         )
+    if action.takes_any_inputs:
+        return dict(inputs)
     wanted = (*action.inputs, *action.optional_inputs)
     return {k: inputs[k] for k in wanted if k in inputs}
 
@@ -86,6 +88,12 @@ def _check_async_allowed(app: Application, action: Action, async_run: bool) -> N
                 f"hook {type(hook).__name__} is async: run the application with "
                 "arun/astep/aiterate, or use the sync hook classes"
             )
+    saver_is_async = getattr(app._saver, "is_async", None)
+    if callable(saver_is_async) and saver_is_async():
+        raise AsyncMismatchError(
+            f"the state persister {type(app._saver).__name__} is async: run the application "
+            "with arun/astep/aiterate"
+        )
 
 
 def _run_action(action: Action, state: State, inputs: dict[str, Any]) -> StepGen:
@@ -168,6 +176,12 @@ class Driver:
         return False, effect
 
     def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._iterate()
+        finally:
+            self._gen.close()
+
+    def _iterate(self) -> Iterator[Any]:
         send: Any = None
         throw: BaseException | None = None
         while True:
@@ -187,6 +201,13 @@ class Driver:
                 send = effect
 
     async def __aiter__(self) -> AsyncIterator[Any]:
+        try:
+            async for item in self._aiterate():
+                yield item
+        finally:
+            self._gen.close()
+
+    async def _aiterate(self) -> AsyncIterator[Any]:
         send: Any = None
         throw: BaseException | None = None
         while True:

@@ -67,6 +67,14 @@ class Action(abc.ABC):
     def streaming(self) -> bool:
         return False
 
+    @property
+    def takes_any_inputs(self) -> bool:
+        """Whether every input given to the app is passed on (parallel actions forward them)."""
+        return False
+
+    def validate(self) -> None:
+        """Raise a `GraphError` if the action is malformed; called when a graph is built."""
+
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.run)
 

@@ -124,4 +124,6 @@ def build_graph(
                     f"transition {source!r} -> {target!r}: unknown {end} action {name!r}; "
                     f"actions are {sorted(actions)}"
                 )
+    for built in actions.values():
+        built.validate()
     return Graph(actions, [Transition(s, t, c) for s, t, c in transitions])

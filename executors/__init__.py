@@ -1,0 +1,7 @@
+"""fanwise.executors: where children run. Importing this never imports ray or dask."""
+
+from fanwise.executors.asyncio import AsyncExecutor
+from fanwise.executors.registry import available, create, executor_class
+from fanwise.executors.threads import MultiThreadedExecutor
+
+__all__ = ["AsyncExecutor", "MultiThreadedExecutor", "available", "create", "executor_class"]

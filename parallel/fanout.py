@@ -1,0 +1,298 @@
+"""The fan-out loop: lazy, bounded, ordered and resumable execution of children.
+
+`fanout()` is written once as a generator of effects (see `fanwise.core._runner`): it yields
+what may need awaiting (pulling tasks from an async generator, batch reads and writes of an
+async persister, waiting for the next finished child) and `Partial(outcome)` for each child
+handed to `reduce`. A sync or async `Driver` runs it; only the waiting differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from fanwise.core._runner import Partial
+from fanwise.core.context import ApplicationContext, ParentPointer
+from fanwise.core.errors import FanwiseError
+from fanwise.core.persistence.base import PersistedStateData, SaveRow
+from fanwise.parallel._child_ids import child_app_id, fingerprint
+from fanwise.parallel.child import ChildOutcome, ChildSpec
+from fanwise.parallel.progress import Progress
+from fanwise.parallel.tasks import SubGraphTask
+
+_RESUME_BATCH = 512
+
+
+class ChildFailedError(FanwiseError, RuntimeError):
+    """A child of a fan-out raised; the child's exception is the `__cause__`."""
+
+    def __init__(self, action_name: str, position: int, app_id: str, exc: BaseException) -> None:
+        super().__init__(
+            f"child {position} (app id {app_id}) of parallel action {action_name!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        self.action_name = action_name
+        self.position = position
+        self.app_id = app_id
+
+
+@dataclass
+class FanOutConfig:
+    """One fan-out's settings once executor and adapters are resolved."""
+
+    action_name: str
+    parent: ApplicationContext
+    limit: int
+    saver: Any
+    loader: Any
+    tracker: Any
+    nested_executor: Any
+    ordered: bool
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
+    progress: Progress
+
+
+class _Planner:
+    """Turns user tasks into child specs, or into finished outcomes when already saved."""
+
+    def __init__(self, config: FanOutConfig) -> None:
+        self._config = config
+        self._explicit_ids: dict[str, int] = {}
+        parent = config.parent
+        self._pointer = ParentPointer(parent.app_id, parent.sequence_id, parent.partition_key)
+
+    def specs(self, batch: list[tuple[int, SubGraphTask]]) -> list[ChildSpec]:
+        config, parent = self._config, self._config.parent
+        specs = []
+        for position, task in batch:
+            if not isinstance(task, SubGraphTask):
+                raise TypeError(
+                    f"parallel action {config.action_name!r} produced {task!r} at position "
+                    f"{position}; tasks() must yield SubGraphTask objects"
+                )
+            app_id = task.application_id or child_app_id(parent.app_id, parent.sequence_id,
+                                                         position)
+            if task.application_id is not None:
+                self._check_unique(task.application_id, position)
+            saver = task.state_persister if task.state_persister is not None else config.saver
+            durable = saver is not None
+            specs.append(
+                ChildSpec(
+                    position=position,
+                    app_id=app_id,
+                    runnable=task.runnable,
+                    state=task.state,
+                    inputs=task.inputs,
+                    partition_key=parent.partition_key,
+                    spawning_parent=self._pointer,
+                    fingerprint=(
+                        fingerprint(task.state, task.inputs, task.runnable.entrypoint)
+                        if durable else None
+                    ),
+                    saver=saver,
+                    loader=(
+                        task.state_initializer if task.state_initializer is not None
+                        else config.loader
+                    ),
+                    tracker=task.tracker if task.tracker is not None else config.tracker,
+                    executor=config.nested_executor,
+                    retries=config.retries,
+                    retry_on=config.retry_on,
+                )
+            )
+        return specs
+
+    def _check_unique(self, app_id: str, position: int) -> None:
+        earlier = self._explicit_ids.setdefault(app_id, position)
+        if earlier != position:
+            raise ValueError(
+                f"parallel action {self._config.action_name!r}: child app id {app_id!r} is "
+                f"used by tasks {earlier} and {position}; explicit application_id values "
+                "must be unique"
+            )
+
+    def lookups(self, specs: list[ChildSpec]) -> list[tuple[Any, list[str]]]:
+        """One (loader, app ids) batch read per distinct loader."""
+        groups: dict[int, tuple[Any, list[str]]] = {}
+        for spec in specs:
+            if spec.loader is not None:
+                groups.setdefault(id(spec.loader), (spec.loader, []))[1].append(spec.app_id)
+        return list(groups.values())
+
+    def apply(
+        self, specs: list[ChildSpec], rows: dict[str, PersistedStateData]
+    ) -> list[ChildSpec | ChildOutcome]:
+        """A finished outcome for each child saved as done with the same inputs, else a spec."""
+        planned: list[ChildSpec | ChildOutcome] = []
+        for spec in specs:
+            row = rows.get(spec.app_id)
+            if row is not None and (row.get("meta") or {}).get("fingerprint") == spec.fingerprint:
+                if row["status"] == "completed" and spec.runnable.is_finished(
+                    row["position"], row["state"]
+                ):
+                    planned.append(
+                        ChildOutcome(spec.position, spec.app_id, row["state"], skipped=True)
+                    )
+                    continue
+                spec.resume_from = row
+            planned.append(spec)
+        return planned
+
+
+class _Window:
+    """Which children are in flight, finished, and due to be handed out."""
+
+    def __init__(self, limit: int, ordered: bool) -> None:
+        self.limit = limit
+        self.ordered = ordered
+        self.max_buffered = max(4 * limit, 64)
+        self.inflight: dict[int, ChildSpec] = {}
+        self.ready: dict[int, ChildOutcome] = {}
+        self.uncommitted: list[tuple[Any, SaveRow]] = []
+        self.next_position = 0
+        self.exhausted = False
+        self.failure: tuple[ChildSpec, BaseException] | None = None
+
+    def free_slots(self) -> int:
+        if self.exhausted or self.failure is not None or len(self.ready) >= self.max_buffered:
+            return 0
+        return self.limit - len(self.inflight)
+
+    def complete(self, position: int, future: Any) -> None:
+        spec = self.inflight.pop(position)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            if self.failure is None:
+                self.failure = (spec, exc)
+            return
+        outcome: ChildOutcome = future.result()
+        self.ready[position] = outcome
+        if outcome.final_row is not None:
+            self.uncommitted.append((spec.saver, outcome.final_row))
+
+    def handout(self) -> list[ChildOutcome]:
+        if not self.ordered:
+            out = list(self.ready.values())
+            self.ready.clear()
+            return out
+        out = []
+        while self.next_position in self.ready:
+            out.append(self.ready.pop(self.next_position))
+            self.next_position += 1
+        return out
+
+    def done(self) -> bool:
+        return self.exhausted and not self.inflight and not self.ready
+
+
+def _commit(window: _Window) -> Generator[Any, Any, None]:
+    """Write the final rows of finished children, one batch per persister."""
+    groups: dict[int, tuple[Any, list[SaveRow]]] = {}
+    for saver, row in window.uncommitted:
+        groups.setdefault(id(saver), (saver, []))[1].append(row)
+    window.uncommitted = []
+    for saver, rows in groups.values():
+        yield saver.save_many(rows)
+
+
+def _refill(
+    window: _Window, planner: _Planner, source: Any, channel: Any, config: FanOutConfig
+) -> Generator[Any, Any, None]:
+    """Pull as many tasks as there are free slots; submit those not already finished."""
+    skipped_everything = False
+    while (free := window.free_slots()) > 0:
+        wanted = max(free, _RESUME_BATCH) if skipped_everything else free
+        batch = yield source.take(wanted)
+        if len(batch) < wanted:
+            window.exhausted = True
+        if not batch:
+            return
+        specs = planner.specs(batch)
+        rows: dict[str, PersistedStateData] = {}
+        for loader, app_ids in planner.lookups(specs):
+            rows.update((yield loader.load_many(config.parent.partition_key, app_ids)))
+        planned = planner.apply(specs, rows)
+        skipped_everything = True
+        for item in planned:
+            if isinstance(item, ChildOutcome):
+                window.ready[item.position] = item
+                config.progress.skipped()
+            else:
+                skipped_everything = False
+                window.inflight[item.position] = item
+                channel.submit(item)
+
+
+def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any, Any, None]:
+    """Cancel what has not started, let running children finish, keep their rows, raise."""
+    channel.cancel_pending()
+    while window.inflight:
+        position, future = yield channel.get()
+        window.complete(position, future)
+    yield from _commit(window)
+    spec, exc = window.failure
+    config.progress.failed()
+    raise ChildFailedError(config.action_name, spec.position, spec.app_id, exc) from exc
+
+
+def fanout(config: FanOutConfig, source: Any, channel: Any) -> Generator[Any, Any, None]:
+    """Run every task of `source` on `channel`; yields `Partial(ChildOutcome)` per child."""
+    window = _Window(config.limit, config.ordered)
+    planner = _Planner(config)
+    try:
+        while True:
+            yield from _refill(window, planner, source, channel, config)
+            out = window.handout()
+            if window.uncommitted and (out or len(window.uncommitted) >= window.limit):
+                yield from _commit(window)
+            for outcome in out:
+                config.progress.done()
+                yield Partial(outcome)
+            if window.done():
+                return
+            if out:
+                continue
+            if window.failure is not None:
+                yield from _fail(window, channel, config)
+            position, future = yield channel.get()
+            window.complete(position, future)
+            for position, future in channel.drain():
+                window.complete(position, future)
+    finally:
+        channel.cancel_pending()
+        config.progress.close()
+
+
+class SyncSource:
+    """Pulls tasks from a plain iterator, numbering them."""
+
+    def __init__(self, tasks: Iterator[SubGraphTask]) -> None:
+        self._numbered = enumerate(tasks)
+
+    def take(self, n: int) -> list[tuple[int, SubGraphTask]]:
+        return list(islice(self._numbered, n))
+
+
+class AsyncSource:
+    """Pulls tasks from an async (or plain) iterator, numbering them."""
+
+    def __init__(self, tasks: Any) -> None:
+        self._tasks = tasks
+        self._position = 0
+        self._is_async = hasattr(tasks, "__anext__")
+
+    async def take(self, n: int) -> list[tuple[int, SubGraphTask]]:
+        batch = []
+        for _ in range(n):
+            try:
+                task = await self._tasks.__anext__() if self._is_async else next(self._tasks)
+            except (StopAsyncIteration, StopIteration):
+                break
+            batch.append((self._position, task))
+            self._position += 1
+        return batch

@@ -1,0 +1,42 @@
+"""`RunnableGraph`: a graph plus where a child starts and when it is done."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fanwise.core.actions import Action, as_action
+from fanwise.core.graph import Graph, build_graph
+from fanwise.core.state import State
+
+
+@dataclass(frozen=True)
+class RunnableGraph:
+    """What one child runs: `graph` from `entrypoint` until an action in `halt_after`."""
+
+    graph: Graph
+    entrypoint: str
+    halt_after: Sequence[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.graph.get_action(self.entrypoint)
+        self.graph.check_names(self.halt_after, "RunnableGraph.halt_after")
+
+    def is_finished(self, position: str, state: State) -> bool:
+        """Whether a child whose last step was `position` has nothing left to run."""
+        return position in self.halt_after or self.graph.next_action(position, state) is None
+
+    @property
+    def is_async(self) -> bool:
+        return any(a.is_async() for a in self.graph.actions.values())
+
+
+def as_runnable(obj: Any) -> RunnableGraph:
+    """A `RunnableGraph` from itself, an `Action` or an `@action` function (one-node graph)."""
+    if isinstance(obj, RunnableGraph):
+        return obj
+    if isinstance(obj, Graph):
+        raise TypeError("a Graph needs an entrypoint: wrap it as RunnableGraph(graph, entrypoint)")
+    single: Action = as_action(obj)
+    return RunnableGraph(build_graph({single.name: single}, []), single.name, [single.name])
