@@ -1,0 +1,96 @@
+"""`InMemoryPersister`: a dict-backed store for tests, serialised like the SQL stores."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fanwise.core.persistence import _rows
+from fanwise.core.persistence.base import (
+    BaseStatePersister,
+    PersistedStateData,
+    SaveRow,
+    Status,
+)
+from fanwise.core.state import State
+
+
+class _Store:
+    """Rows by partition key, app id and sequence id; shared by a persister and its copies."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.apps: dict[str, dict[str, dict[int, _rows.Row]]] = {}
+
+    def __getstate__(self) -> dict[str, dict[str, dict[int, _rows.Row]]]:
+        with self.lock:
+            return {
+                pk: {app: dict(steps) for app, steps in apps.items()}
+                for pk, apps in self.apps.items()
+            }
+
+    def __setstate__(self, apps: dict[str, dict[str, dict[int, _rows.Row]]]) -> None:
+        self.lock = threading.Lock()
+        self.apps = apps
+
+
+class InMemoryPersister(BaseStatePersister):
+    """Keeps saved steps in memory; `copy()` shares the store, a pickled copy takes a snapshot."""
+
+    def __init__(self) -> None:
+        self._store = _Store()
+
+    def copy(self) -> InMemoryPersister:
+        return copy.copy(self)
+
+    def load(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData | None:
+        with self._store.lock:
+            steps = self._store.apps.get(_rows.stored_partition_key(partition_key), {}).get(app_id)
+            if not steps:
+                return None
+            row = steps.get(max(steps) if sequence_id is None else sequence_id)
+        return None if row is None else _rows.decode_row(row, "memory")
+
+    def list_app_ids(self, partition_key: str | None) -> list[str]:
+        with self._store.lock:
+            return sorted(self._store.apps.get(_rows.stored_partition_key(partition_key), {}))
+
+    def load_many(
+        self, partition_key: str | None, app_ids: Sequence[str]
+    ) -> dict[str, PersistedStateData]:
+        with self._store.lock:
+            apps = self._store.apps.get(_rows.stored_partition_key(partition_key), {})
+            latest = {
+                app_id: apps[app_id][max(apps[app_id])] for app_id in app_ids if apps.get(app_id)
+            }
+        return {app_id: _rows.decode_row(row, "memory") for app_id, row in latest.items()}
+
+    def save(
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int,
+        position: str,
+        state: State,
+        status: Status,
+        meta: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._put(
+            [_rows.encode_row(partition_key, app_id, sequence_id, position, state, status, meta)]
+        )
+
+    def save_many(self, rows: Iterable[SaveRow]) -> None:
+        self._put(_rows.encode_rows(rows))
+
+    def _put(self, rows: list[_rows.Row]) -> None:
+        with self._store.lock:
+            for row in rows:
+                partition_key, app_id, sequence_id = row[:3]
+                self._store.apps.setdefault(partition_key, {}).setdefault(app_id, {})[
+                    sequence_id
+                ] = row

@@ -1,0 +1,212 @@
+"""`PostgreSQLPersister`: the cluster store, one table shared by every node (psycopg 3 pool)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fanwise.core.persistence import _rows
+from fanwise.core.persistence.base import (
+    BaseStatePersister,
+    PersistedStateData,
+    SaveRow,
+    Status,
+)
+from fanwise.core.state import State
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+_COLUMNS = ", ".join(_rows.COLUMNS)
+
+_INHERITED: list[ConnectionPool] = []
+"""Pools a forked child inherited: never closed here, as that would end the parent's sessions."""
+
+
+class _Shared:
+    """What a persister shares with its copies: the connection pool, the table check."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pool: ConnectionPool | None = None
+        self.pid = 0
+        self.initialized = False
+
+
+class PostgreSQLPersister(BaseStatePersister):
+    """Saves each step as a row of `table_name` in the PostgreSQL database at `dsn`."""
+
+    def __init__(
+        self,
+        dsn: str,
+        table_name: str = "fanwise_state",
+        max_connections: int = 10,
+        timeout: float = 30.0,
+    ) -> None:
+        """`timeout`: seconds to wait for a free (or new) connection before failing."""
+        self._table_name = _rows.check_table_name(table_name)
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(
+                "PostgreSQLPersister needs the postgres extra: pip install 'fanwise[postgres]'"
+            ) from exc
+        self._dsn = dsn
+        self._max_connections = max_connections
+        self._timeout = timeout
+        self._shared = _Shared()
+        table = f'"{table_name}"'
+        self._sql_create = _rows.CREATE_TABLE.format(table=table)
+        self._sql_insert = (
+            f"INSERT INTO {table} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (partition_key, app_id, sequence_id) DO UPDATE SET"
+            " position = EXCLUDED.position, state = EXCLUDED.state, status = EXCLUDED.status,"
+            " created_at = EXCLUDED.created_at, meta = EXCLUDED.meta"
+        )
+        self._sql_select = f"SELECT {_COLUMNS} FROM {table}"
+        self._sql_latest = (
+            f"SELECT DISTINCT ON (app_id) {_COLUMNS} FROM {table}"
+            " WHERE partition_key = %s AND app_id = ANY(%s) ORDER BY app_id, sequence_id DESC"
+        )
+        self._sql_app_ids = (
+            f"SELECT DISTINCT app_id FROM {table} WHERE partition_key = %s ORDER BY app_id"
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgreSQLPersister({self._dsn!r}, table_name={self._table_name!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "dsn": self._dsn,
+            "table_name": self._table_name,
+            "max_connections": self._max_connections,
+            "timeout": self._timeout,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def copy(self) -> PostgreSQLPersister:
+        """A persister on the same table, sharing this one's connection pool."""
+        twin = PostgreSQLPersister(
+            self._dsn, self._table_name, self._max_connections, self._timeout
+        )
+        twin._shared = self._shared
+        return twin
+
+    def close(self) -> None:
+        """Close the connection pool (shared with copies); the next call opens a new one."""
+        with self._shared.lock:
+            pool, self._shared.pool = self._shared.pool, None
+        if pool is not None and self._shared.pid != os.getpid():
+            _INHERITED.append(pool)
+        elif pool is not None:
+            pool.close()
+
+    def initialize(self) -> None:
+        """Create the table if missing and check that an existing one has every column."""
+        lock_id = zlib.crc32(f"fanwise:{self._table_name}".encode())
+        with self._pool().connection() as connection:
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+            connection.execute(self._sql_create)
+            present = {
+                row[0]
+                for row in connection.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = %s",
+                    [self._table_name],
+                )
+            }
+        missing = [column for column in _rows.COLUMNS if column not in present]
+        if missing:
+            raise ValueError(
+                f"table {self._table_name!r} exists but lacks the columns {missing}; "
+                "choose another table_name= or migrate that table"
+            )
+        self._shared.initialized = True
+
+    def load(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData | None:
+        sql = f"{self._sql_select} WHERE partition_key = %s AND app_id = %s"
+        params: list[Any] = [_rows.stored_partition_key(partition_key), app_id]
+        if sequence_id is not None:
+            sql += " AND sequence_id = %s"
+            params.append(sequence_id)
+        with self._ready().connection() as connection:
+            row = connection.execute(f"{sql} ORDER BY sequence_id DESC LIMIT 1", params).fetchone()
+        return None if row is None else _rows.decode_row(row, self._source())
+
+    def list_app_ids(self, partition_key: str | None) -> list[str]:
+        with self._ready().connection() as connection:
+            rows = connection.execute(
+                self._sql_app_ids, [_rows.stored_partition_key(partition_key)]
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def load_many(
+        self, partition_key: str | None, app_ids: Sequence[str]
+    ) -> dict[str, PersistedStateData]:
+        with self._ready().connection() as connection:
+            rows = connection.execute(
+                self._sql_latest, [_rows.stored_partition_key(partition_key), list(app_ids)]
+            ).fetchall()
+        source = self._source()
+        return {row[1]: _rows.decode_row(row, source) for row in rows}
+
+    def save(
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int,
+        position: str,
+        state: State,
+        status: Status,
+        meta: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._write(
+            [_rows.encode_row(partition_key, app_id, sequence_id, position, state, status, meta)]
+        )
+
+    def save_many(self, rows: Iterable[SaveRow]) -> None:
+        encoded = _rows.encode_rows(rows)
+        if encoded:
+            self._write(encoded)
+
+    def _write(self, rows: list[_rows.Row]) -> None:
+        """One transaction: the pool commits when the block ends, rolls back on error."""
+        with self._ready().connection() as connection, connection.cursor() as cursor:
+            cursor.executemany(self._sql_insert, rows)
+
+    def _ready(self) -> ConnectionPool:
+        if not self._shared.initialized:
+            self.initialize()
+        return self._pool()
+
+    def _pool(self) -> ConnectionPool:
+        shared = self._shared
+        if shared.pool is not None and shared.pid == os.getpid():
+            return shared.pool
+        with shared.lock:
+            if shared.pool is None or shared.pid != os.getpid():
+                if shared.pool is not None:
+                    _INHERITED.append(shared.pool)
+                from psycopg_pool import ConnectionPool
+
+                shared.pool = ConnectionPool(
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._max_connections,
+                    timeout=self._timeout,
+                    open=True,
+                )
+                shared.pid = os.getpid()
+            return shared.pool
+
+    def _source(self) -> str:
+        return f"PostgreSQL table {self._table_name!r}"

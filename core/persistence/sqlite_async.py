@@ -1,0 +1,70 @@
+"""`AsyncSQLitePersister`: `SQLitePersister` for async apps, run in worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fanwise.core.persistence.base import (
+    AsyncBaseStatePersister,
+    PersistedStateData,
+    SaveRow,
+    Status,
+)
+from fanwise.core.persistence.sqlite import SQLitePersister
+from fanwise.core.state import State
+
+
+class AsyncSQLitePersister(AsyncBaseStatePersister):
+    """Same store and arguments as `SQLitePersister`; each call runs in `asyncio.to_thread`."""
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        table_name: str = "fanwise_state",
+        timeout: float = 30.0,
+    ) -> None:
+        self._sync = SQLitePersister(db_path, table_name, timeout)
+
+    def __repr__(self) -> str:
+        return f"Async{self._sync!r}"
+
+    def copy(self) -> AsyncSQLitePersister:
+        return copy.copy(self)
+
+    async def initialize(self) -> None:
+        await asyncio.to_thread(self._sync.initialize)
+
+    async def load(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData | None:
+        return await asyncio.to_thread(self._sync.load, partition_key, app_id, sequence_id)
+
+    async def list_app_ids(self, partition_key: str | None) -> list[str]:
+        return await asyncio.to_thread(self._sync.list_app_ids, partition_key)
+
+    async def load_many(
+        self, partition_key: str | None, app_ids: Sequence[str]
+    ) -> dict[str, PersistedStateData]:
+        return await asyncio.to_thread(self._sync.load_many, partition_key, list(app_ids))
+
+    async def save(
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int,
+        position: str,
+        state: State,
+        status: Status,
+        meta: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        await asyncio.to_thread(
+            self._sync.save, partition_key, app_id, sequence_id, position, state, status, meta
+        )
+
+    async def save_many(self, rows: Iterable[SaveRow]) -> None:
+        await asyncio.to_thread(self._sync.save_many, list(rows))

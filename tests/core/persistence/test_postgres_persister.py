@@ -1,0 +1,134 @@
+"""PostgreSQL specifics; shared behaviour is in test_persister_contract.py."""
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import cloudpickle
+import pytest
+from fanwise.core.errors import CorruptStateError
+from fanwise.core.persistence import PostgreSQLPersister
+from fanwise.core.state import State
+
+POSTGRES_DSN = os.environ.get(
+    "FANWISE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def table() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        psycopg.connect(POSTGRES_DSN, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_DSN} (set FANWISE_TEST_POSTGRES_DSN): {exc}")
+    name = f"fanwise_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
+        connection.execute(f'DROP TABLE IF EXISTS "{name}"')
+
+
+def execute(sql: str, params: list | None = None) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
+        connection.execute(sql, params)
+
+
+def write_rows(persister: PostgreSQLPersister, worker: int) -> None:
+    for i in range(500):
+        persister.save("pk", f"w{worker}-{i}", 0, "start", State({"i": i}), "completed")
+    persister.close()
+
+
+def test_importing_persistence_does_not_import_psycopg():
+    code = (
+        "import sys, fanwise.core.persistence as p; p.PostgreSQLPersister; "
+        "print('psycopg' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_constructing_without_psycopg_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+
+    with pytest.raises(ImportError, match=r"pip install 'fanwise\[postgres\]'"):
+        PostgreSQLPersister(POSTGRES_DSN)
+
+
+def test_table_name_injection_is_rejected():
+    with pytest.raises(ValueError, match="invalid table name 'x; DROP TABLE y'"):
+        PostgreSQLPersister(POSTGRES_DSN, table_name="x; DROP TABLE y")
+
+
+def test_initialize_is_idempotent_and_creates_the_table(table):
+    persister = PostgreSQLPersister(POSTGRES_DSN, table_name=table)
+
+    persister.initialize()
+    persister.initialize()
+    persister.save(None, "app", 0, "start", State(), "completed")
+
+    assert persister.list_app_ids(None) == ["app"]
+    persister.close()
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_two_processes_writing_one_table_lose_no_row(table, start_method):
+    persister = PostgreSQLPersister(POSTGRES_DSN, table_name=table)
+    persister.save("pk", "driver", 0, "start", State(), "completed")
+    context = multiprocessing.get_context(start_method)
+    workers = [context.Process(target=write_rows, args=(persister, w)) for w in (1, 2)]
+
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert len(persister.list_app_ids("pk")) == 1001
+    persister.close()
+
+
+def test_cloudpickle_round_trip_after_connecting_reconnects(table):
+    persister = PostgreSQLPersister(POSTGRES_DSN, table_name=table)
+    persister.save("pk", "app", 0, "start", State({"a": 1}), "completed")
+
+    revived = cloudpickle.loads(cloudpickle.dumps(persister))
+    revived.save("pk", "app", 1, "next", State({"a": 2}), "completed")
+
+    assert revived.load("pk", "app", 0)["state"] == State({"a": 1})
+    assert persister.load("pk", "app")["state"] == State({"a": 2})
+    revived.close()
+    persister.close()
+
+
+def test_closed_persister_reopens_its_pool_on_next_use(table):
+    persister = PostgreSQLPersister(POSTGRES_DSN, table_name=table)
+    persister.save("pk", "app", 0, "start", State(), "completed")
+
+    persister.close()
+
+    assert persister.load("pk", "app") is not None
+    persister.close()
+
+
+def test_corrupt_row_error_names_app_id_and_sequence_id(table):
+    persister = PostgreSQLPersister(POSTGRES_DSN, table_name=table)
+    persister.save("pk", "broken-app", 7, "start", State({"a": 1}), "completed")
+    execute(f"UPDATE \"{table}\" SET state = '{{not json'")
+
+    with pytest.raises(CorruptStateError, match=r"'broken-app'.*sequence id 7"):
+        persister.load_many("pk", ["broken-app"])
+    persister.close()
+
+
+def test_table_with_wrong_schema_names_table_and_missing_columns(table):
+    execute(f'CREATE TABLE "{table}" (app_id TEXT, state TEXT)')
+
+    with pytest.raises(ValueError, match=rf"'{table}'.*'partition_key'.*'meta'"):
+        PostgreSQLPersister(POSTGRES_DSN, table_name=table).initialize()
