@@ -1,6 +1,13 @@
 """fanwise.core: state, actions, graphs and the application that runs them."""
 
-from fanwise.core.actions import Action, FunctionBasedAction, Input, Result, action, streaming_action
+from fanwise.core.actions import (
+    Action,
+    FunctionBasedAction,
+    Input,
+    Result,
+    action,
+    streaming_action,
+)
 from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.conditions import Condition, default, expr, when

@@ -140,7 +140,7 @@ class Application:
         last: RunOutcome | None = None
         for last in self.iterate(halt_before, halt_after, inputs):
             pass
-        return self._final(last)
+        return self._final(last, halt_before)
 
     def stream_result(
         self,
@@ -196,7 +196,7 @@ class Application:
         last: RunOutcome | None = None
         async for last in self.aiterate(halt_before, halt_after, inputs):
             pass
-        return self._final(last)
+        return self._final(last, halt_before)
 
     async def astream_result(
         self,
@@ -227,9 +227,11 @@ class Application:
         following = self.get_next_action()
         return following is not None and following.name not in halt_before
 
-    def _final(self, last: RunOutcome | None) -> RunOutcome:
-        if last is None:
-            return self.get_next_action(), None, self._state
+    def _final(self, last: RunOutcome | None, halt_before: Sequence[str]) -> RunOutcome:
+        """The last step, or (next action, None, state) when halted before it (as Burr does)."""
+        following = self.get_next_action()
+        if last is None or (following is not None and following.name in halt_before):
+            return following, None, self._state
         return last
 
 
@@ -239,17 +241,17 @@ class StreamingResultContainer:
     def __init__(self, driver: _runner.Driver | None, state: State | None = None) -> None:
         self._driver = driver
         self._state = state
-        self._done = driver is None
+        self._stream: Iterator[Any] = iter(driver if driver is not None else ())
 
     @classmethod
     def empty(cls, state: State) -> StreamingResultContainer:
         return cls(None, state)
 
     def __iter__(self) -> Iterator[Any]:
-        if self._done:
-            return
-        yield from self._driver
-        self._done = True
+        # One stream for every loop, and no `yield from`: leaving a loop early must neither
+        # restart nor close the step, so that `get()` can finish it.
+        for item in self._stream:  # noqa: UP028
+            yield item
 
     def get(self) -> tuple[dict[str, Any] | None, State]:
         """Drain what is left of the stream and return (result, state)."""
@@ -264,18 +266,19 @@ class AsyncStreamingResultContainer:
     def __init__(self, driver: _runner.Driver | None, state: State | None = None) -> None:
         self._driver = driver
         self._state = state
-        self._done = driver is None
+        self._stream: AsyncIterator[Any] | None = (
+            driver.__aiter__() if driver is not None else None
+        )
 
     @classmethod
     def empty(cls, state: State) -> AsyncStreamingResultContainer:
         return cls(None, state)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        if self._done:
+        if self._stream is None:
             return
-        async for item in self._driver:
+        async for item in self._stream:
             yield item
-        self._done = True
 
     async def get(self) -> tuple[dict[str, Any] | None, State]:
         async for _ in self:

@@ -206,9 +206,13 @@ class ApplicationBuilder:
         init = self._initializer
         loader = init["loader"]
         parent_pointer = None
+        fork_key = init["fork_from_partition_key"]
         data = yield loader.load(self._partition_key, app_id)
+        if data is not None and init["fork_from_app_id"] is not None:
+            parent_pointer = ParentPointer(
+                init["fork_from_app_id"], init["fork_from_sequence_id"], fork_key
+            )
         if data is None and init["fork_from_app_id"] is not None:
-            fork_key = init["fork_from_partition_key"]
             data = yield loader.load(
                 fork_key, init["fork_from_app_id"], init["fork_from_sequence_id"]
             )

@@ -40,13 +40,16 @@ class Condition:
             tree = ast.parse(expression, mode="eval")
         except SyntaxError as exc:
             raise GraphError(f"condition expression {expression!r} is not valid: {exc}") from exc
-        keys = sorted(
-            {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(_SAFE_BUILTINS)
-        )
+        nodes = list(ast.walk(tree))
+        bound = {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        bound |= {n.arg for n in nodes if isinstance(n, ast.arg)}
+        loaded = {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        keys = sorted(loaded - bound - set(_SAFE_BUILTINS))
         code = compile(tree, f"<condition {expression}>", "eval")
 
         def resolve(state: State) -> bool:
-            return eval(code, {"__builtins__": _SAFE_BUILTINS}, {k: state[k] for k in keys})
+            # Fields go in the globals so that comprehensions (own scope) see them too.
+            return eval(code, {"__builtins__": _SAFE_BUILTINS, **{k: state[k] for k in keys}})
 
         return cls(keys, resolve, expression)
 

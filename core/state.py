@@ -74,7 +74,8 @@ class State(Mapping[str, Any]):
     def _list_field(self, key: str) -> list[Any]:
         current = self._data.get(key, [])
         if not isinstance(current, list):
-            raise TypeError(f"cannot append to state field {key!r}: it holds {type(current).__name__}")
+            kind = type(current).__name__
+            raise TypeError(f"cannot append to state field {key!r}: it holds {kind}")
         return current
 
     def __getitem__(self, key: str) -> Any:

@@ -51,6 +51,7 @@ class LocalTrackingClient(
         self._lock = threading.Lock()
         self._logs: OrderedDict[str, _AppLog] = OrderedDict()
         self._started: dict[tuple[str, int], tuple[str, float]] = {}
+        self._graphs: dict[int, tuple[Any, bytes]] = {}
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -65,20 +66,14 @@ class LocalTrackingClient(
         spawning_parent_pointer: ParentPointer | None,
         **future_kwargs: Any,
     ) -> None:
-        app_dir = self._app_dir(app_id)
-        created_at = _make_dir(app_dir) or _now()
-        graph = application_graph.to_dict() if application_graph is not None else None
-        _write_file(os.path.join(app_dir, GRAPH_FILE), json.dumps(graph, default=repr))
         metadata = {
             "app_id": app_id,
             "partition_key": partition_key,
             "parent_pointer": _pointer(parent_pointer),
             "spawning_parent_pointer": _pointer(spawning_parent_pointer),
-            "created_at": created_at,
+            "created_at": _now(),
         }
-        tmp = os.path.join(app_dir, METADATA_FILE + ".tmp")
-        _write_file(tmp, json.dumps(metadata))
-        os.replace(tmp, os.path.join(app_dir, METADATA_FILE))
+        created_at = self._write_app(app_id, self._graph_bytes(application_graph), metadata)
         if spawning_parent_pointer is not None:
             entry = {
                 "child_app_id": app_id,
@@ -86,8 +81,7 @@ class LocalTrackingClient(
                 "partition_key": partition_key,
                 "created_at": created_at,
             }
-            parent_dir = self._app_dir(spawning_parent_pointer.app_id)
-            _append_line(os.path.join(parent_dir, CHILDREN_FILE), _line(entry))
+            self._append_children(spawning_parent_pointer.app_id, app_id, _line(entry))
 
     def pre_run_step(
         self,
@@ -111,7 +105,7 @@ class LocalTrackingClient(
             "inputs": user_inputs,
             "start_time": start_time,
         }
-        self._log(app_id).append(_line(record, lenient=("inputs",)))
+        self._append_log(app_id, _line(record, lenient=("inputs",)))
 
     def post_run_step(
         self,
@@ -143,7 +137,62 @@ class LocalTrackingClient(
             "end_time": end_time,
             "duration_ms": duration_ms,
         }
-        self._log(app_id).append(_line(record, lenient=("result",)))
+        self._append_log(app_id, _line(record, lenient=("result",)))
+
+    # -- writes (a `RecordingTracker` captures these instead) ---------------------------
+
+    def _graph_bytes(self, graph: Any) -> bytes:
+        """The graph as JSON, encoded once per graph (children of a fan-out share one)."""
+        if graph is None:
+            return b"null"
+        with self._lock:
+            cached = self._graphs.get(id(graph))
+        if cached is not None and cached[0] is graph:
+            return cached[1]
+        encoded = json.dumps(graph.to_dict(), default=repr).encode()
+        with self._lock:
+            if len(self._graphs) >= 64:
+                self._graphs.clear()
+            self._graphs[id(graph)] = (graph, encoded)
+        return encoded
+
+    def _write_app(self, app_id: str, graph: bytes, metadata: dict[str, Any]) -> str:
+        """Create the app folder with graph and metadata; keeps and returns `created_at`."""
+        app_dir = self._app_dir(app_id)
+        existing = _make_dir(app_dir)
+        if existing:
+            metadata = {**metadata, "created_at": existing}
+        _write_file(os.path.join(app_dir, GRAPH_FILE), graph)
+        tmp = os.path.join(app_dir, METADATA_FILE + ".tmp")
+        _write_file(tmp, json.dumps(metadata))
+        os.replace(tmp, os.path.join(app_dir, METADATA_FILE))
+        return metadata["created_at"]
+
+    def _append_children(self, parent_app_id: str, child_app_id: str, line: bytes) -> None:
+        _append_line(os.path.join(self._app_dir(parent_app_id), CHILDREN_FILE), line)
+
+    def _append_log(self, app_id: str, line: bytes) -> None:
+        self._log(app_id).append(line)
+
+    def recorder(self) -> RecordingTracker:
+        """A tracker for children running elsewhere; their records come back to `ingest`."""
+        return RecordingTracker(self.project, self.storage_dir)
+
+    def ingest(self, records: list[dict[str, Any]]) -> None:
+        """Write what `RecordingTracker`s captured, batching the parents' children lines."""
+        children: dict[str, list[bytes]] = {}
+        for record in records:
+            if "app" in record:
+                self._write_app(record["app_id"], *record["app"])
+            if record.get("log"):
+                path = os.path.join(self._app_dir(record["app_id"]), LOG_FILE)
+                _append_line(path, b"".join(record["log"]))
+            if "child_of" in record:
+                children.setdefault(record["child_of"][0], []).append(record["child_of"][1])
+        for parent_app_id, lines in children.items():
+            _append_line(
+                os.path.join(self._app_dir(parent_app_id), CHILDREN_FILE), b"".join(lines)
+            )
 
     # -- loader ------------------------------------------------------------------------
 
@@ -261,6 +310,39 @@ class LocalTrackingClient(
         for old in evicted:
             old.close()
         return log
+
+
+class RecordingTracker(LocalTrackingClient):
+    """Captures a child's tracking records in memory, wherever it runs (thread, process,
+    cluster node); the driver's `LocalTrackingClient.ingest` writes them."""
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def _record(self, app_id: str) -> dict[str, Any]:
+        record = self._records.get(app_id)
+        if record is None:
+            record = self._records[app_id] = {"app_id": app_id, "log": []}
+        return record
+
+    def _write_app(self, app_id: str, graph: bytes, metadata: dict[str, Any]) -> str:
+        with self._lock:
+            self._record(app_id)["app"] = (graph, metadata)
+        return metadata["created_at"]
+
+    def _append_children(self, parent_app_id: str, child_app_id: str, line: bytes) -> None:
+        with self._lock:
+            self._record(child_app_id)["child_of"] = (parent_app_id, line)
+
+    def _append_log(self, app_id: str, line: bytes) -> None:
+        with self._lock:
+            self._record(app_id)["log"].append(line)
+
+    def take(self, app_id: str) -> dict[str, Any] | None:
+        """The records captured for `app_id`, forgetting them here."""
+        with self._lock:
+            return self._records.pop(app_id, None)
 
 
 class _AppLog:
