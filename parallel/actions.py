@@ -25,7 +25,7 @@ from fanwise.parallel.cascade import (
     resolve_executor,
     window_size,
 )
-from fanwise.parallel.channels import AsyncChannel, ExecutorChannel
+from fanwise.parallel.channels import AsyncChannel, channel_for
 from fanwise.parallel.fanout import AsyncSource, FanOutConfig, SyncSource, fanout
 from fanwise.parallel.graphs import as_runnable
 from fanwise.parallel.progress import Progress
@@ -149,7 +149,7 @@ class TaskBasedParallelAction(Action):
         if self.is_async():
             return self._execute_async(state, context, inputs)
         executor, owned, config = self._configure(context, is_async=False)
-        channel = ExecutorChannel(executor)
+        channel = channel_for(executor, config.limit)
         states = _states_of(Driver(fanout(config, SyncSource(iter(self._plan(
             state, context, inputs))), channel)))
         try:
@@ -166,7 +166,7 @@ class TaskBasedParallelAction(Action):
         self, state: State, context: ApplicationContext, inputs: dict[str, Any]
     ) -> tuple[dict[str, Any], State]:
         executor, owned, config = self._configure(context, is_async=True)
-        channel = AsyncChannel(executor, asyncio.get_running_loop())
+        channel = AsyncChannel(executor, asyncio.get_running_loop(), config.limit)
         source = AsyncSource(_as_iterator(self._plan(state, context, inputs)))
         states = _astates_of(Driver(fanout(config, source, channel)))
         try:

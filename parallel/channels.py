@@ -1,4 +1,8 @@
-"""Channels: how a child spec reaches an executor and how its finished future comes back."""
+"""Channels: how child specs reach an executor and how finished children come back.
+
+A channel owns the fan-out's capacity (children in flight at most), submits specs, and
+hands back `(position, future)` pairs as children finish, through a queue.
+"""
 
 from __future__ import annotations
 
@@ -8,50 +12,140 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from fanwise.parallel.child import ChildSpec, arun_child, run_child
+from fanwise.parallel.child import ChildChunk, ChildSpec, arun_child, run_child, run_children
+
+_TARGET_CHUNK_SECONDS = 0.05
+_MAX_CHUNK = 512
 
 
 class ExecutorChannel:
-    """Submits `run_child` to a `concurrent.futures.Executor`; waits on a thread-safe queue."""
+    """One task per child on a `concurrent.futures.Executor`; waits on a thread-safe queue."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, limit: int) -> None:
         self._executor = executor
+        self._limit = limit
         self._done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._pending: dict[int, Any] = {}
+
+    @property
+    def capacity(self) -> int:
+        """How many children may be in flight."""
+        return self._limit
 
     def submit(self, spec: ChildSpec) -> None:
         future = self._executor.submit(run_child, spec)
         self._pending[spec.position] = future
         future.add_done_callback(lambda f, p=spec.position: self._done.put((p, f)))
 
+    def flush(self) -> None:
+        """Send whatever is buffered (nothing is, for one task per child)."""
+
     def get(self) -> tuple[int, Any]:
-        position, future = self._done.get()
-        self._pending.pop(position, None)
-        return position, future
+        return self._received(*self._done.get())
 
     def drain(self) -> Iterator[tuple[int, Any]]:
         while True:
             try:
-                position, future = self._done.get_nowait()
+                item = self._done.get_nowait()
             except queue.Empty:
                 return
-            self._pending.pop(position, None)
-            yield position, future
+            yield self._received(*item)
+
+    def _received(self, position: int, future: Any) -> tuple[int, Any]:
+        self._pending.pop(position, None)
+        return position, future
 
     def cancel_pending(self) -> None:
-        for future in list(self._pending.values()):
+        for future in {id(f): f for f in self._pending.values()}.values():
             future.cancel()
+
+
+class _ChunkItem:
+    """One child's view of its chunk's future."""
+
+    def __init__(self, future: Any, index: int) -> None:
+        self._future = future
+        self._index = index
+
+    def cancelled(self) -> bool:
+        return self._future.cancelled()
+
+    def exception(self) -> BaseException | None:
+        exc = self._future.exception()
+        if exc is not None:
+            return exc
+        item = self._future.result()[self._index]
+        return item if isinstance(item, BaseException) else None
+
+    def result(self) -> Any:
+        return self._future.result()[self._index]
+
+
+class ChunkingChannel(ExecutorChannel):
+    """Groups children into chunks, one task each, so tiny children cost less than a task.
+
+    `chunk_size="auto"` starts at one child per task and grows the chunk until a chunk takes
+    about 50 ms; capacity is two chunks per executor slot so no worker waits on the driver.
+    """
+
+    def __init__(self, executor: Executor, limit: int, chunk_size: int | str | None) -> None:
+        super().__init__(executor, limit)
+        self._auto = chunk_size in (None, "auto")
+        if not self._auto and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be 'auto' or a positive int, got {chunk_size!r}")
+        self._chunk = 1 if self._auto else chunk_size
+        self._buffer = ChildChunk()
+        self._mean_seconds: float | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self._limit * self._chunk * (2 if self._chunk > 1 else 1)
+
+    def submit(self, spec: ChildSpec) -> None:
+        self._buffer.append(spec)
+        if len(self._buffer) >= self._chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        chunk, self._buffer = self._buffer, ChildChunk()
+        future = self._executor.submit(run_children, chunk)
+        positions = [spec.position for spec in chunk]
+        for position in positions:
+            self._pending[position] = future
+        future.add_done_callback(lambda f, ps=positions: self._finished(f, ps))
+
+    def _finished(self, future: Any, positions: list[int]) -> None:
+        for index, position in enumerate(positions):
+            self._done.put((position, _ChunkItem(future, index)))
+
+    def _received(self, position: int, item: Any) -> tuple[int, Any]:
+        if self._auto and not item.cancelled() and item.exception() is None:
+            self._observe(item.result().seconds)
+        return super()._received(position, item)
+
+    def _observe(self, seconds: float) -> None:
+        mean = seconds if self._mean_seconds is None else 0.9 * self._mean_seconds + 0.1 * seconds
+        self._mean_seconds = mean
+        wanted = int(_TARGET_CHUNK_SECONDS / mean) if mean > 0 else _MAX_CHUNK
+        self._chunk = max(1, min(_MAX_CHUNK, wanted))
 
 
 class AsyncChannel:
     """Runs children as tasks on the running loop (`AsyncExecutor`), or on another executor."""
 
-    def __init__(self, executor: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, executor: Any, loop: asyncio.AbstractEventLoop, limit: int) -> None:
         self._executor = executor
         self._loop = loop
+        self._limit = limit
         self._done: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._pending: dict[int, Any] = {}
         self._on_loop = hasattr(executor, "submit_coroutine")
+
+    @property
+    def capacity(self) -> int:
+        return self._limit
 
     def submit(self, spec: ChildSpec) -> None:
         if self._on_loop:
@@ -60,6 +154,9 @@ class AsyncChannel:
             future = self._executor.submit(run_child, spec)
         self._pending[spec.position] = future
         future.add_done_callback(self._callback(spec.position))
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
 
     def _callback(self, position: int) -> Any:
         def put(future: Any) -> None:
@@ -84,3 +181,10 @@ class AsyncChannel:
     def cancel_pending(self) -> None:
         for future in list(self._pending.values()):
             future.cancel()
+
+
+def channel_for(executor: Executor, limit: int) -> ExecutorChannel:
+    """A chunking channel for executors that ask for it (`chunk_size`), else one per child."""
+    if hasattr(executor, "chunk_size"):
+        return ChunkingChannel(executor, limit, executor.chunk_size)
+    return ExecutorChannel(executor, limit)

@@ -8,13 +8,15 @@ which the driver group-commits (a child counts as finished once that row is dura
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData, SaveRow
 from fanwise.core.state import State
+from fanwise.parallel.cascade import copy_of
 from fanwise.parallel.graphs import RunnableGraph
 
 
@@ -38,6 +40,23 @@ class ChildSpec:
     retries: int = 0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
 
+    def shipping_problem(self) -> str | None:
+        """What in this spec cannot be pickled for another process, named; else None."""
+        from fanwise.parallel.shipping import shipping_problem
+
+        return shipping_problem(self)
+
+
+class ChildChunk(list):
+    """Several child specs shipped as one task."""
+
+    def shipping_problem(self) -> str | None:
+        for spec in self:
+            problem = spec.shipping_problem()
+            if problem is not None:
+                return problem
+        return None
+
 
 @dataclass
 class ChildOutcome:
@@ -49,7 +68,8 @@ class ChildOutcome:
     final_row: SaveRow | None = None
     skipped: bool = False
     attempts: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    records: dict[str, Any] | None = None
 
 
 class _DeferredSaver:
@@ -63,6 +83,10 @@ class _DeferredSaver:
         self._inner = inner
         self._meta = {"fingerprint": fingerprint} if fingerprint else None
         self.held: SaveRow | None = None
+
+    def copy(self) -> Any:
+        """What a nested fan-out cascades: a copy of the real persister, not this wrapper."""
+        return copy_of(self._inner)
 
     def is_async(self) -> bool:
         return False
@@ -109,13 +133,20 @@ class _AsyncDeferredSaver(_DeferredSaver):
 
 
 class _Preloaded(BaseStateLoader):
-    """A loader that answers with the row the driver already fetched in its batch read."""
+    """A loader that answers with the row the driver already fetched in its batch read.
 
-    def __init__(self, row: PersistedStateData) -> None:
+    `copy()` (what a nested fan-out cascades) is a copy of the real loader, `loader`.
+    """
+
+    def __init__(self, row: PersistedStateData, loader: Any) -> None:
         self._row = row
+        self._loader = loader
 
     def load(self, partition_key, app_id, sequence_id=None):
         return self._row
+
+    def copy(self) -> Any:
+        return copy_of(self._loader)
 
 
 def _builder(spec: ChildSpec, saver: Any) -> ApplicationBuilder:
@@ -136,22 +167,18 @@ def _builder(spec: ChildSpec, saver: Any) -> ApplicationBuilder:
         builder.with_tracker(spec.tracker)
     if spec.resume_from is not None:
         return builder.initialize_from(
-            _Preloaded(spec.resume_from),
+            _Preloaded(spec.resume_from, spec.loader),
             default_state=spec.state,
             default_entrypoint=spec.runnable.entrypoint,
         )
     return builder.with_state(spec.state).with_entrypoint(spec.runnable.entrypoint)
 
 
-def _retry_or_raise(spec: ChildSpec, attempt: int, exc: Exception) -> None:
-    if attempt >= spec.retries or not isinstance(exc, spec.retry_on):
-        raise exc
-
-
 def run_child(spec: ChildSpec) -> ChildOutcome:
     """Build and run one child synchronously (threads, processes, cluster workers)."""
     if spec.runnable.is_async:
         return asyncio.run(arun_child(spec))
+    started = time.perf_counter()
     attempt = 0
     while True:
         saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver is not None else None
@@ -165,14 +192,52 @@ def run_child(spec: ChildSpec) -> ChildOutcome:
                 spec.partition_key, spec.app_id
             )
             continue
-        return ChildOutcome(
-            spec.position, spec.app_id, app.state, saver.held if saver else None,
-            attempts=attempt + 1,
-        )
+        return _outcome(spec, app.state, saver, attempt, started)
+
+
+def run_children(specs: ChildChunk) -> list[ChildOutcome | BaseException]:
+    """Run a chunk of children one after another; a failure does not stop the others."""
+    results: list[ChildOutcome | BaseException] = []
+    for spec in specs:
+        try:
+            results.append(run_child(spec))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _outcome(
+    spec: ChildSpec, state: State, saver: _DeferredSaver | None, attempt: int, started: float
+) -> ChildOutcome:
+    return ChildOutcome(
+        spec.position,
+        spec.app_id,
+        state,
+        saver.held if saver else None,
+        attempts=attempt + 1,
+        seconds=time.perf_counter() - started,
+        records=_take_records(spec),
+    )
+
+
+def _take_records(spec: ChildSpec) -> dict[str, Any] | None:
+    take = getattr(spec.tracker, "take", None)
+    return take(spec.app_id) if callable(take) else None
+
+
+def _retry_or_raise(spec: ChildSpec, attempt: int, exc: Exception) -> None:
+    """Return to retry; else raise, carrying the child's tracking records to the driver."""
+    if attempt < spec.retries and isinstance(exc, spec.retry_on):
+        return
+    records = _take_records(spec)
+    if records is not None:
+        exc.fanwise_records = records
+    raise exc
 
 
 async def arun_child(spec: ChildSpec) -> ChildOutcome:
     """Build and run one child on the running event loop."""
+    started = time.perf_counter()
     attempt = 0
     is_async = spec.saver is not None and spec.saver.is_async()
     deferred = _AsyncDeferredSaver if is_async else _DeferredSaver
@@ -191,7 +256,4 @@ async def arun_child(spec: ChildSpec) -> ChildOutcome:
             else:
                 spec.resume_from = spec.saver.load(spec.partition_key, spec.app_id)
             continue
-        return ChildOutcome(
-            spec.position, spec.app_id, app.state, saver.held if saver else None,
-            attempts=attempt + 1,
-        )
+        return _outcome(spec, app.state, saver, attempt, started)

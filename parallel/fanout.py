@@ -61,6 +61,8 @@ class _Planner:
     def __init__(self, config: FanOutConfig) -> None:
         self._config = config
         self._explicit_ids: dict[str, int] = {}
+        recorder = getattr(config.tracker, "recorder", None)
+        self._child_tracker = recorder() if callable(recorder) else config.tracker
         parent = config.parent
         self._pointer = ParentPointer(parent.app_id, parent.sequence_id, parent.partition_key)
 
@@ -97,7 +99,7 @@ class _Planner:
                         task.state_initializer if task.state_initializer is not None
                         else config.loader
                     ),
-                    tracker=task.tracker if task.tracker is not None else config.tracker,
+                    tracker=task.tracker if task.tracker is not None else self._child_tracker,
                     executor=config.nested_executor,
                     retries=config.retries,
                     retry_on=config.retry_on,
@@ -145,21 +147,22 @@ class _Planner:
 class _Window:
     """Which children are in flight, finished, and due to be handed out."""
 
-    def __init__(self, limit: int, ordered: bool) -> None:
-        self.limit = limit
+    def __init__(self, channel: Any, ordered: bool) -> None:
+        self.channel = channel
         self.ordered = ordered
-        self.max_buffered = max(4 * limit, 64)
         self.inflight: dict[int, ChildSpec] = {}
         self.ready: dict[int, ChildOutcome] = {}
         self.uncommitted: list[tuple[Any, SaveRow]] = []
+        self.records: list[dict[str, Any]] = []
         self.next_position = 0
         self.exhausted = False
         self.failure: tuple[ChildSpec, BaseException] | None = None
 
     def free_slots(self) -> int:
-        if self.exhausted or self.failure is not None or len(self.ready) >= self.max_buffered:
+        capacity = self.channel.capacity
+        if self.exhausted or self.failure is not None or len(self.ready) >= max(4 * capacity, 64):
             return 0
-        return self.limit - len(self.inflight)
+        return capacity - len(self.inflight)
 
     def complete(self, position: int, future: Any) -> None:
         spec = self.inflight.pop(position)
@@ -167,6 +170,7 @@ class _Window:
             return
         exc = future.exception()
         if exc is not None:
+            self._keep_records(getattr(exc, "fanwise_records", None))
             if self.failure is None:
                 self.failure = (spec, exc)
             return
@@ -174,6 +178,12 @@ class _Window:
         self.ready[position] = outcome
         if outcome.final_row is not None:
             self.uncommitted.append((spec.saver, outcome.final_row))
+        self._keep_records(outcome.records)
+        outcome.records = None
+
+    def _keep_records(self, records: dict[str, Any] | None) -> None:
+        if records is not None:
+            self.records.append(records)
 
     def handout(self) -> list[ChildOutcome]:
         if not self.ordered:
@@ -190,8 +200,11 @@ class _Window:
         return self.exhausted and not self.inflight and not self.ready
 
 
-def _commit(window: _Window) -> Generator[Any, Any, None]:
-    """Write the final rows of finished children, one batch per persister."""
+def _commit(window: _Window, tracker: Any) -> Generator[Any, Any, None]:
+    """Write the final rows of finished children (one batch per persister), then tracking."""
+    if window.records:
+        records, window.records = window.records, []
+        tracker.ingest(records)
     groups: dict[int, tuple[Any, list[SaveRow]]] = {}
     for saver, row in window.uncommitted:
         groups.setdefault(id(saver), (saver, []))[1].append(row)
@@ -234,7 +247,7 @@ def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any,
     while window.inflight:
         position, future = yield channel.get()
         window.complete(position, future)
-    yield from _commit(window)
+    yield from _commit(window, config.tracker)
     spec, exc = window.failure
     config.progress.failed()
     raise ChildFailedError(config.action_name, spec.position, spec.app_id, exc) from exc
@@ -242,18 +255,22 @@ def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any,
 
 def fanout(config: FanOutConfig, source: Any, channel: Any) -> Generator[Any, Any, None]:
     """Run every task of `source` on `channel`; yields `Partial(ChildOutcome)` per child."""
-    window = _Window(config.limit, config.ordered)
+    window = _Window(channel, config.ordered)
     planner = _Planner(config)
     try:
         while True:
             yield from _refill(window, planner, source, channel, config)
+            channel.flush()
             out = window.handout()
-            if window.uncommitted and (out or len(window.uncommitted) >= window.limit):
-                yield from _commit(window)
+            pending = len(window.uncommitted) + len(window.records)
+            if pending and (out or pending >= channel.capacity):
+                yield from _commit(window, config.tracker)
             for outcome in out:
                 config.progress.done()
                 yield Partial(outcome)
             if window.done():
+                if window.uncommitted or window.records:
+                    yield from _commit(window, config.tracker)
                 return
             if out:
                 continue
