@@ -5,4 +5,11 @@ from fanwise.executors.processes import MultiProcessExecutor
 from fanwise.executors.registry import available, create, executor_class
 from fanwise.executors.threads import MultiThreadedExecutor
 
-__all__ = ["AsyncExecutor", "MultiProcessExecutor", "MultiThreadedExecutor", "available", "create", "executor_class"]
+__all__ = [
+    "AsyncExecutor",
+    "MultiProcessExecutor",
+    "MultiThreadedExecutor",
+    "available",
+    "create",
+    "executor_class",
+]
