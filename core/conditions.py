@@ -45,11 +45,14 @@ class Condition:
         bound |= {n.arg for n in nodes if isinstance(n, ast.arg)}
         loaded = {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
         keys = sorted(loaded - bound - set(_SAFE_BUILTINS))
+        shadowing = sorted((loaded - bound) & set(_SAFE_BUILTINS))
         code = compile(tree, f"<condition {expression}>", "eval")
 
         def resolve(state: State) -> bool:
             # Fields go in the globals so that comprehensions (own scope) see them too.
-            return eval(code, {"__builtins__": _SAFE_BUILTINS, **{k: state[k] for k in keys}})
+            fields = {k: state[k] for k in keys}
+            fields.update({k: state[k] for k in shadowing if k in state})
+            return eval(code, {"__builtins__": _SAFE_BUILTINS, **fields})
 
         return cls(keys, resolve, expression)
 

@@ -13,3 +13,17 @@ __all__ = [
     "create",
     "executor_class",
 ]
+
+_LAZY = {
+    "RayExecutor": "fanwise.executors.ray",
+    "DaskExecutor": "fanwise.executors.dask",
+}
+
+
+def __getattr__(name: str) -> object:
+    """`RayExecutor` and `DaskExecutor` are imported on first use, never at package import."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fanwise.executors' has no attribute {name!r}")

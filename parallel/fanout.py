@@ -8,6 +8,7 @@ handed to `reduce`. A sync or async `Driver` runs it; only the waiting differs.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -151,6 +152,7 @@ class _Window:
         self.channel = channel
         self.ordered = ordered
         self.inflight: dict[int, ChildSpec] = {}
+        self.queued: deque[ChildSpec] = deque()
         self.ready: dict[int, ChildOutcome] = {}
         self.uncommitted: list[tuple[Any, SaveRow]] = []
         self.records: list[dict[str, Any]] = []
@@ -159,10 +161,14 @@ class _Window:
         self.failure: tuple[ChildSpec, BaseException] | None = None
 
     def free_slots(self) -> int:
-        capacity = self.channel.capacity
-        if self.exhausted or self.failure is not None or len(self.ready) >= max(4 * capacity, 64):
+        """How many more children may be submitted now."""
+        if self.failure is not None:
             return 0
-        return capacity - len(self.inflight)
+        return self.channel.capacity - len(self.inflight)
+
+    def may_pull(self) -> bool:
+        """Whether to pull more tasks: some are left and not too many wait to be handed out."""
+        return not self.exhausted and len(self.ready) < max(4 * self.channel.capacity, 64)
 
     def complete(self, position: int, future: Any) -> None:
         spec = self.inflight.pop(position)
@@ -197,7 +203,12 @@ class _Window:
         return out
 
     def done(self) -> bool:
-        return self.exhausted and not self.inflight and not self.ready
+        """Every child handed out; a failure still to raise is not done."""
+        return (
+            self.failure is None
+            and self.exhausted
+            and not (self.inflight or self.queued or self.ready)
+        )
 
 
 def _commit(window: _Window, tracker: Any) -> Generator[Any, Any, None]:
@@ -216,9 +227,20 @@ def _commit(window: _Window, tracker: Any) -> Generator[Any, Any, None]:
 def _refill(
     window: _Window, planner: _Planner, source: Any, channel: Any, config: FanOutConfig
 ) -> Generator[Any, Any, None]:
-    """Pull as many tasks as there are free slots; submit those not already finished."""
+    """Fill free slots: first with queued children, then with tasks pulled from `source`.
+
+    Children already finished are skipped; after a batch of only those, the next batch is
+    larger (cheap resume), and its unfinished children queue for a slot.
+    """
     skipped_everything = False
     while (free := window.free_slots()) > 0:
+        if window.queued:
+            spec = window.queued.popleft()
+            window.inflight[spec.position] = spec
+            channel.submit(spec)
+            continue
+        if not window.may_pull():
+            return
         wanted = max(free, _RESUME_BATCH) if skipped_everything else free
         batch = yield source.take(wanted)
         if len(batch) < wanted:
@@ -237,8 +259,7 @@ def _refill(
                 config.progress.skipped()
             else:
                 skipped_everything = False
-                window.inflight[item.position] = item
-                channel.submit(item)
+                window.queued.append(item)
 
 
 def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any, Any, None]:

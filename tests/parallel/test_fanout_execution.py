@@ -1,0 +1,186 @@
+"""Execution semantics: streaming reduce and its order, the concurrency window, lazy pulls."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from fanwise.core import State, action
+from fanwise.executors import MultiThreadedExecutor
+from fanwise.executors.threads import default_concurrency
+from fanwise.parallel import MapStates
+
+from conftest import WAIT, Peak, run_fan
+
+
+def fan_of(child_fn, n, reduce_fn=None, **settings):
+    """A MapStates running `child_fn(x)` for x in range(n); reduce collects (x, y) pairs."""
+
+    @action(reads=["x"], writes=["y"])
+    def child(state):
+        return state.update(y=child_fn(state["x"]))
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["pairs"]
+
+        def action(self):
+            return child
+
+        def states(self, state):
+            for x in range(n):
+                yield State({"x": x})
+
+        def reduce(self, state, states):
+            if reduce_fn is not None:
+                states = reduce_fn(states)
+            return state.update(pairs=[(s["x"], s["y"]) for s in states])
+
+    for name, value in settings.items():
+        setattr(Fan, name, value)
+    return Fan()
+
+
+def wait_for(event, what):
+    if not event.wait(WAIT):
+        raise TimeoutError(f"timed out waiting for {what}")
+
+
+def test_reduce_receives_states_in_task_order_when_children_finish_in_reverse():
+    n = 4
+    finished = [threading.Event() for _ in range(n)]
+    finish_order = []
+
+    def child(x):
+        if x + 1 < n:
+            wait_for(finished[x + 1], f"child {x + 1}")
+        finish_order.append(x)
+        finished[x].set()
+        return x * 10
+
+    final = run_fan(fan_of(child, n, max_concurrency=n))
+    assert finish_order == [3, 2, 1, 0]
+    assert final["pairs"] == [(0, 0), (1, 10), (2, 20), (3, 30)]
+
+
+def test_reduce_receives_states_in_completion_order_when_asked():
+    release = threading.Event()
+
+    def child(x):
+        if x == 0:
+            wait_for(release, "reduce to see child 1")
+        return x
+
+    def reduce_fn(states):
+        for s in states:
+            release.set()
+            yield s
+
+    final = run_fan(fan_of(child, 2, reduce_fn, max_concurrency=2, reduce_order="completion"))
+    assert final["pairs"] == [(1, 1), (0, 0)]
+
+
+def test_reduce_runs_while_later_children_are_still_in_flight():
+    release = threading.Event()
+    seen_while_blocked = []
+
+    def child(x):
+        if x == 1:
+            wait_for(release, "reduce to see state 0 (it got a list, not a stream)")
+        return x
+
+    def reduce_fn(states):
+        for s in states:
+            if s["x"] == 0:
+                seen_while_blocked.append(not release.is_set())
+                release.set()
+            yield s
+
+    final = run_fan(fan_of(child, 3, reduce_fn, max_concurrency=3))
+    assert final["pairs"] == [(0, 0), (1, 1), (2, 2)]
+    assert seen_while_blocked == [True]
+
+
+def peak_fan(peak, parties, n, **settings):
+    barrier = threading.Barrier(parties, timeout=WAIT)
+
+    def child(x):
+        with peak:
+            barrier.wait()
+        return x
+
+    return fan_of(child, n, **settings)
+
+
+def test_exactly_max_concurrency_children_run_at_once_on_a_larger_pool():
+    peak = Peak()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        final = run_fan(peak_fan(peak, 3, 12, max_concurrency=3), executor=pool)
+    assert final["pairs"] == [(x, x) for x in range(12)]
+    assert peak.most == 3
+
+
+def test_the_window_defaults_to_the_executor_size():
+    peak = Peak()
+    with MultiThreadedExecutor(max_concurrency=4) as executor:
+        final = run_fan(peak_fan(peak, 4, 16), executor=executor)
+    assert len(final["pairs"]) == 16
+    assert peak.most == 4
+
+
+def lazy_fan(n, done, ahead, **settings):
+    """Children append to `done`; the generator records how far ahead of them it is pulled.
+
+    (`list.append` and `len` are atomic, so no lock slows the 200k-children test.)
+    """
+
+    @action(reads=["x"], writes=["y"])
+    def child(state):
+        done.append(None)
+        return state.update(y=state["x"])
+
+    class Lazy(MapStates):
+        reads = []
+        writes = ["total"]
+
+        def action(self):
+            return child
+
+        def states(self, state):
+            for x in range(n):
+                ahead[0] = max(ahead[0], x - len(done))
+                yield State({"x": x})
+
+        def reduce(self, state, states):
+            total = 0
+            for s in states:
+                total += s["y"]
+            return state.update(total=total)
+
+    for name, value in settings.items():
+        setattr(Lazy, name, value)
+    return Lazy()
+
+
+SLACK = 2
+
+
+def test_the_task_generator_is_never_pulled_far_ahead_of_completions():
+    done, ahead = [], [0]
+    final = run_fan(lazy_fan(500, done, ahead, max_concurrency=4))
+    assert final["total"] == sum(range(500))
+    assert 0 < ahead[0] <= 4 + SLACK
+
+
+def test_the_default_window_is_bounded():
+    done, ahead = [], [0]
+    final = run_fan(lazy_fan(300, done, ahead))
+    assert final["total"] == sum(range(300))
+    assert ahead[0] <= default_concurrency() + SLACK
+
+
+def test_two_hundred_thousand_trivial_children_stream_through_a_bounded_window():
+    n = 200_000
+    done, ahead = [], [0]
+    final = run_fan(lazy_fan(n, done, ahead, max_concurrency=8))
+    assert final["total"] == n * (n - 1) // 2
+    assert len(done) == n
+    assert ahead[0] <= 8 + SLACK

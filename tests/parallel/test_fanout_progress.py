@@ -1,0 +1,65 @@
+"""The optional tqdm progress bar of a fan-out: done, failed and resumed counts."""
+
+import pytest
+from fanwise.core import State, action
+from fanwise.core.persistence import SQLitePersister
+from fanwise.parallel import ChildFailedError, MapStates
+
+from conftest import run_fan
+
+pytest.importorskip("tqdm")
+
+
+def progress_fan(n, fail_once=(), progress=True):
+    armed = set(fail_once)
+
+    @action(reads=["x"], writes=["y"])
+    def child(state):
+        if state["x"] in armed:
+            armed.discard(state["x"])
+            raise ValueError("fails once")
+        return state.update(y=state["x"])
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 1
+
+        def action(self):
+            return child
+
+        def states(self, state):
+            return [State({"x": x}) for x in range(n)]
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+    Fan.progress = progress
+    return Fan()
+
+
+def last_bar(err):
+    return err.replace("\r", "\n").strip().splitlines()[-1]
+
+
+def test_the_progress_bar_counts_finished_children(capsys):
+    assert run_fan(progress_fan(25))["ys"] == list(range(25))
+    bar = last_bar(capsys.readouterr().err)
+    assert bar.startswith("fan: 25")
+
+
+def test_the_progress_bar_counts_failed_and_resumed_children(tmp_path, capsys):
+    persister = SQLitePersister(tmp_path / "state.db")
+    fan = progress_fan(25, fail_once={7})
+    with pytest.raises(ChildFailedError):
+        run_fan(fan, app_id="p", persister=persister, resume=True)
+    bar = last_bar(capsys.readouterr().err)
+    assert bar.startswith("fan: 7") and "failed=1" in bar
+    assert run_fan(fan, app_id="p", persister=persister, resume=True)["ys"] == list(range(25))
+    bar = last_bar(capsys.readouterr().err)
+    assert bar.startswith("fan: 25") and "resumed=7" in bar and "failed=0" in bar
+
+
+def test_no_progress_bar_unless_asked(capsys):
+    run_fan(progress_fan(5, progress=False))
+    assert capsys.readouterr().err == ""
