@@ -176,54 +176,47 @@ class Driver:
         return False, effect
 
     def __iter__(self) -> Iterator[Any]:
-        try:
-            yield from self._iterate()
-        finally:
-            self._gen.close()
-
-    def _iterate(self) -> Iterator[Any]:
         send: Any = None
         throw: BaseException | None = None
-        while True:
-            done, effect = self._advance(send, throw)
-            if done:
-                return
-            send, throw = None, None
-            if isinstance(effect, Partial):
-                yield effect.value
-            elif inspect.isawaitable(effect):
-                if inspect.iscoroutine(effect):
-                    effect.close()
-                throw = AsyncMismatchError(
-                    "an async function was reached from a sync run: use arun/astep/aiterate"
-                )
-            else:
-                send = effect
+        try:
+            while True:
+                done, effect = self._advance(send, throw)
+                if done:
+                    return
+                send, throw = None, None
+                if isinstance(effect, Partial):
+                    yield effect.value
+                elif inspect.isawaitable(effect):
+                    if inspect.iscoroutine(effect):
+                        effect.close()
+                    throw = AsyncMismatchError(
+                        "an async function was reached from a sync run: use arun/astep/aiterate"
+                    )
+                else:
+                    send = effect
+        finally:
+            self._gen.close()
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        try:
-            async for item in self._aiterate():
-                yield item
-        finally:
-            self._gen.close()
-
-    async def _aiterate(self) -> AsyncIterator[Any]:
         send: Any = None
         throw: BaseException | None = None
-        while True:
-            done, effect = self._advance(send, throw)
-            if done:
-                return
-            send, throw = None, None
-            if isinstance(effect, Partial):
-                yield effect.value
-            elif inspect.isawaitable(effect):
-                try:
-                    send = await effect
-                except BaseException as exc:  # handed back into the step logic
-                    throw = exc
-            else:
-                send = effect
+        try:
+            while True:
+                done, effect = self._advance(send, throw)
+                if done:
+                    return
+                send, throw = None, None
+                if isinstance(effect, Partial):
+                    yield effect.value
+                elif inspect.isawaitable(effect):
+                    try:
+                        send = await effect
+                    except BaseException as exc:  # handed back into the step logic
+                        throw = exc
+                else:
+                    send = effect
+        finally:
+            self._gen.close()
 
 
 def drive_sync(gen: StepGen) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ class Application:
         spawning_parent: ParentPointer | None,
         parent_pointer: ParentPointer | None,
         next_sequence_id: int,
+        lease: Any = None,
     ) -> None:
         self._graph = graph
         self._state = state
@@ -48,6 +50,10 @@ class Application:
         self._spawning_parent = spawning_parent
         self._parent_pointer = parent_pointer
         self._next_sequence_id = next_sequence_id
+        # The lease on this app id goes at its end, when the app is collected, or at exit.
+        self._lease_finalizer = None if lease is None else weakref.finalize(self, lease.release)
+        if entrypoint is None:
+            self._release_lease()
 
     @property
     def state(self) -> State:
@@ -95,6 +101,13 @@ class Application:
         self._next_sequence_id = sequence_id + 1
         following = self._graph.next_action(action.name, state)
         self._next_action_name = following.name if following is not None else None
+        if following is None:
+            self._release_lease()
+
+    def _release_lease(self) -> None:
+        """Let another driver run this app id."""
+        if self._lease_finalizer is not None:
+            self._lease_finalizer()
 
     def _context(self, action: Action, sequence_id: int) -> ApplicationContext:
         return ApplicationContext(

@@ -31,6 +31,7 @@ class ApplicationBuilder:
         self._executor: Any = None
         self._spawning_parent: ParentPointer | None = None
         self._initializer: dict[str, Any] | None = None
+        self._lease_wait = 0.0
 
     # -- graph --------------------------------------------------------------------------
 
@@ -60,10 +61,10 @@ class ApplicationBuilder:
     def with_state(self, state: State | dict[str, Any] | None = None, **fields: Any) -> (
         ApplicationBuilder
     ):
-        base = State(dict(state or {}))
-        self._state = base.update(**fields) if self._state is None else self._state.merge(
-            base.update(**fields)
-        )
+        data = state.get_all() if isinstance(state, State) else dict(state or {})
+        data.update(fields)
+        base = State(data)
+        self._state = base if self._state is None else self._state.merge(base)
         return self
 
     def with_entrypoint(self, name: str) -> ApplicationBuilder:
@@ -128,6 +129,12 @@ class ApplicationBuilder:
         self._saver = persister
         return self
 
+    def with_lease_wait(self, seconds: float) -> ApplicationBuilder:
+        """Wait up to `seconds` for another driver of this app id to finish, instead of raising
+        `AppLockedError` at once."""
+        self._lease_wait = seconds
+        return self
+
     def with_hooks(self, *hooks: LifecycleHook) -> ApplicationBuilder:
         self._hooks.extend(hooks)
         return self
@@ -156,8 +163,25 @@ class ApplicationBuilder:
         return (self._initializer or {}).get("loader"), "state initializer"
 
     def _assemble(self) -> Generator[Any, Any, Application]:
-        graph = self._graph or (self._graph_builder or GraphBuilder()).build()
         app_id = self._app_id or str(uuid.uuid4())
+        lease = yield from self._acquire_lease(app_id)
+        try:
+            return (yield from self._assemble_app(app_id, lease))
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+
+    def _acquire_lease(self, app_id: str) -> Generator[Any, Any, Any]:
+        """This driver's lease on `app_id` if the persister has leases (None otherwise); a
+        spawned child runs under its parent's lease and takes none."""
+        acquire = getattr(self._saver, "acquire_lease", None)
+        if acquire is None or self._spawning_parent is not None:
+            return None
+        return (yield acquire(self._partition_key, app_id, wait=self._lease_wait))
+
+    def _assemble_app(self, app_id: str, lease: Any) -> Generator[Any, Any, Application]:
+        graph = self._graph or (self._graph_builder or GraphBuilder()).build()
         if self._initializer is not None:
             if self._state is not None or self._entrypoint is not None:
                 raise ValueError(
@@ -187,6 +211,7 @@ class ApplicationBuilder:
             spawning_parent=self._spawning_parent,
             parent_pointer=parent_pointer,
             next_sequence_id=next_sequence_id,
+            lease=lease,
         )
         for hook in hooks_for(hooks, "post_application_create"):
             hook.post_application_create(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, NotRequired, TypedDict
 
 from fanwise.core.state import State
@@ -34,6 +36,29 @@ class SaveRow(TypedDict):
     state: State
     status: Status
     meta: NotRequired[dict[str, Any] | None]
+
+
+class Lease:
+    """The right of this driver to run one app id, until `release()` (idempotent).
+
+    Only the process that acquired a lease can release it: a forked child leaves it alone.
+    """
+
+    def __init__(self, app_id: str, holder: str, release: Callable[[], None]) -> None:
+        self.app_id = app_id
+        self.holder = holder
+        self._release: Callable[[], None] | None = release
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Lease({self.app_id!r}, held by {self.holder})"
+
+    def release(self) -> None:
+        with self._lock:
+            release, self._release = self._release, None
+        if release is not None and os.getpid() == self._pid:
+            release()
 
 
 class BaseStateLoader(abc.ABC):
@@ -99,6 +124,14 @@ class BaseStatePersister(BaseStateLoader, BaseStateSaver, abc.ABC):
         """A persister on the same store, safe to hand to another thread or process."""
         return self
 
+    def acquire_lease(
+        self, partition_key: str | None, app_id: str, wait: float = 0
+    ) -> Lease | None:
+        """Hold `app_id` for this driver (host, pid) until `Lease.release()`; None if this store
+        has no leases. Re-entrant within a process; raises `AppLockedError` naming the holder
+        when another live driver still holds it after `wait` seconds."""
+        return None
+
 
 class AsyncBaseStateLoader(abc.ABC):
     """Async twin of `BaseStateLoader`; needs `ApplicationBuilder.abuild()`."""
@@ -156,3 +189,9 @@ class AsyncBaseStatePersister(AsyncBaseStateLoader, AsyncBaseStateSaver, abc.ABC
 
     def copy(self) -> AsyncBaseStatePersister:
         return self
+
+    async def acquire_lease(
+        self, partition_key: str | None, app_id: str, wait: float = 0
+    ) -> Lease | None:
+        """Async `BaseStatePersister.acquire_lease`; the `Lease` itself is released sync."""
+        return None

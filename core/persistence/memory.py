@@ -7,9 +7,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fanwise.core.persistence import _rows
+from fanwise.core.errors import AppLockedError
+from fanwise.core.persistence import _leases, _rows
 from fanwise.core.persistence.base import (
     BaseStatePersister,
+    Lease,
     PersistedStateData,
     SaveRow,
     Status,
@@ -18,22 +20,26 @@ from fanwise.core.state import State
 
 
 class _Store:
-    """Rows by partition key, app id and sequence id; shared by a persister and its copies."""
+    """Rows by partition key, app id and sequence id, and the lease holders (host, pid, since)
+    by partition key and app id; shared by a persister and its copies."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.apps: dict[str, dict[str, dict[int, _rows.Row]]] = {}
+        self.leases: dict[tuple[str, str], tuple[str, int, str]] = {}
 
-    def __getstate__(self) -> dict[str, dict[str, dict[int, _rows.Row]]]:
+    def __getstate__(self) -> dict[str, Any]:
         with self.lock:
-            return {
+            apps = {
                 pk: {app: dict(steps) for app, steps in apps.items()}
                 for pk, apps in self.apps.items()
             }
+            return {"apps": apps, "leases": dict(self.leases)}
 
-    def __setstate__(self, apps: dict[str, dict[str, dict[int, _rows.Row]]]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.lock = threading.Lock()
-        self.apps = apps
+        self.apps = state["apps"]
+        self.leases = state["leases"]
 
 
 class InMemoryPersister(BaseStatePersister):
@@ -44,6 +50,30 @@ class InMemoryPersister(BaseStatePersister):
 
     def copy(self) -> InMemoryPersister:
         return copy.copy(self)
+
+    def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
+        """A lease kept in the store (a pickled copy carries its holder); re-entrant per process."""
+        slot = (_rows.stored_partition_key(partition_key), app_id)
+        return _leases.acquire(
+            ("memory", id(self._store), *slot),
+            app_id,
+            lambda: _leases.retry(lambda: self._take_lease(slot), wait),
+        )
+
+    def _take_lease(self, slot: tuple[str, str]) -> tuple[str, _leases.Release]:
+        mine = (*_leases.me(), _leases.now_text())
+        with self._store.lock:
+            holder = self._store.leases.get(slot)
+            if holder is not None and holder[:2] != mine[:2] and not _leases.died_here(*holder[:2]):
+                raise AppLockedError(slot[1], _leases.holder_text(*holder))
+            self._store.leases[slot] = mine
+
+        def release() -> None:
+            with self._store.lock:
+                if self._store.leases.get(slot) == mine:
+                    del self._store.leases[slot]
+
+        return _leases.holder_text(*mine), release
 
     def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None

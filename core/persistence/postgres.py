@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fanwise.core.persistence import _rows
+from fanwise.core.errors import AppLockedError
+from fanwise.core.persistence import _leases, _rows
 from fanwise.core.persistence.base import (
     BaseStatePersister,
+    Lease,
     PersistedStateData,
     SaveRow,
     Status,
@@ -18,22 +22,26 @@ from fanwise.core.persistence.base import (
 from fanwise.core.state import State
 
 if TYPE_CHECKING:
+    from psycopg import Connection
     from psycopg_pool import ConnectionPool
 
 _COLUMNS = ", ".join(_rows.COLUMNS)
+
+_LOG = logging.getLogger(__name__)
 
 _INHERITED: list[ConnectionPool] = []
 """Pools a forked child inherited: never closed here, as that would end the parent's sessions."""
 
 
 class _Shared:
-    """What a persister shares with its copies: the connection pool, the table check."""
+    """What a persister shares with its copies: the connection pool, the table checks."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pool: ConnectionPool | None = None
         self.pid = 0
         self.initialized = False
+        self.lease_table_ready = False
 
 
 class PostgreSQLPersister(BaseStatePersister):
@@ -75,6 +83,20 @@ class PostgreSQLPersister(BaseStatePersister):
         self._sql_app_ids = (
             f"SELECT DISTINCT app_id FROM {table} WHERE partition_key = %s ORDER BY app_id"
         )
+        lease = f'"{_rows.check_table_name(f"{table_name}_lease")}"'
+        self._sql_lease_create = (
+            f"CREATE TABLE IF NOT EXISTS {lease} (partition_key TEXT NOT NULL,"
+            " app_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, since TEXT NOT NULL,"
+            " PRIMARY KEY (partition_key, app_id))"
+        )
+        slot = "partition_key = %s AND app_id = %s"
+        self._sql_lease_get = f"SELECT host, pid, since FROM {lease} WHERE {slot}"
+        self._sql_lease_put = (
+            f"INSERT INTO {lease} (partition_key, app_id, host, pid, since)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (partition_key, app_id) DO UPDATE SET"
+            " host = EXCLUDED.host, pid = EXCLUDED.pid, since = EXCLUDED.since"
+        )
+        self._sql_lease_drop = f"DELETE FROM {lease} WHERE {slot} AND host = %s AND pid = %s"
 
     def __repr__(self) -> str:
         return f"PostgreSQLPersister({self._dsn!r}, table_name={self._table_name!r})"
@@ -109,9 +131,8 @@ class PostgreSQLPersister(BaseStatePersister):
 
     def initialize(self) -> None:
         """Create the table if missing and check that an existing one has every column."""
-        lock_id = zlib.crc32(f"fanwise:{self._table_name}".encode())
         with self._pool().connection() as connection:
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+            self._lock_ddl(connection)
             connection.execute(self._sql_create)
             present = {
                 row[0]
@@ -183,6 +204,63 @@ class PostgreSQLPersister(BaseStatePersister):
         with self._ready().connection() as connection, connection.cursor() as cursor:
             cursor.executemany(self._sql_insert, rows)
 
+    def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
+        """Hold `app_id` by a session-level advisory lock on a connection of its own (the lock
+        ends with the session if this driver dies); `<table_name>_lease` names the holder."""
+        slot = (_rows.stored_partition_key(partition_key), app_id)
+        return _leases.acquire(
+            ("postgres", self._dsn, self._table_name, *slot),
+            app_id,
+            lambda: self._take_lease(*slot, wait),
+        )
+
+    def _take_lease(
+        self, partition_key: str, app_id: str, wait: float
+    ) -> tuple[str, _leases.Release]:
+        import psycopg
+
+        host, pid = _leases.me()
+        since = _leases.now_text()
+        lock_id = _lease_lock_id(self._table_name, partition_key, app_id)
+        connection = psycopg.connect(
+            self._dsn, autocommit=True, connect_timeout=max(2, round(self._timeout))
+        )
+        try:
+            if not self._shared.lease_table_ready:
+                with connection.transaction():
+                    self._lock_ddl(connection)
+                    connection.execute(self._sql_lease_create)
+                self._shared.lease_table_ready = True
+            _leases.retry(lambda: self._try_lock(connection, lock_id, partition_key, app_id), wait)
+            connection.execute(self._sql_lease_put, [partition_key, app_id, host, pid, since])
+        except BaseException:
+            connection.close()
+            raise
+
+        def release() -> None:
+            try:
+                connection.execute(self._sql_lease_drop, [partition_key, app_id, host, pid])
+            except psycopg.Error as exc:
+                _LOG.warning("cannot remove the lease row of app %r: %s", app_id, exc)
+            connection.close()  # ends the session, and with it the advisory lock
+
+        return _leases.holder_text(host, pid, since), release
+
+    def _try_lock(
+        self, connection: Connection, lock_id: int, partition_key: str, app_id: str
+    ) -> None:
+        """Take the advisory lock `lock_id`, or raise `AppLockedError` naming its holder."""
+        if connection.execute("SELECT pg_try_advisory_lock(%s)", [lock_id]).fetchone()[0]:
+            return
+        row = connection.execute(self._sql_lease_get, [partition_key, app_id]).fetchone()
+        holder = _leases.holder_text(*row) if row else "a driver that has not recorded itself yet"
+        raise AppLockedError(app_id, holder)
+
+    def _lock_ddl(self, connection: Connection) -> None:
+        """Serialise this table's DDL across drivers until the transaction ends."""
+        lock_id = zlib.crc32(f"fanwise:{self._table_name}".encode())
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+
     def _ready(self) -> ConnectionPool:
         if not self._shared.initialized:
             self.initialize()
@@ -210,3 +288,9 @@ class PostgreSQLPersister(BaseStatePersister):
 
     def _source(self) -> str:
         return f"PostgreSQL table {self._table_name!r}"
+
+
+def _lease_lock_id(table_name: str, partition_key: str, app_id: str) -> int:
+    """The 64-bit advisory lock key of one app id of one table."""
+    key = repr(("fanwise-lease", table_name, partition_key, app_id)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)

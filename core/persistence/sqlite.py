@@ -3,6 +3,7 @@ processes (WAL journal, busy timeout, one connection per thread)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -10,9 +11,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fanwise.core.persistence import _rows
+from fanwise.core.errors import AppLockedError
+from fanwise.core.persistence import _leases, _rows
 from fanwise.core.persistence.base import (
     BaseStatePersister,
+    Lease,
     PersistedStateData,
     SaveRow,
     Status,
@@ -23,6 +26,8 @@ _CHUNK = 900
 """App ids per `IN (...)` query of `load_many` (old SQLite builds allow 999 variables)."""
 
 _COLUMNS = ", ".join(_rows.COLUMNS)
+
+_LOG = logging.getLogger(__name__)
 
 _INHERITED: list[sqlite3.Connection] = []
 """Connections a forked child inherited: kept open, as closing them touches the parent's locks."""
@@ -51,8 +56,10 @@ class SQLitePersister(BaseStatePersister):
         db_path: str | os.PathLike[str],
         table_name: str = "fanwise_state",
         timeout: float = 30.0,
+        lease_ttl: float = 30.0,
     ) -> None:
-        """`timeout`: seconds a connection waits for another writer's lock before failing."""
+        """`timeout`: seconds a connection waits for another writer's lock before failing;
+        `lease_ttl`: seconds a driver's lease outlives its last renewal."""
         if os.fspath(db_path) == ":memory:":
             raise ValueError(
                 "SQLitePersister needs a file (':memory:' is private to one connection); "
@@ -61,6 +68,7 @@ class SQLitePersister(BaseStatePersister):
         self._db_path = os.path.abspath(os.path.expanduser(os.fspath(db_path)))
         self._table_name = _rows.check_table_name(table_name)
         self._timeout = timeout
+        self._lease_ttl = lease_ttl
         self._shared = _Shared()
         table = f'"{table_name}"'
         self._sql_create = _rows.CREATE_TABLE.format(table=table)
@@ -76,19 +84,39 @@ class SQLitePersister(BaseStatePersister):
         self._sql_app_ids = (
             f"SELECT DISTINCT app_id FROM {table} WHERE partition_key = ? ORDER BY app_id"
         )
+        lease = f'"{_rows.check_table_name(f"{table_name}_lease")}"'
+        self._sql_lease_create = (
+            f"CREATE TABLE IF NOT EXISTS {lease} (partition_key TEXT NOT NULL,"
+            " app_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, since TEXT NOT NULL,"
+            " expires_at REAL NOT NULL, PRIMARY KEY (partition_key, app_id))"
+        )
+        slot = "partition_key = ? AND app_id = ?"
+        self._sql_lease_get = f"SELECT host, pid, since, expires_at FROM {lease} WHERE {slot}"
+        self._sql_lease_put = (
+            f"INSERT OR REPLACE INTO {lease} (partition_key, app_id, host, pid, since, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        mine = f"{slot} AND host = ? AND pid = ?"
+        self._sql_lease_renew = f"UPDATE {lease} SET expires_at = ? WHERE {mine}"
+        self._sql_lease_drop = f"DELETE FROM {lease} WHERE {mine}"
 
     def __repr__(self) -> str:
         return f"SQLitePersister({self._db_path!r}, table_name={self._table_name!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"db_path": self._db_path, "table_name": self._table_name, "timeout": self._timeout}
+        return {
+            "db_path": self._db_path,
+            "table_name": self._table_name,
+            "timeout": self._timeout,
+            "lease_ttl": self._lease_ttl,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
 
     def copy(self) -> SQLitePersister:
         """A persister on the same file, reusing this one's per-thread connections."""
-        twin = SQLitePersister(self._db_path, self._table_name, self._timeout)
+        twin = SQLitePersister(self._db_path, self._table_name, self._timeout, self._lease_ttl)
         twin._shared = self._shared
         return twin
 
@@ -165,6 +193,86 @@ class SQLitePersister(BaseStatePersister):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+
+    def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
+        """Hold `app_id` by a row of `<table_name>_lease` that a daemon thread renews every
+        `lease_ttl / 3` s; a row past its expiry, or of a dead process on this host, is taken."""
+        slot = (_rows.stored_partition_key(partition_key), app_id)
+        return _leases.acquire(
+            ("sqlite", self._db_path, self._table_name, *slot),
+            app_id,
+            lambda: _leases.retry(lambda: self._take_lease(*slot), wait),
+        )
+
+    def _take_lease(self, partition_key: str, app_id: str) -> tuple[str, _leases.Release]:
+        host, pid = _leases.me()
+        since, now = _leases.now_text(), time.time()
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute(self._sql_lease_create)
+            row = connection.execute(self._sql_lease_get, [partition_key, app_id]).fetchone()
+            if (
+                row is not None
+                and (row[0], row[1]) != (host, pid)
+                and row[3] > now
+                and not _leases.died_here(row[0], row[1])
+            ):
+                raise AppLockedError(
+                    app_id,
+                    f"{_leases.holder_text(*row[:3])} (its lease in {self._db_path} expires in "
+                    f"{row[3] - now:.0f} s unless renewed)",
+                )
+            connection.execute(
+                self._sql_lease_put,
+                [partition_key, app_id, host, pid, since, now + self._lease_ttl],
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        ids = (partition_key, app_id, host, pid)
+        stop = threading.Event()
+        threading.Thread(
+            target=self._renew_lease, args=(stop, ids), name=f"fanwise-lease-{app_id}", daemon=True
+        ).start()
+
+        def release() -> None:
+            stop.set()
+            try:
+                self._connection().execute(self._sql_lease_drop, ids)
+            except sqlite3.Error as exc:
+                _LOG.warning(
+                    "cannot release the lease of app %r (it expires in %s s): %s",
+                    app_id,
+                    self._lease_ttl,
+                    exc,
+                )
+
+        return _leases.holder_text(host, pid, since), release
+
+    def _renew_lease(self, stop: threading.Event, ids: tuple[str, str, str, int]) -> None:
+        """Push the expiry of the lease row `ids` forward until `stop` is set."""
+        connection = sqlite3.connect(self._db_path, timeout=self._timeout, isolation_level=None)
+        try:
+            while not stop.wait(self._lease_ttl / 3):
+                try:
+                    renewed = connection.execute(
+                        self._sql_lease_renew, [time.time() + self._lease_ttl, *ids]
+                    ).rowcount
+                except sqlite3.Error as exc:
+                    _LOG.warning("cannot renew the lease of app %r: %s", ids[1], exc)
+                    continue
+                if not renewed and not stop.is_set():
+                    _LOG.warning(
+                        "app %r lost its lease in %s: it expired and another driver took it",
+                        ids[1],
+                        self._db_path,
+                    )
+                    return
+        finally:
+            connection.close()
 
     def _ready(self) -> sqlite3.Connection:
         if not self._shared.initialized:

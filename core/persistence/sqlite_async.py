@@ -10,6 +10,7 @@ from typing import Any
 
 from fanwise.core.persistence.base import (
     AsyncBaseStatePersister,
+    Lease,
     PersistedStateData,
     SaveRow,
     Status,
@@ -26,8 +27,9 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
         db_path: str | os.PathLike[str],
         table_name: str = "fanwise_state",
         timeout: float = 30.0,
+        lease_ttl: float = 30.0,
     ) -> None:
-        self._sync = SQLitePersister(db_path, table_name, timeout)
+        self._sync = SQLitePersister(db_path, table_name, timeout, lease_ttl)
 
     def __repr__(self) -> str:
         return f"Async{self._sync!r}"
@@ -37,6 +39,11 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
 
     async def initialize(self) -> None:
         await asyncio.to_thread(self._sync.initialize)
+
+    async def acquire_lease(
+        self, partition_key: str | None, app_id: str, wait: float = 0
+    ) -> Lease:
+        return await asyncio.to_thread(self._sync.acquire_lease, partition_key, app_id, wait)
 
     async def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None
