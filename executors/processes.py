@@ -23,15 +23,15 @@ def _invoke(payload: bytes) -> Any:
 
 
 class _Forwarded(Future):
-    """The caller's future; cancelling it also cancels the pool's task if not started."""
+    """The caller's future; it can be cancelled only while the pool's task has not started."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inner: Future | None = None
 
     def cancel(self) -> bool:
-        if self.inner is not None:
-            self.inner.cancel()
+        if self.inner is not None and not self.inner.cancel():
+            return False
         return super().cancel()
 
 
@@ -54,11 +54,10 @@ class MultiProcessExecutor(Executor):
         self.max_concurrency = max_concurrency or os.cpu_count() or 1
         self.chunk_size = chunk_size
         self.max_pool_restarts = max_pool_restarts
-        self._method = mp_context if isinstance(mp_context, str) or mp_context is None else None
         self._context = (
-            multiprocessing.get_context(mp_context or "forkserver")
-            if self._method is not None or mp_context is None
-            else mp_context
+            mp_context
+            if isinstance(mp_context, BaseContext)
+            else multiprocessing.get_context(mp_context or "forkserver")
         )
         self._lock = threading.Lock()
         self._pool = self._new_pool()
@@ -132,7 +131,8 @@ class MultiProcessExecutor(Executor):
         return None
 
     def __reduce__(self) -> Any:
-        return (MultiProcessExecutor, (self.max_concurrency, self._method, self.chunk_size,
+        method = self._context.get_start_method()
+        return (MultiProcessExecutor, (self.max_concurrency, method, self.chunk_size,
                                        self.max_pool_restarts))
 
 

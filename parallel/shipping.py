@@ -26,6 +26,9 @@ def _inside_action(action: Any) -> str:
         for name in fn.__code__.co_names:
             if name in fn.__globals__ and _fails(fn.__globals__[name]) is not None:
                 return f" (global {name!r})"
+    for name, value in getattr(action, "_bound", {}).items():
+        if _fails(value) is not None:
+            return f" (bound input {name!r})"
     for name, value in vars(action).items():
         if name != "_fn" and _fails(value) is not None:
             return f" (attribute {name.lstrip('_')!r})"

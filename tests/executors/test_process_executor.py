@@ -1,0 +1,468 @@
+"""MultiProcessExecutor: children really run in worker processes, shipped with cloudpickle."""
+
+import json
+import multiprocessing
+import os
+import pickle
+import socket
+import threading
+import time
+from collections import Counter
+
+import cloudpickle
+import fanwise.executors
+import pytest
+from fanwise.core import Action, ApplicationBuilder, Result, State, action
+from fanwise.core.persistence import SQLitePersister
+from fanwise.core.tracking import LocalTrackingClient
+from fanwise.executors import MultiProcessExecutor
+from fanwise.parallel import ChildFailedError, MapStates, child_app_id
+
+WAIT = 10.0
+"""Seconds a child waits for a sibling before giving up (a hang is a failure, not a pass)."""
+
+
+class Tally:
+    """Appends one line per execution to a file: counts across processes and re-runs."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def hit(self, label):
+        with open(self.path, "a") as f:
+            f.write(f"{label}\n")
+
+    def lines(self):
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [line.strip() for line in f if line.strip()]
+
+    def counts(self):
+        return Counter(self.lines())
+
+
+@pytest.fixture
+def tally(tmp_path):
+    return Tally(tmp_path / "executions.txt")
+
+
+class CountingExecutor(MultiProcessExecutor):
+    """Counts the tasks submitted to the pool (one per chunk of children)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.submits = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submits += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def map_fan(child, n, *, key="x", fail_reduce=False):
+    """A MapStates running `child` on states {key: 0..n-1}; reduces to ys (and pids)."""
+
+    class Fan(MapStates):
+        reads = ["n"]
+        writes = ["ys", "pids"]
+
+        def action(self):
+            return child
+
+        def states(self, state):
+            return [State({key: x}) for x in range(state["n"])]
+
+        def reduce(self, state, states):
+            done = list(states)
+            return state.update(ys=[s["y"] for s in done], pids=[s.get("pid") for s in done])
+
+    return Fan(), {"n": n}
+
+
+def fan_app(parallel, state, *, executor=None, persister=None, resume=False, tracker=None,
+            app_id=None):
+    """An app `fan -> done` whose `fan` is `parallel`."""
+    builder = (
+        ApplicationBuilder()
+        .with_actions(fan=parallel, done=Result(*parallel.writes))
+        .with_transitions(("fan", "done"))
+        .with_identifiers(app_id=app_id)
+    )
+    if executor is not None:
+        builder.with_executor(executor)
+    if persister is not None:
+        builder.with_state_persister(persister)
+    if tracker is not None:
+        builder.with_tracker(tracker)
+    if resume:
+        return builder.initialize_from(
+            persister, default_state=state, default_entrypoint="fan"
+        ).build()
+    return builder.with_state(state).with_entrypoint("fan").build()
+
+
+def run_fan(parallel, state, **kwargs):
+    return fan_app(parallel, state, **kwargs).run(halt_after=["done"])[2]
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    with MultiProcessExecutor(max_concurrency=2, chunk_size=1) as executor:
+        yield executor
+
+
+def rendezvous_action(meeting_dir, compute):
+    """A locally defined child that waits until two worker processes have shown up."""
+
+    @action(reads=["x"], writes=["y", "pid"])
+    def child(state):
+        open(os.path.join(meeting_dir, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + WAIT
+        while len(os.listdir(meeting_dir)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return state.update(y=compute(state["x"]), pid=os.getpid())
+
+    return child
+
+
+def test_locally_defined_action_runs_in_several_worker_processes(two_workers, tmp_path):
+    child = rendezvous_action(str(tmp_path), lambda x: x * x)
+    parallel, state = map_fan(child, 8)
+
+    result = run_fan(parallel, state, executor=two_workers)
+
+    assert result["ys"] == [x * x for x in range(8)]
+    pids = set(result["pids"])
+    assert os.getpid() not in pids
+    assert len(pids) == 2
+
+
+def test_lambda_and_closure_captured_values_travel_to_the_workers(two_workers, tmp_path):
+    offset = 1000
+    scale = lambda x: 3 * x + offset  # noqa: E731 - a lambda is the point of this test
+    child = rendezvous_action(str(tmp_path), scale)
+    parallel, state = map_fan(child, 6)
+
+    result = run_fan(parallel, state, executor=two_workers)
+
+    assert result["ys"] == [3 * x + 1000 for x in range(6)]
+    assert os.getpid() not in result["pids"]
+
+
+def test_bound_action_runs_with_its_bound_inputs_in_the_workers(two_workers):
+    @action(reads=["x"], writes=["y", "pid"])
+    def shifted(state, shift, factor=1):
+        return state.update(y=(state["x"] + shift) * factor, pid=os.getpid())
+
+    parallel, state = map_fan(shifted.bind(shift=5, factor=2), 6)
+
+    result = run_fan(parallel, state, executor=two_workers)
+
+    assert result["ys"] == [(x + 5) * 2 for x in range(6)]
+    assert os.getpid() not in result["pids"]
+
+
+def test_results_come_back_in_task_order_although_children_finish_out_of_order(two_workers):
+    @action(reads=["x"], writes=["y", "pid"])
+    def slow_first(state):
+        time.sleep(0.02 * (6 - state["x"]) if state["x"] < 6 else 0)
+        return state.update(y=state["x"], pid=os.getpid())
+
+    parallel, state = map_fan(slow_first, 12)
+
+    assert run_fan(parallel, state, executor=two_workers)["ys"] == list(range(12))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_each_start_method_runs_the_fan_out(method):
+    @action(reads=["x"], writes=["y", "pid"])
+    def double(state):
+        return state.update(y=2 * state["x"], pid=os.getpid())
+
+    parallel, state = map_fan(double, 4)
+    with MultiProcessExecutor(max_concurrency=2, mp_context=method) as executor:
+        result = run_fan(parallel, state, executor=executor)
+
+    assert result["ys"] == [0, 2, 4, 6]
+    assert os.getpid() not in result["pids"]
+
+
+def test_a_start_method_given_as_a_context_is_used():
+    context = multiprocessing.get_context("spawn")
+
+    @action(reads=["x"], writes=["y", "pid"])
+    def method(state):
+        return state.update(y=multiprocessing.get_start_method(), pid=os.getpid())
+
+    parallel, state = map_fan(method, 2)
+    with MultiProcessExecutor(max_concurrency=1, mp_context=context) as executor:
+        assert run_fan(parallel, state, executor=executor)["ys"] == ["spawn", "spawn"]
+
+
+def tiny_child():
+    @action(reads=["x"], writes=["y", "pid"])
+    def tiny(state):
+        return state.update(y=state["x"] ** 2 - 1, pid=None)
+
+    return tiny
+
+
+def test_chunk_sizes_give_identical_results():
+    results = {}
+    for chunk_size in (1, 50, "auto"):
+        parallel, state = map_fan(tiny_child(), 120)
+        with MultiProcessExecutor(max_concurrency=2, chunk_size=chunk_size) as executor:
+            results[chunk_size] = run_fan(parallel, state, executor=executor)["ys"]
+
+    assert results[1] == [x * x - 1 for x in range(120)]
+    assert results[50] == results[1]
+    assert results["auto"] == results[1]
+
+
+@pytest.mark.parametrize(("chunk_size", "tasks"), [(1, 120), (50, 3)])
+def test_a_fixed_chunk_size_sends_that_many_children_per_task(chunk_size, tasks):
+    parallel, state = map_fan(tiny_child(), 120)
+    with CountingExecutor(max_concurrency=2, chunk_size=chunk_size) as executor:
+        run_fan(parallel, state, executor=executor)
+
+    assert executor.submits == tasks
+
+
+def test_automatic_chunking_groups_tiny_children():
+    parallel, state = map_fan(tiny_child(), 300)
+    with CountingExecutor(max_concurrency=2) as executor:
+        assert run_fan(parallel, state, executor=executor)["ys"] == [x * x - 1 for x in range(300)]
+
+    assert executor.submits < 300 / 2
+
+
+def test_an_invalid_chunk_size_is_a_clear_error():
+    parallel, state = map_fan(tiny_child(), 3)
+    with MultiProcessExecutor(max_concurrency=1, chunk_size=0) as executor:
+        with pytest.raises(ValueError, match="chunk_size"):
+            run_fan(parallel, state, executor=executor)
+
+
+def counted_child(tally):
+    @action(reads=["x"], writes=["y", "pid"])
+    def counted(state):
+        tally.hit(state["x"])
+        return state.update(y=state["x"], pid=os.getpid())
+
+    return counted
+
+
+@pytest.mark.parametrize("chunk_size", [1, 50])
+def test_a_lock_in_a_state_field_is_named_before_any_child_runs(tally, chunk_size):
+    lock = threading.Lock()
+
+    class Guarded(MapStates):
+        reads = ["n"]
+        writes = ["ys", "pids"]
+
+        def action(self):
+            return counted_child(tally)
+
+        def states(self, state):
+            return [State({"x": x, "guard": lock}) for x in range(state["n"])]
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states], pids=[])
+
+    with MultiProcessExecutor(max_concurrency=2, chunk_size=chunk_size) as executor:
+        with pytest.raises(TypeError, match="state field 'guard'") as caught:
+            run_fan(Guarded(), {"n": 4}, executor=executor)
+
+    assert "child 0" in str(caught.value)
+    assert tally.counts() == Counter()
+
+
+def test_a_closure_variable_holding_a_lock_is_named_before_any_child_runs(tally):
+    guard = threading.Lock()
+
+    @action(reads=["x"], writes=["y", "pid"])
+    def locked(state):
+        tally.hit(state["x"])
+        with guard:
+            return state.update(y=state["x"], pid=os.getpid())
+
+    parallel, state = map_fan(locked, 4)
+    with MultiProcessExecutor(max_concurrency=2) as executor:
+        with pytest.raises(TypeError, match="closure variable 'guard'"):
+            run_fan(parallel, state, executor=executor)
+
+    assert tally.counts() == Counter()
+
+
+def test_a_bound_input_holding_a_lock_is_named_before_any_child_runs(tally):
+    @action(reads=["x"], writes=["y", "pid"])
+    def with_guard(state, guard):
+        tally.hit(state["x"])
+        return state.update(y=state["x"], pid=os.getpid())
+
+    parallel, state = map_fan(with_guard.bind(guard=threading.Lock()), 4)
+    with MultiProcessExecutor(max_concurrency=2) as executor:
+        with pytest.raises(TypeError, match="bound input 'guard'"):
+            run_fan(parallel, state, executor=executor)
+
+    assert tally.counts() == Counter()
+
+
+@pytest.mark.parametrize("make", [threading.Lock, socket.socket], ids=["lock", "socket"])
+def test_an_action_attribute_that_cannot_be_shipped_is_named_before_any_child_runs(tally, make):
+    held = make()
+
+    class Holder(Action):
+        def __init__(self):
+            self.connection = held
+
+        @property
+        def reads(self):
+            return ["x"]
+
+        @property
+        def writes(self):
+            return ["y", "pid"]
+
+        def run(self, state, **run_kwargs):
+            tally.hit(state["x"])
+            return {"y": state["x"], "pid": os.getpid()}
+
+        def update(self, result, state):
+            return state.update(**result)
+
+    parallel, state = map_fan(Holder().with_name("holder"), 4)
+    try:
+        with MultiProcessExecutor(max_concurrency=2) as executor:
+            with pytest.raises(TypeError, match="attribute 'connection'") as caught:
+                run_fan(parallel, state, executor=executor)
+    finally:
+        if isinstance(held, socket.socket):
+            held.close()
+
+    assert "action 'holder'" in str(caught.value)
+    assert tally.counts() == Counter()
+
+
+def test_resume_after_a_child_failure_reruns_no_finished_child(tmp_path, tally):
+    persister = SQLitePersister(tmp_path / "state.db")
+    fail_flag = tmp_path / "fail"
+    fail_flag.touch()
+    slow_started = tmp_path / "slow-started"
+
+    @action(reads=["x"], writes=["y", "pid"])
+    def flaky(state):
+        x = state["x"]
+        if x == 5:
+            open(slow_started, "w").close()
+            time.sleep(0.5)
+        if x == 4 and os.path.exists(fail_flag):
+            deadline = time.monotonic() + WAIT
+            while not os.path.exists(slow_started) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            raise RuntimeError("child 4 breaks")
+        tally.hit(x)
+        return state.update(y=10 * x, pid=os.getpid())
+
+    parallel, state = map_fan(flaky, 12)
+    with MultiProcessExecutor(max_concurrency=2, chunk_size=1) as executor:
+        with pytest.raises(ChildFailedError, match="child 4") as caught:
+            run_fan(parallel, state, executor=executor, persister=persister, app_id="parent")
+        assert isinstance(caught.value.__cause__, RuntimeError)
+        finished_before = set(tally.counts())
+        fail_flag.unlink()
+
+        result = run_fan(
+            parallel, state, executor=executor, persister=persister, app_id="parent",
+            resume=True,
+        )
+
+    assert result["ys"] == [10 * x for x in range(12)]
+    assert {"0", "1", "2", "3", "5"} <= finished_before
+    assert tally.counts() == Counter(str(x) for x in range(12))
+
+
+def test_children_tracking_records_end_up_in_the_driver_storage(tmp_path):
+    storage = tmp_path / "tracking"
+    tracker = LocalTrackingClient("procs", storage_dir=str(storage))
+
+    @action(reads=["x"], writes=["y", "pid"])
+    def tracked(state):
+        return state.update(y=state["x"] + 1, pid=os.getpid())
+
+    parallel, state = map_fan(tracked, 7)
+    with MultiProcessExecutor(max_concurrency=2) as executor:
+        app = fan_app(parallel, state, executor=executor, tracker=tracker, app_id="parent")
+        app.run(halt_after=["done"])
+
+    child_ids = [child_app_id("parent", 0, position) for position in range(7)]
+    listed = [entry["child_app_id"] for entry in tracker.children("parent")]
+    assert sorted(listed) == sorted(child_ids)
+    for position, child_id in enumerate(child_ids):
+        folder = storage / "procs" / child_id
+        metadata = json.loads((folder / "metadata.json").read_text())
+        assert metadata["spawning_parent_pointer"]["app_id"] == "parent"
+        assert metadata["spawning_parent_pointer"]["sequence_id"] == 0
+        log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        assert [record["type"] for record in log] == ["begin_entry", "end_entry"]
+        assert log[-1]["state"]["y"] == position + 1
+        assert log[-1]["state"]["pid"] != os.getpid()
+
+
+def test_processes_is_found_by_name_in_the_registry():
+    assert {"threads", "processes", "async"} <= set(fanwise.executors.available())
+    assert fanwise.executors.executor_class("processes") is MultiProcessExecutor
+
+
+def test_with_executor_processes_runs_children_in_other_processes():
+    @action(reads=["x"], writes=["y", "pid"])
+    def named(state):
+        return state.update(y=-state["x"], pid=os.getpid())
+
+    parallel, state = map_fan(named, 5)
+    result = run_fan(parallel, state, executor="processes")
+
+    assert result["ys"] == [0, -1, -2, -3, -4]
+    assert os.getpid() not in result["pids"]
+
+
+@pytest.mark.parametrize("mp_context", [None, "spawn", multiprocessing.get_context("fork")])
+def test_executor_configuration_survives_a_cloudpickle_round_trip(mp_context):
+    executor = MultiProcessExecutor(max_concurrency=3, mp_context=mp_context, chunk_size=7)
+    try:
+        twin = pickle.loads(cloudpickle.dumps(executor))
+        try:
+            assert isinstance(twin, MultiProcessExecutor)
+            assert twin.max_concurrency == 3
+            assert twin.chunk_size == 7
+            assert twin._context.get_start_method() == executor._context.get_start_method()
+            assert twin.submit(pow, 2, 5).result(timeout=WAIT) == 32
+        finally:
+            twin.shutdown()
+    finally:
+        executor.shutdown()
+
+
+def test_a_running_task_cannot_be_cancelled_and_its_result_still_arrives(tmp_path):
+    started = str(tmp_path / "started")
+
+    def task():
+        open(started, "w").close()
+        time.sleep(0.3)
+        return "finished"
+
+    with MultiProcessExecutor(max_concurrency=1) as executor:
+        future = executor.submit(task)
+        deadline = time.monotonic() + WAIT
+        while not os.path.exists(started) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+        assert future.cancel() is False
+        assert future.result(timeout=WAIT) == "finished"
+
+
+def test_submit_after_shutdown_is_an_error():
+    executor = MultiProcessExecutor(max_concurrency=1)
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(pow, 2, 2)
