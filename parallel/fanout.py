@@ -155,7 +155,7 @@ class _Window:
         self.queued: deque[ChildSpec] = deque()
         self.ready: dict[int, ChildOutcome] = {}
         self.uncommitted: list[tuple[Any, SaveRow]] = []
-        self.records: list[dict[str, Any]] = []
+        self.records: list[tuple[int, dict[str, Any]]] = []
         self.next_position = 0
         self.exhausted = False
         self.failure: tuple[ChildSpec, BaseException] | None = None
@@ -176,7 +176,7 @@ class _Window:
             return
         exc = future.exception()
         if exc is not None:
-            self._keep_records(getattr(exc, "fanwise_records", None))
+            self._keep_records(position, getattr(exc, "fanwise_records", None))
             if self.failure is None:
                 self.failure = (spec, exc)
             return
@@ -184,12 +184,12 @@ class _Window:
         self.ready[position] = outcome
         if outcome.final_row is not None:
             self.uncommitted.append((spec.saver, outcome.final_row))
-        self._keep_records(outcome.records)
+        self._keep_records(position, outcome.records)
         outcome.records = None
 
-    def _keep_records(self, records: dict[str, Any] | None) -> None:
+    def _keep_records(self, position: int, records: dict[str, Any] | None) -> None:
         if records is not None:
-            self.records.append(records)
+            self.records.append((position, records))
 
     def handout(self) -> list[ChildOutcome]:
         if not self.ordered:
@@ -214,8 +214,8 @@ class _Window:
 def _commit(window: _Window, tracker: Any) -> Generator[Any, Any, None]:
     """Write the final rows of finished children (one batch per persister), then tracking."""
     if window.records:
-        records, window.records = window.records, []
-        tracker.ingest(records)
+        records, window.records = sorted(window.records, key=lambda item: item[0]), []
+        tracker.ingest([record for _, record in records])
     groups: dict[int, tuple[Any, list[SaveRow]]] = {}
     for saver, row in window.uncommitted:
         groups.setdefault(id(saver), (saver, []))[1].append(row)
@@ -242,12 +242,16 @@ def _refill(
         if not window.may_pull():
             return
         wanted = max(free, _RESUME_BATCH) if skipped_everything else free
-        batch = yield source.take(wanted)
+        try:
+            batch = yield source.take(wanted)
+            specs = planner.specs(batch)
+        except Exception:  # tasks() raised or yielded a bad task: keep what finished, then raise
+            yield from _settle(window, channel, config)
+            raise
         if len(batch) < wanted:
             window.exhausted = True
         if not batch:
             return
-        specs = planner.specs(batch)
         rows: dict[str, PersistedStateData] = {}
         for loader, app_ids in planner.lookups(specs):
             rows.update((yield loader.load_many(config.parent.partition_key, app_ids)))
@@ -262,13 +266,18 @@ def _refill(
                 window.queued.append(item)
 
 
-def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any, Any, None]:
-    """Cancel what has not started, let running children finish, keep their rows, raise."""
+def _settle(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any, Any, None]:
+    """Cancel what has not started, let running children finish, and keep their rows."""
     channel.cancel_pending()
     while window.inflight:
         position, future = yield channel.get()
         window.complete(position, future)
     yield from _commit(window, config.tracker)
+
+
+def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any, Any, None]:
+    """Settle the window, then raise the first child failure."""
+    yield from _settle(window, channel, config)
     spec, exc = window.failure
     config.progress.failed()
     raise ChildFailedError(config.action_name, spec.position, spec.app_id, exc) from exc
