@@ -23,7 +23,8 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q tests integration_tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q tests
+	$(BIN)/python -m pytest -p no:xdist -q integration_tests
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -17,6 +17,9 @@ from fanwise.core.persistence import SQLitePersister
 from fanwise.executors.dask import DaskExecutor
 from fanwise.parallel import ChildFailedError, MapStates
 
+# One xdist worker owns this module: its module-scoped cluster must not start twice.
+pytestmark = pytest.mark.xdist_group("dask")
+
 
 @pytest.fixture(scope="module")
 def client():

@@ -24,6 +24,9 @@ from fanwise.executors import create  # noqa: E402
 from fanwise.executors.ray import RayExecutor  # noqa: E402
 from fanwise.parallel import ChildFailedError, MapStates, RunnableGraph  # noqa: E402
 
+# One xdist worker owns this module: its module-scoped cluster must not start twice.
+pytestmark = pytest.mark.xdist_group("ray")
+
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED")
 
 

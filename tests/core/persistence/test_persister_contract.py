@@ -3,7 +3,6 @@
 import functools
 import os
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import date
@@ -147,17 +146,14 @@ def test_load_many_returns_latest_step_of_each_known_app(persister):
     assert found["child-9"]["partition_key"] == "pk"
 
 
-def test_save_many_of_10k_rows_is_complete_and_quick(persister):
+def test_save_many_of_10k_rows_is_complete(persister):
     rows = [row(f"child-{i}", i=i, payload=[i] * 5) for i in range(10_000)]
 
-    started = time.perf_counter()
     persister.save_many(rows)
-    elapsed = time.perf_counter() - started
 
     found = persister.load_many("pk", [r["app_id"] for r in rows])
     assert len(found) == 10_000
     assert found["child-9999"]["state"] == State({"i": 9999, "payload": [9999] * 5})
-    assert elapsed < 3.0
 
 
 def test_non_serialisable_field_names_the_field_and_nothing_is_written(persister):
