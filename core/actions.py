@@ -132,6 +132,7 @@ class FunctionBasedAction(Action):
         self._streaming = streaming
         self._name = fn.__name__
         self._required, self._optional, self._context_param = self._parse_signature()
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
 
     def _parse_signature(self) -> tuple[list[str], list[str], str | None]:
         params = list(inspect.signature(self._fn).parameters.values())
@@ -182,7 +183,8 @@ class FunctionBasedAction(Action):
         return self._streaming
 
     def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self._fn) or inspect.isasyncgenfunction(self._fn)
+        return self._is_async
+
 
     def bind(self, **kwargs: Any) -> FunctionBasedAction:
         """Fix some inputs now; they are no longer asked of the caller."""

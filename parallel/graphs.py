@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +28,9 @@ class RunnableGraph:
         """Whether a child whose last step was `position` has nothing left to run."""
         return position in self.halt_after or self.graph.next_action(position, state) is None
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
+        """Whether any action is async (then children run on an event loop)."""
         return any(a.is_async() for a in self.graph.actions.values())
 
 
