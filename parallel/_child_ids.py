@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from fanwise.core.serde import serialise_state
+from fanwise.core import serde
 from fanwise.core.state import State
 
 
@@ -20,12 +20,16 @@ def child_app_id(parent_app_id: str, parent_sequence_id: int, position: int) -> 
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+_PLAIN = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_ANY = json.JSONEncoder(sort_keys=True, default=repr, separators=(",", ":"))
+
+
 def fingerprint(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
     """What a child starts from; a saved child is reused only if this still matches."""
-    payload = json.dumps(
-        [entrypoint, serialise_state(state, strict=False), inputs],
-        sort_keys=True,
-        default=repr,
-        separators=(",", ":"),
-    )
+    try:
+        if serde._field_serdes:  # registered field serdes change what a field is saved as
+            raise TypeError("state fields have serdes")
+        payload = _PLAIN.encode([entrypoint, state.get_all(), inputs])  # plain JSON: no serde
+    except (TypeError, ValueError):
+        payload = _ANY.encode([entrypoint, serde.serialise_state(state, strict=False), inputs])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

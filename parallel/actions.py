@@ -100,6 +100,11 @@ class TaskBasedParallelAction(Action):
             )
         if self.reduce_order not in ("task", "completion"):
             raise GraphError(f"{owner}.reduce_order must be 'task' or 'completion'")
+        window = self.max_concurrency
+        if window is not None and (type(window) is not int or window < 1):
+            raise GraphError(
+                f"{owner}.max_concurrency must be None or an int >= 1, got {window!r}"
+            )
         if self.is_async() and not inspect.iscoroutinefunction(self.reduce):
             raise GraphError(f"{owner} is async: reduce must be `async def reduce(...)`")
 
@@ -182,7 +187,8 @@ class TaskBasedParallelAction(Action):
     def _checked(self, reduced: Any) -> State:
         if not isinstance(reduced, State):
             raise TypeError(
-                f"{type(self).__name__}.reduce() must return a State, got {type(reduced).__name__}"
+                f"{type(self).__name__}.reduce() of parallel action {self.name!r} must return a "
+                f"State, got {type(reduced).__name__}"
             )
         return reduced
 
@@ -201,20 +207,23 @@ def _as_iterator(items: Any) -> Any:
     return items if hasattr(items, "__anext__") else iter(items)
 
 
-def _split(item: Any, inputs: dict[str, Any]) -> tuple[State, dict[str, Any]]:
+def _split(item: Any, inputs: dict[str, Any], owner: str) -> tuple[State, dict[str, Any]]:
     """A yielded child: a state, or a (state, inputs) pair whose inputs extend the parent's."""
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], dict):
         child_state, child_inputs = item
-        return _as_state(child_state), {**inputs, **child_inputs}
-    return _as_state(item), inputs
+        return _as_state(child_state, owner), {**inputs, **child_inputs}
+    return _as_state(item, owner), inputs
 
 
-def _as_state(value: Any) -> State:
+def _as_state(value: Any, owner: str) -> State:
     if isinstance(value, State):
         return value
     if isinstance(value, dict):
         return State(value)
-    raise TypeError(f"a parallel action yielded {value!r}; expected a State or (State, inputs)")
+    raise TypeError(
+        f"parallel action {owner!r} yielded {value!r} from states(); expected a State, a dict "
+        "or a (state, inputs) pair"
+    )
 
 
 class MapActionsAndStates(TaskBasedParallelAction):
@@ -247,7 +256,7 @@ class MapActionsAndStates(TaskBasedParallelAction):
         for action_item in self._actions(state, context, inputs):
             runnable, action_inputs = _split_action(action_item, inputs)
             for item in self._states(state, context, inputs):
-                child_state, child_inputs = _split(item, action_inputs)
+                child_state, child_inputs = _split(item, action_inputs, self.name)
                 yield SubGraphTask(graph=runnable, state=child_state, inputs=child_inputs)
 
     async def _aplan(
@@ -256,7 +265,7 @@ class MapActionsAndStates(TaskBasedParallelAction):
         async for action_item in _aiter(self._actions(state, context, inputs)):
             runnable, action_inputs = _split_action(action_item, inputs)
             async for item in _aiter(self._states(state, context, inputs)):
-                child_state, child_inputs = _split(item, action_inputs)
+                child_state, child_inputs = _split(item, action_inputs, self.name)
                 yield SubGraphTask(graph=runnable, state=child_state, inputs=child_inputs)
 
 

@@ -40,8 +40,13 @@ class ExecutorChannel:
     def flush(self) -> None:
         """Send whatever is buffered (nothing is, for one task per child)."""
 
-    def get(self) -> tuple[int, Any]:
-        return self._received(*self._done.get())
+    def get(self, timeout: float | None = None) -> tuple[int, Any] | None:
+        """The next finished child; None if none finished within `timeout` seconds."""
+        try:
+            item = self._done.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        return self._received(*item)
 
     def drain(self) -> Iterator[tuple[int, Any]]:
         while True:
@@ -164,8 +169,15 @@ class AsyncChannel:
 
         return put
 
-    async def get(self) -> tuple[int, Any]:
-        position, future = await self._done.get()
+    async def get(self, timeout: float | None = None) -> tuple[int, Any] | None:
+        """The next finished child; None if none finished within `timeout` seconds."""
+        try:
+            if timeout is not None and timeout <= 0:
+                position, future = self._done.get_nowait()
+            else:
+                position, future = await asyncio.wait_for(self._done.get(), timeout)
+        except (asyncio.QueueEmpty, TimeoutError):
+            return None
         self._pending.pop(position, None)
         return position, future
 

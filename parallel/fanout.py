@@ -8,6 +8,7 @@ handed to `reduce`. A sync or async `Driver` runs it; only the waiting differs.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from fanwise.parallel.progress import Progress
 from fanwise.parallel.tasks import SubGraphTask
 
 _RESUME_BATCH = 512
+_MAX_GATHER_SECONDS = 0.05
+"""The longest a finished child's row waits for others to share its commit."""
+_READ_AHEAD = 512
+"""Default child ids read from the store per query, ahead of the tasks being pulled."""
 
 
 class ChildFailedError(FanwiseError, RuntimeError):
@@ -66,6 +71,10 @@ class _Planner:
         self._child_tracker = recorder() if callable(recorder) else config.tracker
         parent = config.parent
         self._pointer = ParentPointer(parent.app_id, parent.sequence_id, parent.partition_key)
+        self._reading_ahead = False
+        self._read_ahead: dict[str, PersistedStateData] = {}
+        self._read_to = 0
+        """Default ids below this position were read; `_read_ahead` keeps the rows found."""
 
     def specs(self, batch: list[tuple[int, SubGraphTask]]) -> list[ChildSpec]:
         config, parent = self._config, self._config.parent
@@ -117,12 +126,29 @@ class _Planner:
                 "must be unique"
             )
 
+    def _default_id(self, position: int) -> str:
+        parent = self._config.parent
+        return child_app_id(parent.app_id, parent.sequence_id, position)
+
     def lookups(self, specs: list[ChildSpec]) -> list[tuple[Any, list[str]]]:
-        """One (loader, app ids) batch read per distinct loader."""
+        """One (loader, app ids) batch read per distinct loader. Once a batch had no saved
+        child (a fresh fan-out), children with a default id on the cascaded loader are read
+        `_READ_AHEAD` positions at a time (ids do not depend on the tasks), so that a fresh
+        fan-out does not query the store for every few children."""
         groups: dict[int, tuple[Any, list[str]]] = {}
         for spec in specs:
-            if spec.loader is not None:
-                groups.setdefault(id(spec.loader), (spec.loader, []))[1].append(spec.app_id)
+            if spec.loader is None:
+                continue
+            ids = [spec.app_id]
+            if spec.loader is self._config.loader and spec.app_id == self._default_id(
+                spec.position
+            ):
+                if spec.position < self._read_to:
+                    continue
+                if self._reading_ahead:
+                    self._read_to = spec.position + _READ_AHEAD
+                    ids = [self._default_id(p) for p in range(spec.position, self._read_to)]
+            groups.setdefault(id(spec.loader), (spec.loader, []))[1].extend(ids)
         return list(groups.values())
 
     def apply(
@@ -130,8 +156,10 @@ class _Planner:
     ) -> list[ChildSpec | ChildOutcome]:
         """A finished outcome for each child saved as done with the same inputs, else a spec."""
         planned: list[ChildSpec | ChildOutcome] = []
-        for spec in specs:
-            row = rows.get(spec.app_id)
+        self._read_ahead.update(rows)
+        saved = [self._read_ahead.pop(spec.app_id, None) for spec in specs]
+        self._reading_ahead = not any(saved)
+        for spec, row in zip(specs, saved):
             if row is not None and (row.get("meta") or {}).get("fingerprint") == spec.fingerprint:
                 if row["status"] == "completed" and spec.runnable.is_finished(
                     row["position"], row["state"]
@@ -157,6 +185,7 @@ class _Window:
         self.uncommitted: list[tuple[Any, SaveRow]] = []
         self.records: list[tuple[int, dict[str, Any]]] = []
         self.next_position = 0
+        self.commit_seconds = 0.0
         self.exhausted = False
         self.failure: tuple[ChildSpec, BaseException] | None = None
 
@@ -220,8 +249,30 @@ def _commit(window: _Window, tracker: Any) -> Generator[Any, Any, None]:
     for saver, row in window.uncommitted:
         groups.setdefault(id(saver), (saver, []))[1].append(row)
     window.uncommitted = []
+    started = time.perf_counter()
     for saver, rows in groups.values():
         yield saver.save_many(rows)
+    window.commit_seconds = time.perf_counter() - started
+
+
+def _gather(window: _Window, channel: Any) -> Generator[Any, Any, bool]:
+    """Group commit: while rows of finished children wait and others still run, wait (about
+    as long as the last commit took) for one more to finish. True if one did (refill, then
+    gather again); False to commit now."""
+    if (
+        not window.uncommitted
+        or not window.inflight
+        or window.failure is not None
+        or len(window.ready) >= max(4 * channel.capacity, 64)
+    ):
+        return False
+    got = yield channel.get(timeout=min(window.commit_seconds, _MAX_GATHER_SECONDS))
+    if got is None:
+        return False
+    window.complete(*got)
+    for position, future in channel.drain():
+        window.complete(position, future)
+    return True
 
 
 def _refill(
@@ -291,6 +342,8 @@ def fanout(config: FanOutConfig, source: Any, channel: Any) -> Generator[Any, An
         while True:
             yield from _refill(window, planner, source, channel, config)
             channel.flush()
+            if (yield from _gather(window, channel)):
+                continue
             out = window.handout()
             pending = len(window.uncommitted) + len(window.records)
             if pending and (out or pending >= channel.capacity):

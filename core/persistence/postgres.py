@@ -29,6 +29,9 @@ _COLUMNS = ", ".join(_rows.COLUMNS)
 
 _LOG = logging.getLogger(__name__)
 
+_ONE_STATEMENT_ROWS = 256
+"""Writes of up to this many rows are a single INSERT of arrays (see `_write`)."""
+
 _INHERITED: list[ConnectionPool] = []
 """Pools a forked child inherited: never closed here, as that would end the parent's sessions."""
 
@@ -69,11 +72,17 @@ class PostgreSQLPersister(BaseStatePersister):
         self._shared = _Shared()
         table = f'"{table_name}"'
         self._sql_create = _rows.CREATE_TABLE.format(table=table)
-        self._sql_insert = (
-            f"INSERT INTO {table} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        upsert = (
             " ON CONFLICT (partition_key, app_id, sequence_id) DO UPDATE SET"
             " position = EXCLUDED.position, state = EXCLUDED.state, status = EXCLUDED.status,"
             " created_at = EXCLUDED.created_at, meta = EXCLUDED.meta"
+        )
+        self._sql_insert = (
+            f"INSERT INTO {table} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s){upsert}"
+        )
+        self._sql_insert_arrays = (
+            f"INSERT INTO {table} ({_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::text[],"
+            f" %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]){upsert}"
         )
         self._sql_select = f"SELECT {_COLUMNS} FROM {table}"
         self._sql_latest = (
@@ -131,7 +140,7 @@ class PostgreSQLPersister(BaseStatePersister):
 
     def initialize(self) -> None:
         """Create the table if missing and check that an existing one has every column."""
-        with self._pool().connection() as connection:
+        with self._pool().connection() as connection, connection.transaction():
             self._lock_ddl(connection)
             connection.execute(self._sql_create)
             present = {
@@ -200,9 +209,15 @@ class PostgreSQLPersister(BaseStatePersister):
             self._write(encoded)
 
     def _write(self, rows: list[_rows.Row]) -> None:
-        """One transaction: the pool commits when the block ends, rolls back on error."""
-        with self._ready().connection() as connection, connection.cursor() as cursor:
-            cursor.executemany(self._sql_insert, rows)
+        """One transaction. A group commit of a fan-out (a few rows) is one statement, so one
+        round trip; a bulk write uses `executemany`, faster to encode. Last row of a key wins."""
+        with self._ready().connection() as connection:
+            if len(rows) > _ONE_STATEMENT_ROWS:
+                with connection.transaction(), connection.cursor() as cursor:
+                    cursor.executemany(self._sql_insert, rows)
+                return
+            unique = {row[:3]: row for row in rows}.values()
+            connection.execute(self._sql_insert_arrays, [list(c) for c in zip(*unique)])
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
         """Hold `app_id` by a session-level advisory lock on a connection of its own (the lock
@@ -231,8 +246,8 @@ class PostgreSQLPersister(BaseStatePersister):
                     self._lock_ddl(connection)
                     connection.execute(self._sql_lease_create)
                 self._shared.lease_table_ready = True
-            _leases.retry(lambda: self._try_lock(connection, lock_id, partition_key, app_id), wait)
-            connection.execute(self._sql_lease_put, [partition_key, app_id, host, pid, since])
+            slot, me = [partition_key, app_id], [host, pid, since]
+            _leases.retry(lambda: self._try_lock(connection, lock_id, slot, me), wait)
         except BaseException:
             connection.close()
             raise
@@ -247,14 +262,19 @@ class PostgreSQLPersister(BaseStatePersister):
         return _leases.holder_text(host, pid, since), release
 
     def _try_lock(
-        self, connection: Connection, lock_id: int, partition_key: str, app_id: str
+        self, connection: Connection, lock_id: int, slot: list[str], me: list[Any]
     ) -> None:
-        """Take the advisory lock `lock_id`, or raise `AppLockedError` naming its holder."""
-        if connection.execute("SELECT pg_try_advisory_lock(%s)", [lock_id]).fetchone()[0]:
-            return
-        row = connection.execute(self._sql_lease_get, [partition_key, app_id]).fetchone()
-        holder = _leases.holder_text(*row) if row else "a driver that has not recorded itself yet"
-        raise AppLockedError(app_id, holder)
+        """Take the advisory lock `lock_id` and record `me` (host, pid, since) as its holder,
+        or raise `AppLockedError` naming the holder. Both happen under a transaction lock of
+        their own, so a rival never sees the lock taken but the holder not yet recorded."""
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", [_registration_id(lock_id)])
+            if connection.execute("SELECT pg_try_advisory_lock(%s)", [lock_id]).fetchone()[0]:
+                connection.execute(self._sql_lease_put, [*slot, *me])
+                return
+            row = connection.execute(self._sql_lease_get, slot).fetchone()
+        holder = _leases.holder_text(*row) if row else "a driver that recorded no lease row"
+        raise AppLockedError(slot[1], holder)
 
     def _lock_ddl(self, connection: Connection) -> None:
         """Serialise this table's DDL across drivers until the transaction ends."""
@@ -276,11 +296,13 @@ class PostgreSQLPersister(BaseStatePersister):
                     _INHERITED.append(shared.pool)
                 from psycopg_pool import ConnectionPool
 
+                _check_reachable(self._dsn, self._timeout)
                 shared.pool = ConnectionPool(
                     self._dsn,
                     min_size=1,
                     max_size=self._max_connections,
                     timeout=self._timeout,
+                    kwargs={"autocommit": True},
                     open=True,
                 )
                 shared.pid = os.getpid()
@@ -288,6 +310,33 @@ class PostgreSQLPersister(BaseStatePersister):
 
     def _source(self) -> str:
         return f"PostgreSQL table {self._table_name!r}"
+
+
+def _check_reachable(dsn: str, timeout: float) -> None:
+    """Connect once before opening a pool: an unreachable server is then an error naming it at
+    once, rather than a pool that retries in the background until its `timeout`."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        psycopg.connect(dsn, connect_timeout=max(2, round(timeout))).close()
+    except psycopg.OperationalError as exc:
+        params = conninfo_to_dict(dsn)
+        server = (
+            f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
+            f"/{params.get('dbname', '')}"
+        )
+        raise psycopg.OperationalError(
+            f"cannot reach the PostgreSQL server {server} (check that it runs and that the dsn "
+            f"is right): {exc}"
+        ) from exc
+
+
+def _registration_id(lock_id: int) -> int:
+    """The transaction lock that serialises taking `lock_id` with recording its holder (the
+    lease's own key would wait for the holder's whole session)."""
+    digest = hashlib.blake2b(f"fanwise-lease-registration:{lock_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def _lease_lock_id(table_name: str, partition_key: str, app_id: str) -> int:
