@@ -146,9 +146,12 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
             )
     except Exception as exc:
         if app._saver is not None:
-            yield app._saver.save(
-                app.partition_key, app.uid, sequence_id, action.name, before, "failed"
-            )
+            try:
+                yield app._saver.save(
+                    app.partition_key, app.uid, sequence_id, action.name, before, "failed"
+                )
+            except Exception as save_exc:  # the step's own error stays the one raised
+                exc.add_note(f"saving the failed step {sequence_id} also failed: {save_exc!r}")
         for hook in hooks_for(app._hooks, "post_run_step"):
             yield hook.post_run_step(
                 **ids, state=before, action=action, result=None, exception=exc

@@ -318,3 +318,27 @@ def test_rebuilt_fork_keeps_its_parent_pointer(persister):
     pipeline.build(persister, **fork_args).step()
     again = pipeline.build(persister, **fork_args)
     assert again.parent_pointer == ParentPointer("source", 0, None)
+
+
+def test_failed_step_keeps_its_own_error_when_saving_the_failure_also_fails():
+    from fanwise.core import ApplicationBuilder, action
+    from fanwise.core.persistence import InMemoryPersister
+
+    class DatabaseDown(InMemoryPersister):
+        def save(self, *args, **kwargs):
+            raise ConnectionError("database down")
+
+    @action(reads=[], writes=["x"])
+    def explode(state):
+        raise ValueError("the action's own failure")
+
+    app = (
+        ApplicationBuilder()
+        .with_actions(explode)
+        .with_entrypoint("explode")
+        .with_state_persister(DatabaseDown())
+        .build()
+    )
+    with pytest.raises(ValueError, match="own failure") as raised:
+        app.run()
+    assert any("database down" in note for note in raised.value.__notes__)
