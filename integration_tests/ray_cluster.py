@@ -105,7 +105,8 @@ class RayNode:
 class RayCluster:
     """A head node and worker nodes on loopback addresses, all started and stopped here."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker_ports: int = _WORKER_PORTS) -> None:
+        self.worker_ports = worker_ports
         self.base = tempfile.mkdtemp(prefix="fwrc", dir="/tmp")  # short: Ray socket paths
         self.private_dir = os.path.join(self.base, "driver-only")
         os.makedirs(self.private_dir)
@@ -138,7 +139,7 @@ class RayCluster:
         node_manager, object_manager, agent_http, agent_grpc, runtime_env, metrics = (
             self._ports(6)
         )
-        low, high = free_port_range(_WORKER_PORTS, self._taken)
+        low, high = free_port_range(self.worker_ports, self._taken)
         return [
             "--block", "--disable-usage-stats", f"--node-ip-address={ip}",
             f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",

@@ -209,7 +209,8 @@ def ray_head():
     pytest.importorskip("ray")
     from ray_cluster import RayCluster
 
-    cluster = RayCluster()
+    # Killed drivers' workers keep their ports until Ray reaps them: give trials room.
+    cluster = RayCluster(worker_ports=500)
     # Drivers wait warmed up a trial ahead: let their idle workers live (default: num_cpus).
     cluster.env["RAY_num_workers_soft_limit"] = "16"
     try:
