@@ -103,6 +103,34 @@ def encode_rows(rows: Iterable[SaveRow]) -> list[Row]:
     ]
 
 
+class RowSaver:
+    """`save` and `save_many` for persisters that store encoded rows: they implement
+    `_write(rows)`, which must write all of them in one transaction."""
+
+    def save(
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int,
+        position: str,
+        state: State,
+        status: str,
+        meta: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._write(
+            [encode_row(partition_key, app_id, sequence_id, position, state, status, meta)]
+        )
+
+    def save_many(self, rows: Iterable[SaveRow]) -> None:
+        encoded = encode_rows(rows)
+        if encoded:
+            self._write(encoded)
+
+    def _write(self, rows: list[Row]) -> None:
+        raise NotImplementedError
+
+
 def decode_row(row: Sequence[Any], source: str) -> PersistedStateData:
     """The step stored as `row` (columns in `COLUMNS` order); `source` names the store in errors."""
     partition_key, app_id, sequence_id, position, state_text, status, created_at, meta_text = row

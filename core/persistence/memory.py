@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fanwise.core.errors import AppLockedError
@@ -13,10 +13,7 @@ from fanwise.core.persistence.base import (
     BaseStatePersister,
     Lease,
     PersistedStateData,
-    SaveRow,
-    Status,
 )
-from fanwise.core.state import State
 
 
 class _Store:
@@ -42,7 +39,7 @@ class _Store:
         self.leases = state["leases"]
 
 
-class InMemoryPersister(BaseStatePersister):
+class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
     """Keeps saved steps in memory; `copy()` shares the store, a pickled copy takes a snapshot."""
 
     def __init__(self) -> None:
@@ -99,25 +96,7 @@ class InMemoryPersister(BaseStatePersister):
             }
         return {app_id: _rows.decode_row(row, "memory") for app_id, row in latest.items()}
 
-    def save(
-        self,
-        partition_key: str | None,
-        app_id: str,
-        sequence_id: int,
-        position: str,
-        state: State,
-        status: Status,
-        meta: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self._put(
-            [_rows.encode_row(partition_key, app_id, sequence_id, position, state, status, meta)]
-        )
-
-    def save_many(self, rows: Iterable[SaveRow]) -> None:
-        self._put(_rows.encode_rows(rows))
-
-    def _put(self, rows: list[_rows.Row]) -> None:
+    def _write(self, rows: list[_rows.Row]) -> None:
         with self._store.lock:
             for row in rows:
                 partition_key, app_id, sequence_id = row[:3]

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fanwise.core.errors import AppLockedError
@@ -16,10 +16,7 @@ from fanwise.core.persistence.base import (
     BaseStatePersister,
     Lease,
     PersistedStateData,
-    SaveRow,
-    Status,
 )
-from fanwise.core.state import State
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -47,7 +44,7 @@ class _Shared:
         self.lease_table_ready = False
 
 
-class PostgreSQLPersister(BaseStatePersister):
+class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
     """Saves each step as a row of `table_name` in the PostgreSQL database at `dsn`."""
 
     def __init__(
@@ -187,26 +184,6 @@ class PostgreSQLPersister(BaseStatePersister):
             ).fetchall()
         source = self._source()
         return {row[1]: _rows.decode_row(row, source) for row in rows}
-
-    def save(
-        self,
-        partition_key: str | None,
-        app_id: str,
-        sequence_id: int,
-        position: str,
-        state: State,
-        status: Status,
-        meta: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self._write(
-            [_rows.encode_row(partition_key, app_id, sequence_id, position, state, status, meta)]
-        )
-
-    def save_many(self, rows: Iterable[SaveRow]) -> None:
-        encoded = _rows.encode_rows(rows)
-        if encoded:
-            self._write(encoded)
 
     def _write(self, rows: list[_rows.Row]) -> None:
         """One transaction. A group commit of a fan-out (a few rows) is one statement, so one

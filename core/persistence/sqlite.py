@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fanwise.core.errors import AppLockedError
@@ -17,10 +17,7 @@ from fanwise.core.persistence.base import (
     BaseStatePersister,
     Lease,
     PersistedStateData,
-    SaveRow,
-    Status,
 )
-from fanwise.core.state import State
 
 _CHUNK = 900
 """App ids per `IN (...)` query of `load_many` (old SQLite builds allow 999 variables)."""
@@ -48,7 +45,7 @@ class _Shared:
         self.initialized = False
 
 
-class SQLitePersister(BaseStatePersister):
+class SQLitePersister(_rows.RowSaver, BaseStatePersister):
     """Saves each step as a row of `table_name` in the SQLite file `db_path`."""
 
     def __init__(
@@ -162,26 +159,6 @@ class SQLitePersister(BaseStatePersister):
             for row in connection.execute(sql, [stored_key, *chunk]):
                 found[row[1]] = _rows.decode_row(row, source)
         return found
-
-    def save(
-        self,
-        partition_key: str | None,
-        app_id: str,
-        sequence_id: int,
-        position: str,
-        state: State,
-        status: Status,
-        meta: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self._write(
-            [_rows.encode_row(partition_key, app_id, sequence_id, position, state, status, meta)]
-        )
-
-    def save_many(self, rows: Iterable[SaveRow]) -> None:
-        encoded = _rows.encode_rows(rows)
-        if encoded:
-            self._write(encoded)
 
     def _write(self, rows: list[_rows.Row]) -> None:
         connection = self._ready()
