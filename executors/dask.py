@@ -12,6 +12,7 @@ from concurrent.futures import CancelledError, Executor, Future
 from typing import Any
 
 import cloudpickle
+from fanwise.executors._shipping import unshippable_message
 
 _SUBMIT_OPTIONS = frozenset({"workers", "resources", "allow_other_workers"})
 
@@ -92,7 +93,7 @@ class DaskExecutor(Executor):
             try:
                 task = self._bridge.submit(_call_on_worker, fn, args, kwargs)
             except TypeError as exc:
-                raise TypeError(_shipping_error(fn, args, exc)) from exc
+                raise TypeError(unshippable_message(fn, args, exc, "a Dask worker")) from exc
         future: Future = Future()
         future.set_running_or_notify_cancel()
         task.add_done_callback(functools.partial(_settle, future))
@@ -173,17 +174,6 @@ def _worker_session(distributed: Any, address: str) -> Any:
     if worker.scheduler.address != distributed.comm.resolve_address(address):
         return None
     return distributed.worker_client()
-
-
-def _shipping_error(fn: Callable[..., Any], args: tuple, exc: BaseException) -> str:
-    """Name what cannot be pickled (state field, action attribute) when an argument can tell."""
-    for arg in args:
-        problem = getattr(arg, "shipping_problem", None)
-        found = problem() if callable(problem) else None
-        if found:
-            return found
-    name = getattr(fn, "__qualname__", repr(fn))
-    return f"the task {name} cannot be shipped to a Dask worker: {exc}"
 
 
 def _call_on_worker(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:

@@ -15,6 +15,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 import cloudpickle
+from fanwise.executors._shipping import unshippable_message
 
 
 def _invoke(payload: bytes) -> Any:
@@ -73,7 +74,7 @@ class MultiProcessExecutor(Executor):
         try:
             payload = cloudpickle.dumps((fn, args, kwargs))
         except Exception as exc:
-            raise TypeError(_explain(fn, args, exc)) from exc
+            raise TypeError(unshippable_message(fn, args, exc, "a worker process")) from exc
         outer = _Forwarded()
         self._send(outer, payload, restarts=0)
         return outer
@@ -135,14 +136,3 @@ class MultiProcessExecutor(Executor):
         return (MultiProcessExecutor, (self.max_concurrency, method, self.chunk_size,
                                        self.max_pool_restarts))
 
-
-def _explain(fn: Any, args: tuple[Any, ...], exc: BaseException) -> str:
-    """Name the part that cannot be pickled (state field, action attribute), if we can."""
-    for arg in args:
-        problem = getattr(arg, "shipping_problem", None)
-        if callable(problem):
-            found = problem()
-            if found:
-                return found
-    name = getattr(fn, "__qualname__", repr(fn))
-    return f"the task {name} cannot be shipped to a worker process: {type(exc).__name__}: {exc}"
