@@ -47,15 +47,17 @@ def register_field(name: str, dump: Dump, load: Load) -> None:
     _field_serdes[name] = (dump, load)
 
 
-def dumps_state(state: Mapping[str, Any], strict: bool = True) -> str:
-    """`state` as JSON text; `strict=False` writes the repr of what cannot be serialised."""
+def dumps_state(state: Mapping[str, Any], strict: bool = True, sort_keys: bool = False) -> str:
+    """`state` as JSON text; `strict=False` writes the repr of what cannot be serialised,
+    `sort_keys=True` gives the same text for equal states (fingerprints)."""
     fields = _dump_fields(state, strict)
     try:
-        return (_STRICT if strict else _LENIENT).encode(fields)
+        return _ENCODERS[strict, sort_keys].encode(fields)
     except (TypeError, ValueError) as exc:
         if strict:
             raise _explain(fields, exc) from None
-    return _LENIENT.encode({field: _lenient_value(value) for field, value in fields.items()})
+    lenient = {field: _lenient_value(value) for field, value in fields.items()}
+    return _ENCODERS[False, sort_keys].encode(lenient)
 
 
 def loads_state(text: str) -> State:
@@ -114,8 +116,16 @@ def _encode_lenient(obj: object) -> Any:
         return repr(obj)
 
 
-_STRICT = json.JSONEncoder(default=_encode_strict, separators=(",", ":"))
-_LENIENT = json.JSONEncoder(default=_encode_lenient, separators=(",", ":"))
+_ENCODERS = {
+    (strict, sort_keys): json.JSONEncoder(
+        default=_encode_strict if strict else _encode_lenient,
+        sort_keys=sort_keys,
+        separators=(",", ":"),
+    )
+    for strict in (True, False)
+    for sort_keys in (True, False)
+}
+_STRICT = _ENCODERS[True, False]
 
 
 def _dump_fields(state: Mapping[str, Any], strict: bool) -> dict[str, Any]:
@@ -157,7 +167,7 @@ def _explain(fields: dict[str, Any], error: Exception) -> StateSerialisationErro
 
 def _lenient_value(value: Any) -> Any:
     try:
-        _LENIENT.encode(value)
+        _ENCODERS[False, False].encode(value)
     except (TypeError, ValueError):
         return repr(value)
     return value

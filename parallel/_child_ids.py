@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from fanwise.core import serde
@@ -20,16 +21,12 @@ def child_app_id(parent_app_id: str, parent_sequence_id: int, position: int) -> 
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-_PLAIN = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-_ANY = json.JSONEncoder(sort_keys=True, default=repr, separators=(",", ":"))
+_CANONICAL = json.JSONEncoder(sort_keys=True, default=repr, separators=(",", ":"))
 
 
 def fingerprint(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
     """What a child starts from; a saved child is reused only if this still matches."""
-    try:
-        if serde._field_serdes:  # registered field serdes change what a field is saved as
-            raise TypeError("state fields have serdes")
-        payload = _PLAIN.encode([entrypoint, state.get_all(), inputs])  # plain JSON: no serde
-    except (TypeError, ValueError):
-        payload = _ANY.encode([entrypoint, serde.serialise_state(state, strict=False), inputs])
+    state_text = serde.dumps_state(state, strict=False, sort_keys=True)
+    inputs_text = _CANONICAL.encode(inputs) if inputs else "{}"  # most children have none
+    payload = f"[{encode_basestring_ascii(entrypoint)},{state_text},{inputs_text}]"
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
