@@ -91,22 +91,25 @@ class _DeferredSaver:
     def is_async(self) -> bool:
         return False
 
-    def save(self, partition_key, app_id, sequence_id, position, state, status, **kwargs):
+    def _stage(
+        self, partition_key, app_id, sequence_id, position, state, status
+    ) -> list[SaveRow]:
+        """Hold this row; the rows to write now: the one held before, and a failed row
+        at once (so that resume restarts the failed step)."""
         row = SaveRow(
             partition_key=partition_key, app_id=app_id, sequence_id=sequence_id,
             position=position, state=state, status=status, meta=self._meta,
         )
         previous, self.held = self.held, row
-        if previous is not None:
-            self._inner.save(**previous)
+        due = [] if previous is None else [previous]
         if status == "failed":
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the held row now (on failure, so that resume restarts the failed step)."""
-        if self.held is not None:
-            self._inner.save(**self.held)
+            due.append(row)
             self.held = None
+        return due
+
+    def save(self, partition_key, app_id, sequence_id, position, state, status, **kwargs):
+        for row in self._stage(partition_key, app_id, sequence_id, position, state, status):
+            self._inner.save(**row)
 
 
 class _AsyncDeferredSaver(_DeferredSaver):
@@ -116,20 +119,8 @@ class _AsyncDeferredSaver(_DeferredSaver):
         return True
 
     async def save(self, partition_key, app_id, sequence_id, position, state, status, **kwargs):
-        row = SaveRow(
-            partition_key=partition_key, app_id=app_id, sequence_id=sequence_id,
-            position=position, state=state, status=status, meta=self._meta,
-        )
-        previous, self.held = self.held, row
-        if previous is not None:
-            await self._inner.save(**previous)
-        if status == "failed":
-            await self.aflush()
-
-    async def aflush(self) -> None:
-        if self.held is not None:
-            await self._inner.save(**self.held)
-            self.held = None
+        for row in self._stage(partition_key, app_id, sequence_id, position, state, status):
+            await self._inner.save(**row)
 
 
 class _Preloaded(BaseStateLoader):
@@ -249,11 +240,10 @@ async def arun_child(spec: ChildSpec) -> ChildOutcome:
         except Exception as exc:
             _retry_or_raise(spec, attempt, exc)
             attempt += 1
-            if saver is None:
-                spec.resume_from = None
-            elif is_async:
-                spec.resume_from = await spec.saver.load(spec.partition_key, spec.app_id)
-            else:
-                spec.resume_from = spec.saver.load(spec.partition_key, spec.app_id)
+            spec.resume_from = None if saver is None else spec.saver.load(
+                spec.partition_key, spec.app_id
+            )
+            if is_async:
+                spec.resume_from = await spec.resume_from
             continue
         return _outcome(spec, app.state, saver, attempt, started)
