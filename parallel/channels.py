@@ -21,10 +21,12 @@ _MAX_CHUNK = 512
 class ExecutorChannel:
     """One task per child on a `concurrent.futures.Executor`; waits on a thread-safe queue."""
 
+    _empty: type[Exception] = queue.Empty
+
     def __init__(self, executor: Executor, limit: int) -> None:
         self._executor = executor
         self._limit = limit
-        self._done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._done: Any = queue.SimpleQueue()
         self._pending: dict[int, Any] = {}
 
     @property
@@ -33,9 +35,15 @@ class ExecutorChannel:
         return self._limit
 
     def submit(self, spec: ChildSpec) -> None:
-        future = self._executor.submit(run_child, spec)
-        self._pending[spec.position] = future
-        future.add_done_callback(lambda f, p=spec.position: self._done.put((p, f)))
+        self._track(spec.position, self._executor.submit(run_child, spec))
+
+    def _track(self, position: int, future: Any) -> None:
+        self._pending[position] = future
+        future.add_done_callback(lambda f: self._deliver(position, f))
+
+    def _deliver(self, position: int, future: Any) -> None:
+        """Queue a finished child (called from whatever thread finished it)."""
+        self._done.put_nowait((position, future))
 
     def flush(self) -> None:
         """Send whatever is buffered (nothing is, for one task per child)."""
@@ -49,10 +57,11 @@ class ExecutorChannel:
         return self._received(*item)
 
     def drain(self) -> Iterator[tuple[int, Any]]:
+        """The children that finished already, without waiting."""
         while True:
             try:
                 item = self._done.get_nowait()
-            except queue.Empty:
+            except self._empty:
                 return
             yield self._received(*item)
 
@@ -123,7 +132,7 @@ class ChunkingChannel(ExecutorChannel):
 
     def _finished(self, future: Any, positions: list[int]) -> None:
         for index, position in enumerate(positions):
-            self._done.put((position, _ChunkItem(future, index)))
+            self._deliver(position, _ChunkItem(future, index))
 
     def _received(self, position: int, item: Any) -> tuple[int, Any]:
         if self._auto and not item.cancelled() and item.exception() is None:
@@ -137,62 +146,37 @@ class ChunkingChannel(ExecutorChannel):
         self._chunk = max(1, min(_MAX_CHUNK, wanted))
 
 
-class AsyncChannel:
-    """Runs children as tasks on the running loop (`AsyncExecutor`), or on another executor."""
+class AsyncChannel(ExecutorChannel):
+    """Runs children as tasks on the running loop (`AsyncExecutor`), or on another executor;
+    waits on an asyncio queue."""
+
+    _empty = asyncio.QueueEmpty
 
     def __init__(self, executor: Any, loop: asyncio.AbstractEventLoop, limit: int) -> None:
-        self._executor = executor
+        super().__init__(executor, limit)
         self._loop = loop
-        self._limit = limit
-        self._done: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-        self._pending: dict[int, Any] = {}
+        self._done = asyncio.Queue()
         self._on_loop = hasattr(executor, "submit_coroutine")
-
-    @property
-    def capacity(self) -> int:
-        return self._limit
 
     def submit(self, spec: ChildSpec) -> None:
         if self._on_loop:
-            future = self._executor.submit_coroutine(arun_child(spec))
+            self._track(spec.position, self._executor.submit_coroutine(arun_child(spec)))
         else:
-            future = self._executor.submit(run_child, spec)
-        self._pending[spec.position] = future
-        future.add_done_callback(self._callback(spec.position))
+            super().submit(spec)
 
-    def flush(self) -> None:
-        """Nothing is buffered."""
-
-    def _callback(self, position: int) -> Any:
-        def put(future: Any) -> None:
-            self._loop.call_soon_threadsafe(self._done.put_nowait, (position, future))
-
-        return put
+    def _deliver(self, position: int, future: Any) -> None:
+        self._loop.call_soon_threadsafe(self._done.put_nowait, (position, future))
 
     async def get(self, timeout: float | None = None) -> tuple[int, Any] | None:
         """The next finished child; None if none finished within `timeout` seconds."""
         try:
             if timeout is not None and timeout <= 0:
-                position, future = self._done.get_nowait()
+                item = self._done.get_nowait()
             else:
-                position, future = await asyncio.wait_for(self._done.get(), timeout)
+                item = await asyncio.wait_for(self._done.get(), timeout)
         except (asyncio.QueueEmpty, TimeoutError):
             return None
-        self._pending.pop(position, None)
-        return position, future
-
-    def drain(self) -> Iterator[tuple[int, Any]]:
-        while True:
-            try:
-                position, future = self._done.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            self._pending.pop(position, None)
-            yield position, future
-
-    def cancel_pending(self) -> None:
-        for future in list(self._pending.values()):
-            future.cancel()
+        return self._received(*item)
 
 
 def channel_for(executor: Executor, limit: int) -> ExecutorChannel:
