@@ -73,6 +73,7 @@ class _Planner:
         self._pointer = ParentPointer(parent.app_id, parent.sequence_id, parent.partition_key)
         self._reading_ahead = False
         self._read_ahead: dict[str, PersistedStateData] = {}
+        self._ids_ahead: dict[int, str] = {}
         self._read_to = 0
         """Default ids below this position were read; `_read_ahead` keeps the rows found."""
 
@@ -85,8 +86,7 @@ class _Planner:
                     f"parallel action {config.action_name!r} produced {task!r} at position "
                     f"{position}; tasks() must yield SubGraphTask objects"
                 )
-            app_id = task.application_id or child_app_id(parent.app_id, parent.sequence_id,
-                                                         position)
+            app_id = task.application_id or self._default_id(position)
             if task.application_id is not None:
                 self._check_unique(task.application_id, position)
             saver = task.state_persister if task.state_persister is not None else config.saver
@@ -127,6 +127,10 @@ class _Planner:
             )
 
     def _default_id(self, position: int) -> str:
+        """The hashed id of `position` (computed once: read-ahead ids are kept for `specs`)."""
+        known = self._ids_ahead.pop(position, None)
+        if known is not None:
+            return known
         parent = self._config.parent
         return child_app_id(parent.app_id, parent.sequence_id, position)
 
@@ -140,14 +144,14 @@ class _Planner:
             if spec.loader is None:
                 continue
             ids = [spec.app_id]
-            if spec.loader is self._config.loader and spec.app_id == self._default_id(
-                spec.position
-            ):
+            if spec.loader is self._config.loader and spec.app_id not in self._explicit_ids:
                 if spec.position < self._read_to:
                     continue
                 if self._reading_ahead:
+                    ahead = range(spec.position + 1, spec.position + _READ_AHEAD)
+                    self._ids_ahead = {p: self._default_id(p) for p in ahead}
                     self._read_to = spec.position + _READ_AHEAD
-                    ids = [self._default_id(p) for p in range(spec.position, self._read_to)]
+                    ids = [spec.app_id, *self._ids_ahead.values()]
             groups.setdefault(id(spec.loader), (spec.loader, []))[1].extend(ids)
         return list(groups.values())
 
@@ -195,9 +199,19 @@ class _Window:
             return 0
         return self.channel.capacity - len(self.inflight)
 
+    def buffer_full(self) -> bool:
+        """Whether enough finished children wait to be handed out (bounds memory)."""
+        return len(self.ready) >= max(4 * self.channel.capacity, 64)
+
     def may_pull(self) -> bool:
         """Whether to pull more tasks: some are left and not too many wait to be handed out."""
-        return not self.exhausted and len(self.ready) < max(4 * self.channel.capacity, 64)
+        return not self.exhausted and not self.buffer_full()
+
+    def receive(self, first: tuple[int, Any], channel: Any) -> None:
+        """Complete `first` and every other child that has finished by now."""
+        self.complete(*first)
+        for position, future in channel.drain():
+            self.complete(position, future)
 
     def complete(self, position: int, future: Any) -> None:
         spec = self.inflight.pop(position)
@@ -263,15 +277,13 @@ def _gather(window: _Window, channel: Any) -> Generator[Any, Any, bool]:
         not window.uncommitted
         or not window.inflight
         or window.failure is not None
-        or len(window.ready) >= max(4 * channel.capacity, 64)
+        or window.buffer_full()
     ):
         return False
     got = yield channel.get(timeout=min(window.commit_seconds, _MAX_GATHER_SECONDS))
     if got is None:
         return False
-    window.complete(*got)
-    for position, future in channel.drain():
-        window.complete(position, future)
+    window.receive(got, channel)
     return True
 
 
@@ -359,10 +371,7 @@ def fanout(config: FanOutConfig, source: Any, channel: Any) -> Generator[Any, An
                 continue
             if window.failure is not None:
                 yield from _fail(window, channel, config)
-            position, future = yield channel.get()
-            window.complete(position, future)
-            for position, future in channel.drain():
-                window.complete(position, future)
+            window.receive((yield channel.get()), channel)
     finally:
         channel.cancel_pending()
         config.progress.close()
