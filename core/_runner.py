@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fanwise.core.errors import AsyncMismatchError, GraphError, InputError
-from fanwise.core.hooks import PostRunStepHookAsync, PreRunStepHookAsync, hooks_for
+from fanwise.core.hooks import PostRunStepHookAsync, PreRunStepHookAsync
 from fanwise.core.state import State
 
 if TYPE_CHECKING:
@@ -75,6 +75,23 @@ def apply_writes(action: Action, before: State, after: State) -> State:
     return State(data)
 
 
+def async_only_reason(hooks: list[Any], saver: Any) -> str | None:
+    """Why an application with these hooks and saver can run only with arun/astep/aiterate."""
+    for hook in hooks:
+        if isinstance(hook, PreRunStepHookAsync | PostRunStepHookAsync):
+            return (
+                f"hook {type(hook).__name__} is async: run the application with "
+                "arun/astep/aiterate, or use the sync hook classes"
+            )
+    saver_is_async = getattr(saver, "is_async", None)
+    if callable(saver_is_async) and saver_is_async():
+        return (
+            f"the state persister {type(saver).__name__} is async: run the application "
+            "with arun/astep/aiterate"
+        )
+    return None
+
+
 def _check_async_allowed(app: Application, action: Action, async_run: bool) -> None:
     if async_run:
         return
@@ -82,18 +99,8 @@ def _check_async_allowed(app: Application, action: Action, async_run: bool) -> N
         raise AsyncMismatchError(
             f"action {action.name!r} is async: run the application with arun/astep/aiterate"
         )
-    for hook in app._hooks:
-        if isinstance(hook, PreRunStepHookAsync | PostRunStepHookAsync):
-            raise AsyncMismatchError(
-                f"hook {type(hook).__name__} is async: run the application with "
-                "arun/astep/aiterate, or use the sync hook classes"
-            )
-    saver_is_async = getattr(app._saver, "is_async", None)
-    if callable(saver_is_async) and saver_is_async():
-        raise AsyncMismatchError(
-            f"the state persister {type(app._saver).__name__} is async: run the application "
-            "with arun/astep/aiterate"
-        )
+    if app._async_only_reason is not None:
+        raise AsyncMismatchError(app._async_only_reason)
 
 
 def _run_action(action: Action, state: State, inputs: dict[str, Any]) -> StepGen:
@@ -135,7 +142,7 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
         chosen_with_context = chosen
     before = app._state
     ids = {"app_id": app.uid, "partition_key": app.partition_key, "sequence_id": sequence_id}
-    for hook in hooks_for(app._hooks, "pre_run_step"):
+    for hook in app._pre_hooks:
         yield hook.pre_run_step(**ids, state=before, action=action, inputs=chosen)
     try:
         result, returned = yield from _run_action(action, before, chosen_with_context)
@@ -152,13 +159,13 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
                 )
             except Exception as save_exc:  # the step's own error stays the one raised
                 exc.add_note(f"saving the failed step {sequence_id} also failed: {save_exc!r}")
-        for hook in hooks_for(app._hooks, "post_run_step"):
+        for hook in app._post_hooks:
             yield hook.post_run_step(
                 **ids, state=before, action=action, result=None, exception=exc
             )
         raise
     app._advance(action, after, sequence_id)
-    for hook in hooks_for(app._hooks, "post_run_step"):
+    for hook in app._post_hooks:
         yield hook.post_run_step(**ids, state=after, action=action, result=result, exception=None)
     return StepOutcome(action, result, after)
 

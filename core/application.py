@@ -10,7 +10,7 @@ from fanwise.core import _runner
 from fanwise.core.actions import Action
 from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.graph import Graph
-from fanwise.core.hooks import LifecycleHook
+from fanwise.core.hooks import LifecycleHook, hooks_for
 from fanwise.core.state import State
 
 RunOutcome = tuple[Action | None, dict[str, Any] | None, State]
@@ -42,7 +42,9 @@ class Application:
         self._next_action_name = entrypoint
         self._uid = app_id
         self._partition_key = partition_key
-        self._hooks = hooks
+        self._pre_hooks = hooks_for(hooks, "pre_run_step")
+        self._post_hooks = hooks_for(hooks, "post_run_step")
+        self._async_only_reason = _runner.async_only_reason(hooks, saver)
         self._tracker = tracker
         self._saver = saver
         self._loader = loader
