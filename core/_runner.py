@@ -75,6 +75,12 @@ def apply_writes(action: Action, before: State, after: State) -> State:
     return State(data)
 
 
+def is_async_adapter(adapter: Any) -> bool:
+    """Whether a persister, loader or tracker says it is async (`is_async()`)."""
+    is_async = getattr(adapter, "is_async", None)
+    return bool(is_async()) if callable(is_async) else False
+
+
 def async_only_reason(hooks: list[Any], saver: Any) -> str | None:
     """Why an application with these hooks and saver can run only with arun/astep/aiterate."""
     for hook in hooks:
@@ -83,8 +89,7 @@ def async_only_reason(hooks: list[Any], saver: Any) -> str | None:
                 f"hook {type(hook).__name__} is async: run the application with "
                 "arun/astep/aiterate, or use the sync hook classes"
             )
-    saver_is_async = getattr(saver, "is_async", None)
-    if callable(saver_is_async) and saver_is_async():
+    if is_async_adapter(saver):
         return (
             f"the state persister {type(saver).__name__} is async: run the application "
             "with arun/astep/aiterate"

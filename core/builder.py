@@ -149,7 +149,7 @@ class ApplicationBuilder:
     def build(self) -> Application:
         """Build for sync (and async) runs; async persisters need `abuild()`."""
         for adapter, role in ((self._saver, "state persister"), self._loader_role()):
-            if adapter is not None and _is_async(adapter):
+            if adapter is not None and _runner.is_async_adapter(adapter):
                 raise AsyncMismatchError(
                     f"the {role} {type(adapter).__name__} is async: build with abuild()"
                 )
@@ -264,7 +264,3 @@ class ApplicationBuilder:
             entrypoint = position
         return state, entrypoint, sequence_id + 1, parent_pointer
 
-
-def _is_async(adapter: Any) -> bool:
-    is_async = getattr(adapter, "is_async", None)
-    return bool(is_async()) if callable(is_async) else False
