@@ -9,13 +9,32 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections.abc import Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from fanwise.parallel.child import ChildChunk, ChildSpec, arun_child, run_child, run_children
 
 _TARGET_CHUNK_SECONDS = 0.05
 _MAX_CHUNK = 512
+_INLINE_BELOW_SECONDS = 100e-6
+"""Children faster than this (about one thread hand-off here) run on the driver thread."""
+_INLINE_AFTER = 32
+"""Children seen on the pool before the driver may run any itself."""
+
+
+class _MeanSeconds:
+    """A moving average of how long children take, from their outcomes."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self.count = 0
+
+    def observe(self, item: Any) -> None:
+        if item.cancelled() or item.exception() is not None:
+            return
+        seconds = item.result().seconds
+        self.value = seconds if self.value is None else 0.9 * self.value + 0.1 * seconds
+        self.count += 1
 
 
 class ExecutorChannel:
@@ -109,7 +128,7 @@ class ChunkingChannel(ExecutorChannel):
             raise ValueError(f"chunk_size must be 'auto' or a positive int, got {chunk_size!r}")
         self._chunk = 1 if self._auto else chunk_size
         self._buffer = ChildChunk()
-        self._mean_seconds: float | None = None
+        self._mean = _MeanSeconds()
 
     @property
     def capacity(self) -> int:
@@ -135,15 +154,62 @@ class ChunkingChannel(ExecutorChannel):
             self._deliver(position, _ChunkItem(future, index))
 
     def _received(self, position: int, item: Any) -> tuple[int, Any]:
-        if self._auto and not item.cancelled() and item.exception() is None:
-            self._observe(item.result().seconds)
+        if self._auto:
+            self._mean.observe(item)
+            mean = self._mean.value
+            if mean is not None:
+                wanted = int(_TARGET_CHUNK_SECONDS / mean) if mean > 0 else _MAX_CHUNK
+                self._chunk = max(1, min(_MAX_CHUNK, wanted))
         return super()._received(position, item)
 
-    def _observe(self, seconds: float) -> None:
-        mean = seconds if self._mean_seconds is None else 0.9 * self._mean_seconds + 0.1 * seconds
-        self._mean_seconds = mean
-        wanted = int(_TARGET_CHUNK_SECONDS / mean) if mean > 0 else _MAX_CHUNK
-        self._chunk = max(1, min(_MAX_CHUNK, wanted))
+
+class _RanInline:
+    """A child run on the driver thread, answering like the future of a finished one."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self._outcome: Any = None
+        self._exc: BaseException | None = None
+        try:
+            self._outcome = run_child(spec)
+        except Exception as exc:
+            self._exc = exc
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return self._exc
+
+    def result(self) -> Any:
+        if self._exc is not None:
+            raise self._exc
+        return self._outcome
+
+
+class InliningChannel(ExecutorChannel):
+    """A thread pool's channel that runs children on the driver thread while they are fast.
+
+    Once children are measured to take less than a thread hand-off (about 100 µs), handing
+    them to the pool only adds wake-ups and GIL contention, so each is run as it is
+    submitted; the window is unchanged (at most `capacity` in flight, tasks pulled no
+    further ahead). A child measured slower sends the next ones back to the pool.
+    `MultiThreadedExecutor(inline_fast_children=False)` turns this off.
+    """
+
+    def __init__(self, executor: Executor, limit: int) -> None:
+        super().__init__(executor, limit)
+        self._mean = _MeanSeconds()
+
+    def submit(self, spec: ChildSpec) -> None:
+        mean = self._mean
+        if mean.count >= _INLINE_AFTER and mean.value < _INLINE_BELOW_SECONDS:
+            self._deliver(spec.position, _RanInline(spec))
+        else:
+            super().submit(spec)
+
+    def _received(self, position: int, item: Any) -> tuple[int, Any]:
+        self._mean.observe(item)
+        return super()._received(position, item)
 
 
 class AsyncChannel(ExecutorChannel):
@@ -180,7 +246,12 @@ class AsyncChannel(ExecutorChannel):
 
 
 def channel_for(executor: Executor, limit: int) -> ExecutorChannel:
-    """A chunking channel for executors that ask for it (`chunk_size`), else one per child."""
+    """A chunking channel for executors that ask for it (`chunk_size`), an inlining one for
+    thread pools (unless turned off), else one task per child."""
     if hasattr(executor, "chunk_size"):
         return ChunkingChannel(executor, limit, executor.chunk_size)
+    if isinstance(executor, ThreadPoolExecutor) and getattr(
+        executor, "inline_fast_children", True
+    ):
+        return InliningChannel(executor, limit)
     return ExecutorChannel(executor, limit)

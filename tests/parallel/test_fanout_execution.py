@@ -1,6 +1,7 @@
 """Execution semantics: streaming reduce and its order, the concurrency window, lazy pulls."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fanwise.core import State, action
@@ -184,3 +185,41 @@ def test_two_hundred_thousand_trivial_children_stream_through_a_bounded_window()
     assert final["total"] == n * (n - 1) // 2
     assert len(done) == n
     assert ahead[0] <= 8 + SLACK
+
+
+def threads_of(n, slow_from=None, **executor_settings):
+    """Run n children on a 4-thread pool; the thread each ran on, and the driver's thread.
+
+    Children from position `slow_from` on sleep 20 ms (slower than any thread hand-off).
+    """
+    ran_on = {}
+
+    def child(x):
+        if slow_from is not None and x >= slow_from:
+            time.sleep(0.02)
+        ran_on[x] = threading.get_ident()
+        return x
+
+    with MultiThreadedExecutor(4, **executor_settings) as executor:
+        final = run_fan(fan_of(child, n), executor=executor)
+    assert final["pairs"] == [(x, x) for x in range(n)]
+    return ran_on, threading.get_ident()
+
+
+def test_fast_children_run_on_the_driver_thread_once_measured_fast():
+    ran_on, driver = threads_of(400)
+    assert all(ran_on[x] != driver for x in range(4))  # unmeasured: the pool first
+    # (a child slowed by machine load may send a few back to the pool for a while)
+    assert sum(ran_on[x] == driver for x in range(200, 400)) >= 150
+
+
+def test_children_stay_on_the_pool_when_inlining_is_turned_off():
+    ran_on, driver = threads_of(400, inline_fast_children=False)
+    assert driver not in ran_on.values()
+
+
+def test_a_slow_child_sends_the_next_children_back_to_the_pool():
+    ran_on, driver = threads_of(220, slow_from=200)
+    assert sum(ran_on[x] == driver for x in range(100, 200)) >= 50
+    # children already submitted when the slow one finished may still run inline (window 4)
+    assert all(ran_on[x] != driver for x in range(205, 220))
