@@ -7,8 +7,12 @@ ratios compare runs made under the same machine load. Peak RSS growth is measure
 fresh subprocess. If `apache-burr` is importable, its figures for the same workload are
 added as a column (it is not a dependency). Nothing here asserts a time.
 
+Files (SQLite, tracking folders) go to a temporary folder under `--workdir`, by default
+`~/.fanwise` (where `LocalTrackingClient` writes unless told otherwise): file creation
+costs differ a lot between folders of one machine (here, ten times more in /tmp).
+
     .venv/bin/python benchmarks/fanout.py [--children N] [--workers W] [--rounds R]
-                                          [--rss-children M] [--quick]
+                                          [--rss-children M] [--workdir DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from fanwise.core.tracking import LocalTrackingClient
 from fanwise.executors import MultiThreadedExecutor
 from fanwise.parallel import MapStates
 
-ADAPTERS = ("none", "sqlite", "tracking")
+ADAPTERS = ("none", "pool", "sqlite", "tracking")
+"""What a fan-out runs with: nothing, nothing with every child on the pool (no inlining of
+fast children on the driver thread), SQLite persistence, local tracking."""
 WARM_UP_CHILDREN = 1_000
 
 
@@ -73,7 +79,7 @@ class Fanwise:
 
     def run(self, states: Iterable[State], workers: int, adapter: str, workdir: str) -> int:
         """Run one fan-out over `states` (a list, or a generator used once); its total."""
-        executor = MultiThreadedExecutor(workers)
+        executor = MultiThreadedExecutor(workers, inline_fast_children=adapter != "pool")
         builder = (
             ApplicationBuilder()
             .with_actions(fan=SumChildren(_once(states)))
@@ -185,7 +191,7 @@ def _timed(label: str, expected: int, run: Callable[..., int], *args: Any) -> fl
 
 
 def measure_throughput(
-    engines: list[Any], children: int, workers: int, rounds: int
+    engines: list[Any], children: int, workers: int, rounds: int, workdir: str
 ) -> dict[tuple[str, str], float]:
     """Best µs per child of each (engine, adapter), and of the bare map, interleaved."""
     expected = _expected(children)
@@ -196,16 +202,18 @@ def measure_throughput(
         best[key] = min(best.get(key, float("inf")), seconds / children * 1e6)
 
     for engine in engines:  # warm-up, untimed
-        with tempfile.TemporaryDirectory(prefix="fanwise-bench-") as workdir:
-            engine.run(engine.states(WARM_UP_CHILDREN, lazy=False), workers, "none", workdir)
+        with tempfile.TemporaryDirectory(prefix="fanwise-bench-", dir=workdir) as files:
+            engine.run(engine.states(WARM_UP_CHILDREN, lazy=False), workers, "none", files)
     for _ in range(rounds):
         keep(("bare", "none"),
              _timed("bare map", expected, bare_map, inputs["fanwise"], workers))
         for engine in engines:
             for adapter in ADAPTERS:
-                with tempfile.TemporaryDirectory(prefix="fanwise-bench-") as workdir:
+                if adapter == "pool" and engine.name != "fanwise":
+                    continue
+                with tempfile.TemporaryDirectory(prefix="fanwise-bench-", dir=workdir) as files:
                     seconds = _timed(f"{engine.name} ({adapter})", expected, engine.run,
-                                     inputs[engine.name], workers, adapter, workdir)
+                                     inputs[engine.name], workers, adapter, files)
                 keep((engine.name, adapter), seconds)
     return best
 
@@ -300,7 +308,7 @@ def _met(value: float, goal: float) -> str:
 
 def report(
     engines: list[Any], best: dict[tuple[str, str], float], rss: dict[str, dict[str, float]],
-    children: int, rss_children: int, workers: int, rounds: int,
+    children: int, rss_children: int, workers: int, rounds: int, workdir: str,
 ) -> str:
     bare = best[("bare", "none")]
     others = [engine.name for engine in engines if engine.name != "fanwise"]
@@ -323,6 +331,8 @@ def report(
          ["(same baseline)" for _ in others]),
         ("threads, no persistence: ratio to bare", per_child("fanwise", "none", True),
          "<= 2x", _met(threads, 2.0), [per_child(o, "none", True) for o in others]),
+        ("  the same, every child on the pool", per_child("fanwise", "pool", True),
+         "(no goal)", "", ["" for _ in others]),
         ("+ SQLitePersister, cascaded", per_child("fanwise", "sqlite"), "<= 100 µs/child",
          _met(best[("fanwise", "sqlite")], 100.0), [per_child(o, "sqlite") for o in others]),
         ("+ LocalTrackingClient, cascaded", per_child("fanwise", "tracking"), "<= 150 µs/child",
@@ -336,7 +346,7 @@ def report(
     lines = [
         f"fan-out of {children:,} trivial children on {workers} threads; best of {rounds} "
         f"interleaved rounds (cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}); "
-        "peak RSS in a fresh subprocess",
+        f"peak RSS in a fresh subprocess; files under {workdir}",
         "| " + " | ".join(cell.ljust(w) for cell, w in zip(header, widths)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
@@ -368,6 +378,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per row; best is kept")
     parser.add_argument("--rss-children", type=int, default=1_000_000,
                         help="children of the peak-RSS run (default 1000000)")
+    parser.add_argument("--workdir", default="~/.fanwise",
+                        help="folder for the runs' files (default ~/.fanwise)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1000 children, 1 round, 20000 for peak RSS")
     parser.add_argument("--rss-probe", choices=["fanwise", "burr"], help=argparse.SUPPRESS)
@@ -378,12 +390,14 @@ def main() -> None:
         return
     if args.quick:
         args.children, args.rounds, args.rss_children = 1_000, 1, 20_000
+    workdir = os.path.expanduser(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
     engines = _engines()
-    best = measure_throughput(engines, args.children, args.workers, args.rounds)
+    best = measure_throughput(engines, args.children, args.workers, args.rounds, workdir)
     rss = {engine.name: measure_rss(engine.name, args.rss_children, args.workers)
            for engine in engines}
     print(report(engines, best, rss, args.children, args.rss_children, args.workers,
-                 args.rounds))
+                 args.rounds, workdir))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ class LocalTrackingClient(
         self._logs: OrderedDict[str, _AppLog] = OrderedDict()
         self._started: dict[tuple[str, int], tuple[str, float]] = {}
         self._graphs: dict[int, tuple[Any, bytes]] = {}
+        self._graph_files: dict[bytes, str] = {}
+        """A `graph.json` written per graph: new apps with the same graph hard-link to it."""
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -157,16 +159,40 @@ class LocalTrackingClient(
         return encoded
 
     def _write_app(self, app_id: str, graph: bytes, metadata: dict[str, Any]) -> str:
-        """Create the app folder with graph and metadata; keeps and returns `created_at`."""
+        """Create the app folder with graph and metadata; keeps and returns `created_at`.
+
+        A new folder gets its files directly (an empty metadata file, left by a crash between
+        create and write, reads as "not created yet"); an existing one (a resume) has them
+        replaced, never rewritten in place, since its graph may be a hard link.
+        """
         app_dir = self._app_dir(app_id)
-        existing = _make_dir(app_dir)
+        fresh, existing = _make_dir(app_dir)
         if existing:
             metadata = {**metadata, "created_at": existing}
-        _write_file(os.path.join(app_dir, GRAPH_FILE), graph)
-        tmp = os.path.join(app_dir, METADATA_FILE + ".tmp")
-        _write_file(tmp, json.dumps(metadata))
-        os.replace(tmp, os.path.join(app_dir, METADATA_FILE))
+        graph_path = os.path.join(app_dir, GRAPH_FILE)
+        metadata_path = os.path.join(app_dir, METADATA_FILE)
+        if fresh:
+            self._link_or_write_graph(graph_path, graph)
+            _write_file(metadata_path, json.dumps(metadata))
+        else:
+            _replace_file(graph_path, graph)
+            _replace_file(metadata_path, json.dumps(metadata))
+            self._graph_files[graph] = graph_path
         return metadata["created_at"]
+
+    def _link_or_write_graph(self, path: str, graph: bytes) -> None:
+        """Hard-link the graph file of an earlier app with the same graph, else write one."""
+        source = self._graph_files.get(graph)
+        if source is not None:
+            try:
+                os.link(source, path)
+                return
+            except OSError:  # the source is gone, or the filesystem has no hard links
+                pass
+        _write_file(path, graph)
+        if len(self._graph_files) >= 64:
+            self._graph_files.clear()
+        self._graph_files[graph] = path
 
     def _append_children(self, parent_app_id: str, child_app_id: str, line: bytes) -> None:
         _append_line(os.path.join(self._app_dir(parent_app_id), CHILDREN_FILE), line)
@@ -409,20 +435,24 @@ def _line(record: dict[str, Any], lenient: tuple[str, ...] = ()) -> bytes:
     return (text + "\n").encode()
 
 
-def _make_dir(app_dir: str) -> str | None:
-    """Create the app folder; if it existed, return its recorded `created_at` (a resume)."""
+def _make_dir(app_dir: str) -> tuple[bool, str | None]:
+    """Create the app folder: (whether it is new, the `created_at` recorded if it existed)."""
     try:
         os.mkdir(app_dir)
-        return None
+        return True, None
     except FileNotFoundError:
-        os.makedirs(app_dir, exist_ok=True)
-        return None
-    except FileExistsError:
         try:
-            metadata = json.loads(_read_bytes(os.path.join(app_dir, METADATA_FILE)))
-            return metadata.get("created_at")
-        except (OSError, ValueError, AttributeError):
-            return None
+            os.makedirs(app_dir)
+            return True, None
+        except FileExistsError:
+            pass
+    except FileExistsError:
+        pass
+    try:
+        metadata = json.loads(_read_bytes(os.path.join(app_dir, METADATA_FILE)))
+        return False, metadata.get("created_at")
+    except (OSError, ValueError, AttributeError):
+        return False, None
 
 
 def _write_file(path: str, data: str | bytes) -> None:
@@ -432,6 +462,13 @@ def _write_file(path: str, data: str | bytes) -> None:
         _write_all(fd, data.encode() if isinstance(data, str) else data)
     finally:
         os.close(fd)
+
+
+def _replace_file(path: str, data: str | bytes) -> None:
+    """Replace a file by a new one (write a temporary file, then rename it over)."""
+    tmp = path + ".tmp"
+    _write_file(tmp, data)
+    os.replace(tmp, path)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -486,6 +523,8 @@ def _read_metadata(app_dir: str, app_id: str) -> dict[str, Any] | None:
     try:
         raw = _read_bytes(os.path.join(app_dir, METADATA_FILE))
     except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not raw:  # created, not yet written (see `_write_app`)
         return None
     try:
         metadata = json.loads(raw)

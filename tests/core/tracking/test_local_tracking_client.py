@@ -451,3 +451,45 @@ def test_unreadable_state_in_an_end_entry_raises_corrupt_state_error(client, tmp
     log.write_text(json.dumps({"type": "end_entry", "sequence_id": 0, "action": "count"}) + "\n")
     with pytest.raises(CorruptStateError, match=r"'app-1'.*sequence id 0"):
         client.load(None, "app-1")
+
+
+class OtherGraph:
+    def to_dict(self):
+        return {**GRAPH, "entrypoint": "other"}
+
+
+def graph_file(tmp_path, app_id):
+    return tmp_path / "proj" / app_id / "graph.json"
+
+
+def test_apps_with_one_graph_share_one_graph_file(client, tmp_path):
+    for app_id in ("a", "b", "c"):
+        create(client, app_id)
+    inodes = {graph_file(tmp_path, app_id).stat().st_ino for app_id in ("a", "b", "c")}
+    assert len(inodes) == 1
+    assert json.loads(graph_file(tmp_path, "c").read_text()) == GRAPH
+
+
+def test_recreating_an_app_with_a_new_graph_leaves_the_others_graph_alone(client, tmp_path):
+    create(client, "a")
+    create(client, "b")
+    client.post_application_create(
+        app_id="a", partition_key=None, state=State({"n": 0}), application_graph=OtherGraph(),
+        parent_pointer=None, spawning_parent_pointer=None,
+    )
+    assert json.loads(graph_file(tmp_path, "a").read_text())["entrypoint"] == "other"
+    assert json.loads(graph_file(tmp_path, "b").read_text()) == GRAPH
+
+
+def test_an_app_whose_metadata_was_created_but_never_written_counts_as_not_created(
+    client, tmp_path
+):
+    run_counter(client, "done", 1)
+    crashed = tmp_path / "proj" / "crashed"
+    crashed.mkdir()
+    (crashed / "metadata.json").write_bytes(b"")  # killed between create and write
+    assert client.list_app_ids(None) == ["done"]
+    assert client.load(None, "crashed") is None
+    run_counter(client, "crashed", 1)
+    assert sorted(client.list_app_ids(None)) == ["crashed", "done"]
+    assert client.load(None, "crashed")["state"]["n"] == 1
