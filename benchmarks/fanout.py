@@ -8,8 +8,9 @@ fresh subprocess. If `apache-burr` is importable, its figures for the same workl
 added as a column (it is not a dependency). Nothing here asserts a time.
 
 Files (SQLite, tracking folders) go to a temporary folder under `--workdir`, by default
-`~/.fanwise` (where `LocalTrackingClient` writes unless told otherwise): file creation
-costs differ a lot between folders of one machine (here, ten times more in /tmp).
+`~/.fanwise` (where `LocalTrackingClient` writes unless told otherwise), and are removed
+only once every run is measured: file creation costs differ a lot between folders of one
+machine (here, ten times more in /tmp) and right after a large removal (ten times more).
 
     .venv/bin/python benchmarks/fanout.py [--children N] [--workers W] [--rounds R]
                                           [--rss-children M] [--workdir DIR] [--quick]
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -170,6 +172,14 @@ def _once(states: Iterable[Any]) -> Callable[[], Iterable[Any]]:
     return lambda: states
 
 
+def _fresh_folders(root: str) -> Iterator[str]:
+    """New empty folders under `root`, one per run."""
+    for n in itertools.count():
+        folder = os.path.join(root, str(n))
+        os.mkdir(folder)
+        yield folder
+
+
 def bare_map(states: list[State], workers: int) -> int:
     """The baseline: the same function mapped over the same states on a thread pool."""
     with ThreadPoolExecutor(workers) as pool:
@@ -201,20 +211,23 @@ def measure_throughput(
     def keep(key: tuple[str, str], seconds: float) -> None:
         best[key] = min(best.get(key, float("inf")), seconds / children * 1e6)
 
-    for engine in engines:  # warm-up, untimed
-        with tempfile.TemporaryDirectory(prefix="fanwise-bench-", dir=workdir) as files:
-            engine.run(engine.states(WARM_UP_CHILDREN, lazy=False), workers, "none", files)
-    for _ in range(rounds):
-        keep(("bare", "none"),
-             _timed("bare map", expected, bare_map, inputs["fanwise"], workers))
-        for engine in engines:
-            for adapter in ADAPTERS:
-                if adapter == "pool" and engine.name != "fanwise":
-                    continue
-                with tempfile.TemporaryDirectory(prefix="fanwise-bench-", dir=workdir) as files:
+    # Every run gets a fresh folder, and all are removed only at the end: on this machine's
+    # disk, creating files right after removing tens of thousands costs ten times more.
+    with tempfile.TemporaryDirectory(prefix="fanwise-bench-", dir=workdir) as root:
+        folders = _fresh_folders(root)
+        for engine in engines:  # warm-up, untimed
+            engine.run(engine.states(WARM_UP_CHILDREN, lazy=False), workers, "none",
+                       next(folders))
+        for _ in range(rounds):
+            keep(("bare", "none"),
+                 _timed("bare map", expected, bare_map, inputs["fanwise"], workers))
+            for engine in engines:
+                for adapter in ADAPTERS:
+                    if adapter == "pool" and engine.name != "fanwise":
+                        continue
                     seconds = _timed(f"{engine.name} ({adapter})", expected, engine.run,
-                                     inputs[engine.name], workers, adapter, files)
-                keep((engine.name, adapter), seconds)
+                                     inputs[engine.name], workers, adapter, next(folders))
+                    keep((engine.name, adapter), seconds)
     return best
 
 
