@@ -19,6 +19,7 @@ from fanwise.core._runner import Partial
 from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.errors import FanwiseError
 from fanwise.core.persistence.base import PersistedStateData, SaveRow
+from fanwise.core.tracking.writer import TrackingWriter
 from fanwise.parallel._child_ids import child_app_id, fingerprint
 from fanwise.parallel.child import ChildOutcome, ChildSpec
 from fanwise.parallel.progress import Progress
@@ -180,9 +181,10 @@ class _Planner:
 class _Window:
     """Which children are in flight, finished, and due to be handed out."""
 
-    def __init__(self, channel: Any, ordered: bool) -> None:
+    def __init__(self, channel: Any, ordered: bool, writer: TrackingWriter | None) -> None:
         self.channel = channel
         self.ordered = ordered
+        self.writer = writer
         self.inflight: dict[int, ChildSpec] = {}
         self.queued: deque[ChildSpec] = deque()
         self.ready: dict[int, ChildOutcome] = {}
@@ -254,15 +256,18 @@ class _Window:
         )
 
 
-def _commit(window: _Window, tracker: Any) -> Generator[Any, Any, None]:
-    """Write the final rows of finished children (one batch per persister), then tracking."""
+def _commit(window: _Window) -> Generator[Any, Any, None]:
+    """Write the tracking records of finished children, then (once those are on disk) their
+    final rows, one batch per persister."""
     if window.records:
         records, window.records = sorted(window.records, key=lambda item: item[0]), []
-        tracker.ingest([record for _, record in records])
+        window.writer.write([record for _, record in records])
     groups: dict[int, tuple[Any, list[SaveRow]]] = {}
     for saver, row in window.uncommitted:
         groups.setdefault(id(saver), (saver, []))[1].append(row)
     window.uncommitted = []
+    if groups and window.writer is not None:
+        window.writer.flush()
     started = time.perf_counter()
     for saver, rows in groups.values():
         yield saver.save_many(rows)
@@ -309,7 +314,7 @@ def _refill(
             batch = yield source.take(wanted)
             specs = planner.specs(batch)
         except Exception:  # tasks() raised or yielded a bad task: keep what finished, then raise
-            yield from _settle(window, channel, config)
+            yield from _settle(window, channel)
             raise
         if len(batch) < wanted:
             window.exhausted = True
@@ -329,18 +334,20 @@ def _refill(
                 window.queued.append(item)
 
 
-def _settle(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any, Any, None]:
+def _settle(window: _Window, channel: Any) -> Generator[Any, Any, None]:
     """Cancel what has not started, let running children finish, and keep their rows."""
     channel.cancel_pending()
     while window.inflight:
         position, future = yield channel.get()
         window.complete(position, future)
-    yield from _commit(window, config.tracker)
+    yield from _commit(window)
+    if window.writer is not None:
+        window.writer.flush()
 
 
 def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any, Any, None]:
     """Settle the window, then raise the first child failure."""
-    yield from _settle(window, channel, config)
+    yield from _settle(window, channel)
     spec, exc = window.failure
     config.progress.failed()
     raise ChildFailedError(config.action_name, spec.position, spec.app_id, exc) from exc
@@ -348,7 +355,8 @@ def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any,
 
 def fanout(config: FanOutConfig, source: Any, channel: Any) -> Generator[Any, Any, None]:
     """Run every task of `source` on `channel`; yields `Partial(ChildOutcome)` per child."""
-    window = _Window(channel, config.ordered)
+    records_go_to = config.tracker if hasattr(config.tracker, "recorder") else None
+    window = _Window(channel, config.ordered, records_go_to and TrackingWriter(records_go_to))
     planner = _Planner(config)
     try:
         while True:
@@ -359,13 +367,15 @@ def fanout(config: FanOutConfig, source: Any, channel: Any) -> Generator[Any, An
             out = window.handout()
             pending = len(window.uncommitted) + len(window.records)
             if pending and (out or pending >= channel.capacity):
-                yield from _commit(window, config.tracker)
+                yield from _commit(window)
             for outcome in out:
                 config.progress.done()
                 yield Partial(outcome)
             if window.done():
                 if window.uncommitted or window.records:
-                    yield from _commit(window, config.tracker)
+                    yield from _commit(window)
+                if window.writer is not None:
+                    window.writer.flush()
                 return
             if out:
                 continue

@@ -1,0 +1,133 @@
+"""The tracking writer: fan-out children's records written by a helper process."""
+
+import json
+import os
+import signal
+
+import pytest
+from fanwise.core import ApplicationBuilder, Result, State, action
+from fanwise.core.tracking import LocalTrackingClient
+from fanwise.core.tracking import writer as writer_module
+from fanwise.core.tracking.writer import TrackingWriter
+from fanwise.executors import MultiThreadedExecutor
+from fanwise.parallel import MapStates
+
+
+@pytest.fixture
+def fresh_helper(monkeypatch):
+    """A helper process of this test's own (started on first use), closed afterwards."""
+    monkeypatch.setattr(writer_module, "_state", {"helper": None, "failed": False})
+    monkeypatch.setattr(writer_module, "INLINE_FIRST", 4)
+    yield writer_module._state
+    helper = writer_module._state["helper"]
+    if helper is not None:
+        helper.close()
+
+
+def record(app_id, n):
+    """What a `RecordingTracker` captures for one child with one step."""
+    metadata = {"app_id": app_id, "partition_key": None, "parent_pointer": None,
+                "spawning_parent_pointer": None, "created_at": "2026-01-01T00:00:00"}
+    line = json.dumps({"type": "end_entry", "sequence_id": 0, "action": "a",
+                       "state": {"n": n}, "status": "completed", "end_time": "t"}) + "\n"
+    return {"app_id": app_id, "app": (b'{"graph": 1}', metadata), "log": [line.encode()]}
+
+
+def logged_n(root, app_id):
+    with open(os.path.join(root, "proj", app_id, "log.jsonl")) as f:
+        return [json.loads(line)["state"]["n"] for line in f]
+
+
+def test_batches_after_the_first_children_are_written_by_a_helper_process(
+    fresh_helper, tmp_path
+):
+    writer = TrackingWriter(LocalTrackingClient("proj", str(tmp_path)))
+    for batch in range(5):
+        writer.write([record(f"c{batch}-{i}", batch) for i in range(3)])
+    writer.flush()
+    helper = fresh_helper["helper"]
+    assert helper is not None and helper.alive()
+    assert helper._process.pid != os.getpid()
+    for batch in range(5):
+        for i in range(3):
+            assert logged_n(tmp_path, f"c{batch}-{i}") == [batch]
+
+
+def test_batches_the_helper_did_not_acknowledge_are_written_here_when_it_dies(
+    fresh_helper, tmp_path
+):
+    writer = TrackingWriter(LocalTrackingClient("proj", str(tmp_path)))
+    writer.write([record(f"early-{i}", 0) for i in range(4)])  # written here (first 4)
+    writer.write([record("handed-over", 1)])
+    helper = fresh_helper["helper"]
+    os.kill(helper._process.pid, signal.SIGKILL)
+    helper._process.wait()
+    writer.write([record("after-death", 2)])
+    writer.flush()
+    assert logged_n(tmp_path, "after-death") == [2]
+    assert logged_n(tmp_path, "handed-over")[-1] == 1  # once, or twice if it got that far
+    assert all(logged_n(tmp_path, f"early-{i}") == [0] for i in range(4))
+
+
+def test_a_write_the_helper_cannot_do_is_raised_naming_the_error(fresh_helper, tmp_path):
+    writer = TrackingWriter(LocalTrackingClient("proj", str(tmp_path)))
+    writer.write([record(f"ok-{i}", 0) for i in range(4)])
+    (tmp_path / "proj" / "blocked").write_text("a file where the app folder should be")
+    writer.write([record("blocked", 1)])
+    with pytest.raises(OSError, match="NotADirectoryError"):
+        writer.flush()
+
+
+def test_subclassed_clients_are_written_here_not_by_the_helper(fresh_helper, tmp_path):
+    class Mine(LocalTrackingClient):
+        pass
+
+    writer = TrackingWriter(Mine("proj", str(tmp_path)))
+    for batch in range(3):
+        writer.write([record(f"m{batch}-{i}", batch) for i in range(3)])
+    writer.flush()
+    assert fresh_helper["helper"] is None
+    assert logged_n(tmp_path, "m2-0") == [2]
+
+
+@action(reads=["x"], writes=["y"])
+def triple(state):
+    return state.update(y=state["x"] * 3)
+
+
+class Sweep(MapStates):
+    reads = []
+    writes = ["ys"]
+
+    def action(self):
+        return triple
+
+    def states(self, state):
+        for x in range(200):
+            yield State({"x": x})
+
+    def reduce(self, state, states):
+        return state.update(ys=[s["y"] for s in states])
+
+
+def test_a_large_fan_out_has_every_childs_log_once_it_returns(fresh_helper, tmp_path):
+    tracker = LocalTrackingClient("proj", str(tmp_path))
+    with MultiThreadedExecutor(4) as executor:
+        app = (
+            ApplicationBuilder()
+            .with_actions(fan=Sweep(), done=Result("ys"))
+            .with_transitions(("fan", "done"))
+            .with_state({})
+            .with_entrypoint("fan")
+            .with_tracker(tracker)
+            .with_executor(executor)
+            .build()
+        )
+        final = app.run(halt_after=["done"])[2]
+    assert final["ys"] == [x * 3 for x in range(200)]
+    assert fresh_helper["helper"] is not None  # more than INLINE_FIRST children
+    children = tracker.children(app.uid)
+    assert len(children) == 200
+    for entry in children:
+        state = tracker.load(None, entry["child_app_id"])["state"]
+        assert state["y"] == state["x"] * 3
