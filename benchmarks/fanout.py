@@ -186,6 +186,22 @@ def bare_map(states: list[State], workers: int) -> int:
         return sum(child["y"] for child in pool.map(add_one, states))
 
 
+def bare_files(count: int, folder: str) -> int:
+    """The disk floor of the tracking row: a plain loop making the folders and files that
+    tracking makes per child (a folder, a hard-linked graph, metadata, a log); returns 0."""
+    graph = os.path.join(folder, "graph.json")
+    with open(graph, "wb") as f:
+        f.write(b"{}")
+    for child in range(count):
+        child_dir = os.path.join(folder, str(child))
+        os.mkdir(child_dir)
+        os.link(graph, os.path.join(child_dir, "graph.json"))
+        for name in ("metadata.json", "log.jsonl"):
+            with open(os.path.join(child_dir, name), "wb") as f:
+                f.write(b"x" * 200)
+    return 0
+
+
 def _expected(count: int) -> int:
     return sum(x + 1 for x in range(count))
 
@@ -221,6 +237,8 @@ def measure_throughput(
         for _ in range(rounds):
             keep(("bare", "none"),
                  _timed("bare map", expected, bare_map, inputs["fanwise"], workers))
+            keep(("bare", "files"),
+                 _timed("bare files", 0, bare_files, children, next(folders)))
             for engine in engines:
                 for adapter in ADAPTERS:
                     if adapter == "pool" and engine.name != "fanwise":
@@ -350,6 +368,8 @@ def report(
          _met(best[("fanwise", "sqlite")], 100.0), [per_child(o, "sqlite") for o in others]),
         ("+ LocalTrackingClient, cascaded", per_child("fanwise", "tracking"), "<= 150 µs/child",
          _met(best[("fanwise", "tracking")], 150.0), [per_child(o, "tracking") for o in others]),
+        ("  disk floor: its folders and files, plain loop", per_child("bare", "files"),
+         "(no goal)", "", ["(same floor)" for _ in others]),
         (f"peak RSS growth, {rss_children:,} children", memory("fanwise"), "<= 64 MB",
          _met(rss["fanwise"]["growth_mb"], 64.0), [memory(o) for o in others]),
     ]
