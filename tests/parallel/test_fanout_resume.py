@@ -69,7 +69,9 @@ def test_resume_after_a_child_raises_runs_every_finished_child_exactly_once(pers
     with pytest.raises(ChildFailedError, match="item 17 fails once"):
         resume_run(fan, persister, {"n": n})
     first = tally.counts()
-    assert 0 < len(first) < n
+    # (usually fewer than n ran; all may have, if the thread running child 17 was descheduled
+    # while the two other slots went through the rest)
+    assert first["17"] == 1 and len(first) <= n
     final = resume_run(fan, persister, {"n": n})
     assert final["ys"] == [f"{x}!" for x in range(n)]
     counts = tally.counts()
