@@ -108,7 +108,8 @@ class _Helper:
 
     def send(self, project: str, storage_dir: str, records: list[dict[str, Any]]) -> int | None:
         """Hand a batch over; its number, or None if the helper is gone."""
-        payload = pickle.dumps((project, storage_dir, records), pickle.HIGHEST_PROTOCOL)
+        where = (project, os.path.abspath(storage_dir))  # the helper's cwd may differ later
+        payload = pickle.dumps((*where, records), pickle.HIGHEST_PROTOCOL)
         with self._lock:
             try:
                 _write_frame(self._process.stdin, payload)
