@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections.abc import Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any
 
 from fanwise.parallel.child import ChildChunk, ChildSpec, arun_child, run_child, run_children
@@ -202,7 +202,11 @@ class InliningChannel(ExecutorChannel):
 
     def submit(self, spec: ChildSpec) -> None:
         mean = self._mean
-        if mean.count >= _INLINE_AFTER and mean.value < _INLINE_BELOW_SECONDS:
+        if (
+            mean.count >= _INLINE_AFTER
+            and mean.value < _INLINE_BELOW_SECONDS
+            and not spec.runnable.is_async  # (it needs an event loop of its own: a thread)
+        ):
             self._deliver(spec.position, _RanInline(spec))
         else:
             super().submit(spec)
@@ -247,11 +251,9 @@ class AsyncChannel(ExecutorChannel):
 
 def channel_for(executor: Executor, limit: int) -> ExecutorChannel:
     """A chunking channel for executors that ask for it (`chunk_size`), an inlining one for
-    thread pools (unless turned off), else one task per child."""
+    `MultiThreadedExecutor` (unless turned off), else one task per child."""
     if hasattr(executor, "chunk_size"):
         return ChunkingChannel(executor, limit, executor.chunk_size)
-    if isinstance(executor, ThreadPoolExecutor) and getattr(
-        executor, "inline_fast_children", True
-    ):
+    if getattr(executor, "inline_fast_children", False):
         return InliningChannel(executor, limit)
     return ExecutorChannel(executor, limit)

@@ -385,6 +385,8 @@ def fanout(config: FanOutConfig, source: Any, channel: Any) -> Generator[Any, An
     finally:
         channel.cancel_pending()
         config.progress.close()
+        if window.writer is not None:
+            window.writer.close()
 
 
 class SyncSource:

@@ -177,6 +177,8 @@ class LocalTrackingClient(
         else:
             _replace_file(graph_path, graph)
             _replace_file(metadata_path, json.dumps(metadata))
+            # this file may have been the one linked for another graph: not any more
+            self._graph_files = {g: p for g, p in self._graph_files.items() if p != graph_path}
             self._graph_files[graph] = graph_path
         return metadata["created_at"]
 

@@ -45,35 +45,42 @@ class TrackingWriter:
         self._tracker = tracker
         self._written_inline = 0
         self._offloadable = type(tracker) is LocalTrackingClient
+        self._helper: _Helper | None = None
+        """The helper this fan-out's batches went to (kept: its last acks outlive it)."""
         self._unacked: deque[tuple[int, list[dict[str, Any]]]] = deque()
 
     def write(self, records: list[dict[str, Any]]) -> None:
         """Write (or hand over) the records of some finished children, in order."""
-        helper = None
-        if self._offloadable and self._written_inline >= INLINE_FIRST:
-            helper = _helper()
-        batch_id = None
-        if helper is not None:
-            batch_id = helper.send(self._tracker.project, self._tracker.storage_dir, records)
-        if batch_id is None:  # not handed over: the helper is not used, or gone
-            if self._unacked:
-                self._fall_back()
-            self._tracker.ingest(records)
-            self._written_inline += len(records)
-            return
-        self._unacked.append((batch_id, records))
-        while len(self._unacked) > _MAX_UNACKED:
-            self._await_oldest()
+        if self._helper is None and self._offloadable and self._written_inline >= INLINE_FIRST:
+            self._helper = _helper()
+            self._offloadable = self._helper is not None
+        if self._helper is not None:
+            batch_id = self._helper.send(self._tracker.project, self._tracker.storage_dir, records)
+            if batch_id is not None:
+                self._unacked.append((batch_id, records))
+                while len(self._unacked) > _MAX_UNACKED:
+                    self._await_oldest()
+                return
+            self._fall_back()
+        self._tracker.ingest(records)
+        self._written_inline += len(records)
 
     def flush(self) -> None:
         """Return once every batch handed over is written; raises what writing raised."""
         while self._unacked:
             self._await_oldest()
 
+    def close(self) -> None:
+        """Flush on the way out of a fan-out that did not finish: errors are logged, since
+        the fan-out's own exception is the one to raise."""
+        try:
+            self.flush()
+        except Exception as exc:  # reported, not raised (see above)
+            log.warning("writing the tracking records of fan-out children failed: %s", exc)
+
     def _await_oldest(self) -> None:
         batch_id, _ = self._unacked[0]
-        helper = _helper()
-        error = helper.acknowledged(batch_id) if helper is not None else _GONE
+        error = self._helper.acknowledged(batch_id)
         if error is _GONE:
             self._fall_back()
             return
@@ -82,10 +89,16 @@ class TrackingWriter:
             raise OSError(f"writing the tracking records of fan-out children failed: {error}")
 
     def _fall_back(self) -> None:
-        """The helper died: write every batch it did not acknowledge here, then go on here."""
-        self._offloadable = False
-        while self._unacked:
-            self._tracker.ingest(self._unacked.popleft()[1])
+        """The helper died: write here each batch it did not get to, and go on here."""
+        helper, self._helper, self._offloadable = self._helper, None, False
+        for batch_id, records in self._unacked:
+            error = helper.acknowledged(batch_id)  # acks it sent before dying are still read
+            if error is _GONE:
+                self._tracker.ingest(records)
+            elif error is not None:
+                log.warning("writing tracking records of fan-out children failed: %s", error)
+        self._unacked.clear()
+        helper.close()
 
 
 _GONE = object()
@@ -97,9 +110,12 @@ class _Helper:
 
     def __init__(self) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "fanwise.core.tracking.writer"],
+            # -P: the current folder must not shadow fanwise; a new session: Ctrl-C in the
+            # terminal interrupts the driver, not the helper writing what it was handed
+            [sys.executable, "-P", "-m", "fanwise.core.tracking.writer"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            start_new_session=True,
         )
         self._lock = threading.Lock()
         self._sent = 0
@@ -122,7 +138,10 @@ class _Helper:
         """Wait for the helper to finish `batch_id`: None, the error it hit, or `_GONE`."""
         with self._lock:
             while batch_id not in self._acks:
-                frame = _read_frame(self._process.stdout)
+                try:
+                    frame = _read_frame(self._process.stdout)
+                except (OSError, ValueError):  # closed by `close()`
+                    frame = None
                 if frame is None:
                     log.warning(
                         "the tracking writer process (pid %s) exited with code %s; the "
@@ -139,10 +158,12 @@ class _Helper:
 
     def close(self) -> None:
         """Close its input (it writes what it has, then exits) and wait for it."""
-        try:
-            self._process.stdin.close()
-        except OSError:
-            pass
+        with self._lock:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
+            self._process.stdout.close()
         try:
             self._process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -160,17 +181,22 @@ def _helper() -> _Helper | None:
         helper = _state["helper"]
         if helper is not None and helper.alive():
             return helper
-        if helper is not None or _state["failed"]:
+        if helper is not None or _state["failed"] or not _can_start():
             _state["failed"] = True
             return None
         try:
             helper = _state["helper"] = _Helper()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.warning("cannot start the tracking writer process (%s); writing here", exc)
             _state["failed"] = True
             return None
         atexit.register(helper.close)
         return helper
+
+
+def _can_start() -> bool:
+    """Whether `sys.executable` is a Python that can run the helper (not a frozen app)."""
+    return bool(sys.executable) and not getattr(sys, "frozen", False)
 
 
 def _write_frame(stream: IO[bytes], payload: bytes) -> None:

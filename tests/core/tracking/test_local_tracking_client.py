@@ -479,6 +479,8 @@ def test_recreating_an_app_with_a_new_graph_leaves_the_others_graph_alone(client
     )
     assert json.loads(graph_file(tmp_path, "a").read_text())["entrypoint"] == "other"
     assert json.loads(graph_file(tmp_path, "b").read_text()) == GRAPH
+    create(client, "c")  # links the first graph again: not from a's replaced file
+    assert json.loads(graph_file(tmp_path, "c").read_text()) == GRAPH
 
 
 def test_an_app_whose_metadata_was_created_but_never_written_counts_as_not_created(

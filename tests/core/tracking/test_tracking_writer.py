@@ -2,7 +2,10 @@
 
 import json
 import os
+import select
 import signal
+import sqlite3
+from contextlib import closing
 
 import pytest
 from fanwise.core import ApplicationBuilder, Result, State, action
@@ -53,20 +56,39 @@ def test_batches_after_the_first_children_are_written_by_a_helper_process(
             assert logged_n(tmp_path, f"c{batch}-{i}") == [batch]
 
 
-def test_batches_the_helper_did_not_acknowledge_are_written_here_when_it_dies(
-    fresh_helper, tmp_path
-):
+def test_a_batch_the_helper_never_read_is_written_here_when_it_dies(fresh_helper, tmp_path):
     writer = TrackingWriter(LocalTrackingClient("proj", str(tmp_path)))
     writer.write([record(f"early-{i}", 0) for i in range(4)])  # written here (first 4)
-    writer.write([record("handed-over", 1)])
+    writer.write([record("started", 0)])  # starts the helper
+    writer.flush()
     helper = fresh_helper["helper"]
+    os.kill(helper._process.pid, signal.SIGSTOP)  # it cannot read what comes next
+    writer.write([record("never-read", 1)])
     os.kill(helper._process.pid, signal.SIGKILL)
     helper._process.wait()
     writer.write([record("after-death", 2)])
     writer.flush()
+    assert logged_n(tmp_path, "never-read") == [1]
     assert logged_n(tmp_path, "after-death") == [2]
-    assert logged_n(tmp_path, "handed-over")[-1] == 1  # once, or twice if it got that far
     assert all(logged_n(tmp_path, f"early-{i}") == [0] for i in range(4))
+
+
+def test_a_batch_the_helper_acknowledged_before_dying_is_not_written_twice(
+    fresh_helper, tmp_path
+):
+    writer = TrackingWriter(LocalTrackingClient("proj", str(tmp_path)))
+    writer.write([record(f"early-{i}", 0) for i in range(4)])
+    writer.write([record("acked", 1)])
+    helper = fresh_helper["helper"]
+    # wait until its acknowledgement is in the pipe, unread, then kill the helper
+    readable, _, _ = select.select([helper._process.stdout], [], [], 10)
+    assert readable, "the helper did not acknowledge within 10 s"
+    os.kill(helper._process.pid, signal.SIGKILL)
+    helper._process.wait()
+    writer.write([record("after-death", 2)])
+    writer.flush()
+    assert logged_n(tmp_path, "acked") == [1]
+    assert logged_n(tmp_path, "after-death") == [2]
 
 
 def test_a_write_the_helper_cannot_do_is_raised_naming_the_error(fresh_helper, tmp_path):
@@ -130,4 +152,52 @@ def test_a_large_fan_out_has_every_childs_log_once_it_returns(fresh_helper, tmp_
     assert len(children) == 200
     for entry in children:
         state = tracker.load(None, entry["child_app_id"])["state"]
+        assert state["y"] == state["x"] * 3
+
+
+class FailsAt(Sweep):
+    """The sweep, with one child raising."""
+
+    def action(self):
+        @action(reads=["x"], writes=["y"])
+        def triple_or_fail(state):
+            if state["x"] == 150:
+                raise ValueError("child 150 fails")
+            return state.update(y=state["x"] * 3)
+
+        return triple_or_fail
+
+
+def test_a_failed_fan_out_has_written_the_records_of_every_child_it_saved(
+    fresh_helper, tmp_path
+):
+    from fanwise.core.persistence import SQLitePersister
+    from fanwise.parallel import ChildFailedError
+
+    tracker = LocalTrackingClient("proj", str(tmp_path))
+    db = tmp_path / "state.db"
+    with MultiThreadedExecutor(4) as executor:
+        app = (
+            ApplicationBuilder()
+            .with_actions(fan=FailsAt(), done=Result("ys"))
+            .with_transitions(("fan", "done"))
+            .with_state({})
+            .with_entrypoint("fan")
+            .with_tracker(tracker)
+            .with_state_persister(SQLitePersister(db))
+            .with_executor(executor)
+            .build()
+        )
+        with pytest.raises(ChildFailedError, match="child 150 fails"):
+            app.run(halt_after=["done"])
+    with closing(sqlite3.connect(db)) as connection:
+        saved = {
+            row[0] for row in connection.execute(
+                "SELECT DISTINCT app_id FROM fanwise_state WHERE status = 'completed' "
+                "AND app_id != ?", (app.uid,)
+            )
+        }
+    assert len(saved) >= 140
+    for app_id in saved:
+        state = tracker.load(None, app_id)["state"]
         assert state["y"] == state["x"] * 3
