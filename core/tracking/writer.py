@@ -31,6 +31,8 @@ from fanwise.core.tracking.local import LocalTrackingClient
 INLINE_FIRST = 512
 """Children a fan-out writes itself before handing records to the helper (small fan-outs
 never start it)."""
+_BATCH = 128
+"""Children's records per batch handed over (fewer wake-ups of the helper and the driver)."""
 _MAX_UNACKED = 8
 """Batches handed over and not yet acknowledged, at most (bounds the driver's memory)."""
 _HEADER = struct.Struct("!I")
@@ -48,26 +50,42 @@ class TrackingWriter:
         self._helper: _Helper | None = None
         """The helper this fan-out's batches went to (kept: its last acks outlive it)."""
         self._unacked: deque[tuple[int, list[dict[str, Any]]]] = deque()
+        self._batch: list[dict[str, Any]] = []
 
     def write(self, records: list[dict[str, Any]]) -> None:
         """Write (or hand over) the records of some finished children, in order."""
         if self._helper is None and self._offloadable and self._written_inline >= INLINE_FIRST:
             self._helper = _helper()
             self._offloadable = self._helper is not None
-        if self._helper is not None:
-            batch_id = self._helper.send(self._tracker.project, self._tracker.storage_dir, records)
-            if batch_id is not None:
-                self._unacked.append((batch_id, records))
-                while len(self._unacked) > _MAX_UNACKED:
-                    self._await_oldest()
-                return
-            self._fall_back()
-        self._tracker.ingest(records)
-        self._written_inline += len(records)
+        if self._helper is None:
+            self._tracker.ingest(records)
+            self._written_inline += len(records)
+            return
+        self._batch.extend(records)
+        if len(self._batch) >= _BATCH:
+            self._send()
 
     def flush(self) -> None:
-        """Return once every batch handed over is written; raises what writing raised."""
+        """Return once every record written so far is on disk; raises what writing raised."""
+        if self._batch:
+            self._send()
         while self._unacked:
+            self._await_oldest()
+
+    def _send(self) -> None:
+        """Hand the batch over (or write it here if the helper is gone)."""
+        records, self._batch = self._batch, []
+        helper = self._helper
+        batch_id = None
+        if helper is not None:
+            batch_id = helper.send(self._tracker.project, self._tracker.storage_dir, records)
+        if batch_id is None:
+            if helper is not None:
+                self._fall_back()
+            self._tracker.ingest(records)
+            return
+        self._unacked.append((batch_id, records))
+        while len(self._unacked) > _MAX_UNACKED:
             self._await_oldest()
 
     def close(self) -> None:

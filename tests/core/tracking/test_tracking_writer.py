@@ -18,9 +18,11 @@ from fanwise.parallel import MapStates
 
 @pytest.fixture
 def fresh_helper(monkeypatch):
-    """A helper process of this test's own (started on first use), closed afterwards."""
+    """A helper process of this test's own (started on first use), closed afterwards; the
+    first 4 children are written here, and every later write is one batch."""
     monkeypatch.setattr(writer_module, "_state", {"helper": None, "failed": False})
     monkeypatch.setattr(writer_module, "INLINE_FIRST", 4)
+    monkeypatch.setattr(writer_module, "_BATCH", 1)  # each write is handed over at once
     yield writer_module._state
     helper = writer_module._state["helper"]
     if helper is not None:
