@@ -7,6 +7,10 @@ go in batches to one helper process per driver, which runs `LocalTrackingClient.
 The fan-out waits for the batches before it commits the final rows of their children (a
 child's records are on disk before its state counts as finished) and before it returns.
 
+While the helper is a few batches behind, the driver writes the next batches itself (both
+then create folders at once); the lines listing children in their parent's
+`children.jsonl` are written by the driver, in order, each once its child is written.
+
 The helper is started with `python -m fanwise.core.tracking.writer` (it never imports the
 user's script) and exits when its input closes, after writing what it received, so a
 killed driver loses no batch it had handed over. If the helper cannot start or dies, the
@@ -19,11 +23,13 @@ import atexit
 import logging
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import IO, Any
 
 from fanwise.core.tracking.local import LocalTrackingClient
@@ -34,10 +40,22 @@ never start it)."""
 _BATCH = 128
 """Children's records per batch handed over (fewer wake-ups of the helper and the driver)."""
 _MAX_UNACKED = 8
-"""Batches handed over and not yet acknowledged, at most (bounds the driver's memory)."""
+"""Batches handed over and not yet acknowledged, at most; the driver writes the next ones
+itself meanwhile (bounds the driver's memory)."""
 _HEADER = struct.Struct("!I")
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Batch:
+    """Records of finished children, written by the helper (`helper_id`) or here (None);
+    the lines that list them in their parent's `children.jsonl` are written by the driver,
+    in order, once the batch is written."""
+
+    helper_id: int | None
+    records: list[dict[str, Any]]
+    listings: list[dict[str, Any]]
 
 
 class TrackingWriter:
@@ -49,44 +67,30 @@ class TrackingWriter:
         self._offloadable = type(tracker) is LocalTrackingClient
         self._helper: _Helper | None = None
         """The helper this fan-out's batches went to (kept: its last acks outlive it)."""
-        self._unacked: deque[tuple[int, list[dict[str, Any]]]] = deque()
-        self._batch: list[dict[str, Any]] = []
+        self._batches: deque[_Batch] = deque()
+        """Batches whose listings are not written yet, in order."""
+        self._helper_batches = 0
+        self._pending: list[dict[str, Any]] = []
 
     def write(self, records: list[dict[str, Any]]) -> None:
         """Write (or hand over) the records of some finished children, in order."""
         if self._helper is None and self._offloadable and self._written_inline >= INLINE_FIRST:
             self._helper = _helper()
             self._offloadable = self._helper is not None
-        if self._helper is None:
+        if self._helper is None and not self._batches:
             self._tracker.ingest(records)
             self._written_inline += len(records)
             return
-        self._batch.extend(records)
-        if len(self._batch) >= _BATCH:
-            self._send()
+        self._pending.extend(records)
+        if len(self._pending) >= _BATCH:
+            self._dispatch()
 
     def flush(self) -> None:
         """Return once every record written so far is on disk; raises what writing raised."""
-        if self._batch:
-            self._send()
-        while self._unacked:
-            self._await_oldest()
-
-    def _send(self) -> None:
-        """Hand the batch over (or write it here if the helper is gone)."""
-        records, self._batch = self._batch, []
-        helper = self._helper
-        batch_id = None
-        if helper is not None:
-            batch_id = helper.send(self._tracker.project, self._tracker.storage_dir, records)
-        if batch_id is None:
-            if helper is not None:
-                self._fall_back()
-            self._tracker.ingest(records)
-            return
-        self._unacked.append((batch_id, records))
-        while len(self._unacked) > _MAX_UNACKED:
-            self._await_oldest()
+        if self._pending:
+            self._dispatch()
+        while self._batches:
+            self._finish_oldest(wait=True)
 
     def close(self) -> None:
         """Flush on the way out of a fan-out that did not finish: errors are logged, since
@@ -96,31 +100,75 @@ class TrackingWriter:
         except Exception as exc:  # reported, not raised (see above)
             log.warning("writing the tracking records of fan-out children failed: %s", exc)
 
-    def _await_oldest(self) -> None:
-        batch_id, _ = self._unacked[0]
-        error = self._helper.acknowledged(batch_id)
-        if error is _GONE:
-            self._fall_back()
-            return
-        self._unacked.popleft()
-        if error is not None:
-            raise OSError(f"writing the tracking records of fan-out children failed: {error}")
+    def _dispatch(self) -> None:
+        """Hand the pending records to the helper; while it is behind, write them here."""
+        records, self._pending = self._pending, []
+        listings = [
+            {"app_id": r["app_id"], "child_of": r.pop("child_of")}
+            for r in records if "child_of" in r
+        ]
+        self._drain(wait=False)
+        helper_id = None
+        if self._helper is not None and self._helper_batches < _MAX_UNACKED:
+            helper_id = self._helper.send(
+                self._tracker.project, self._tracker.storage_dir, records
+            )
+            if helper_id is None:
+                self._fall_back()
+        if helper_id is None:
+            self._tracker.ingest(records)
+            records = []  # written: only its listings wait
+        else:
+            self._helper_batches += 1
+        self._batches.append(_Batch(helper_id, records, listings))
+        self._drain(wait=False)
+
+    def _drain(self, wait: bool) -> None:
+        """Finish the batches at the front that are written (waiting for one if asked)."""
+        while self._batches and self._finish_oldest(wait):
+            wait = False
+
+    def _finish_oldest(self, wait: bool) -> bool:
+        """List the oldest batch's children in their parents' files once it is written;
+        False if the helper has not written it yet (and `wait` is false)."""
+        batch = self._batches[0]
+        if batch.helper_id is not None:
+            error = self._helper.acknowledged(batch.helper_id, wait)
+            if error is _NOT_YET:
+                return False
+            if error is _GONE:
+                self._fall_back()
+                return True
+            self._helper_batches -= 1
+            batch.helper_id = None
+            if error is not None:
+                self._batches.popleft()
+                raise OSError(f"writing the tracking records of fan-out children failed: {error}")
+        self._batches.popleft()
+        if batch.listings:
+            self._tracker.ingest(batch.listings)
+        return True
 
     def _fall_back(self) -> None:
         """The helper died: write here each batch it did not get to, and go on here."""
         helper, self._helper, self._offloadable = self._helper, None, False
-        for batch_id, records in self._unacked:
-            error = helper.acknowledged(batch_id)  # acks it sent before dying are still read
+        for batch in self._batches:
+            if batch.helper_id is None:
+                continue
+            error = helper.acknowledged(batch.helper_id, True)  # acks sent before it died
             if error is _GONE:
-                self._tracker.ingest(records)
+                self._tracker.ingest(batch.records)
             elif error is not None:
                 log.warning("writing tracking records of fan-out children failed: %s", error)
-        self._unacked.clear()
+            batch.helper_id = None
+        self._helper_batches = 0
         helper.close()
 
 
 _GONE = object()
 """What `_Helper.acknowledged` answers once the helper process is gone."""
+_NOT_YET = object()
+"""What `_Helper.acknowledged(wait=False)` answers for a batch not written yet."""
 
 
 class _Helper:
@@ -133,6 +181,7 @@ class _Helper:
             [sys.executable, "-P", "-m", "fanwise.core.tracking.writer"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            bufsize=0,  # unbuffered: `select` on the pipe tells whether an ack is there
             start_new_session=True,
         )
         self._lock = threading.Lock()
@@ -152,10 +201,13 @@ class _Helper:
             self._sent += 1
             return self._sent
 
-    def acknowledged(self, batch_id: int) -> Any:
-        """Wait for the helper to finish `batch_id`: None, the error it hit, or `_GONE`."""
+    def acknowledged(self, batch_id: int, wait: bool) -> Any:
+        """None once the helper has written `batch_id`, or the error it hit; `_GONE` if it
+        is gone first; `_NOT_YET` if it has not written it and `wait` is false."""
         with self._lock:
             while batch_id not in self._acks:
+                if not wait and not self._ack_arrived():
+                    return _NOT_YET
                 try:
                     frame = _read_frame(self._process.stdout)
                 except (OSError, ValueError):  # closed by `close()`
@@ -170,6 +222,13 @@ class _Helper:
                 self._acked_to += 1
                 self._acks[self._acked_to] = pickle.loads(frame)
             return self._acks.pop(batch_id)
+
+    def _ack_arrived(self) -> bool:
+        """Whether the pipe holds something to read now (an ack, or the end of it)."""
+        try:
+            return bool(select.select([self._process.stdout], [], [], 0)[0])
+        except (OSError, ValueError):  # closed by `close()`: reading says so
+            return True
 
     def alive(self) -> bool:
         return self._process.poll() is None
@@ -223,12 +282,23 @@ def _write_frame(stream: IO[bytes], payload: bytes) -> None:
 
 
 def _read_frame(stream: IO[bytes]) -> bytes | None:
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
+    header = _read_exactly(stream, _HEADER.size)
+    if header is None:
         return None
     (size,) = _HEADER.unpack(header)
-    payload = stream.read(size)
-    return payload if len(payload) == size else None
+    return _read_exactly(stream, size)
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
+    """`size` bytes (an unbuffered pipe may return fewer per read); None at the end."""
+    chunks, missing = [], size
+    while missing:
+        chunk = stream.read(missing)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return b"".join(chunks)
 
 
 def main() -> None:

@@ -82,6 +82,7 @@ def test_a_batch_the_helper_acknowledged_before_dying_is_not_written_twice(
     writer.write([record(f"early-{i}", 0) for i in range(4)])
     writer.write([record("acked", 1)])
     helper = fresh_helper["helper"]
+    assert writer._batches, "the batch is waiting for its acknowledgement"
     # wait until its acknowledgement is in the pipe, unread, then kill the helper
     readable, _, _ = select.select([helper._process.stdout], [], [], 10)
     assert readable, "the helper did not acknowledge within 10 s"
@@ -203,3 +204,33 @@ def test_a_failed_fan_out_has_written_the_records_of_every_child_it_saved(
     for app_id in saved:
         state = tracker.load(None, app_id)["state"]
         assert state["y"] == state["x"] * 3
+
+
+def test_while_the_helper_is_behind_the_driver_writes_batches_and_lists_them_in_order(
+    fresh_helper, tmp_path
+):
+    tracker = LocalTrackingClient("proj", str(tmp_path))
+    writer = TrackingWriter(tracker)
+
+    def child(app_id, n):
+        line = (json.dumps({"child_app_id": app_id}) + "\n").encode()
+        return {**record(app_id, n), "child_of": ("parent", line)}
+
+    writer.write([child(f"early-{i}", 0) for i in range(4)])
+    writer.write([child("first", 1)])  # starts the helper
+    helper = fresh_helper["helper"]
+    os.kill(helper._process.pid, signal.SIGSTOP)  # the helper falls behind
+    try:
+        for i in range(12):  # 8 handed over (the most), then 4 written here
+            writer.write([child(f"c{i}", i)])
+        assert logged_n(tmp_path, "c11") == [11]  # written here, while the helper waits
+        assert not (tmp_path / "proj" / "c0").exists()  # handed over, not written yet
+        listed = [entry["child_app_id"] for entry in tracker.children("parent")]
+        assert "c11" not in listed  # not listed before the ones handed over earlier
+    finally:
+        os.kill(helper._process.pid, signal.SIGCONT)
+    writer.flush()
+    assert [entry["child_app_id"] for entry in tracker.children("parent")] == [
+        *(f"early-{i}" for i in range(4)), "first", *(f"c{i}" for i in range(12))
+    ]
+    assert all(logged_n(tmp_path, f"c{i}") == [i] for i in range(12))
