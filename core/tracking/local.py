@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fanwise.core.errors import CorruptStateError
 from fanwise.core.hooks import PostApplicationCreateHook, PostRunStepHook, PreRunStepHook
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData
-from fanwise.core.serde import deserialise_state, serialise_state
+from fanwise.core.serde import deserialise_state, dumps_state
 
 if TYPE_CHECKING:
     from fanwise.core.context import ParentPointer
@@ -130,7 +130,6 @@ class LocalTrackingClient(
             "sequence_id": sequence_id,
             "action": action.name,
             "result": result,
-            "state": serialise_state(state, strict=False),
             "exception": (
                 None if exception is None else "".join(traceback.format_exception(exception))
             ),
@@ -139,7 +138,10 @@ class LocalTrackingClient(
             "end_time": end_time,
             "duration_ms": duration_ms,
         }
-        self._append_log(app_id, _line(record, lenient=("result",)))
+        line = _line(record, lenient=("result",))
+        # the state, encoded once, goes in as it is (not decoded to be encoded again)
+        state_text = dumps_state(state, strict=False)
+        self._append_log(app_id, line[:-2] + b', "state": ' + state_text.encode() + b"}\n")
 
     # -- writes (a `RecordingTracker` captures these instead) ---------------------------
 
