@@ -341,8 +341,6 @@ def _settle(window: _Window, channel: Any) -> Generator[Any, Any, None]:
         position, future = yield channel.get()
         window.complete(position, future)
     yield from _commit(window)
-    if window.writer is not None:
-        window.writer.flush()
 
 
 def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any, Any, None]:
@@ -355,8 +353,9 @@ def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any,
 
 def fanout(config: FanOutConfig, source: Any, channel: Any) -> Generator[Any, Any, None]:
     """Run every task of `source` on `channel`; yields `Partial(ChildOutcome)` per child."""
-    records_go_to = config.tracker if hasattr(config.tracker, "recorder") else None
-    window = _Window(channel, config.ordered, records_go_to and TrackingWriter(records_go_to))
+    # children record their tracking only for a tracker with `recorder()` (see `_Planner`)
+    writer = TrackingWriter(config.tracker) if hasattr(config.tracker, "recorder") else None
+    window = _Window(channel, config.ordered, writer)
     planner = _Planner(config)
     try:
         while True:

@@ -69,7 +69,6 @@ class TrackingWriter:
         """The helper this fan-out's batches went to (kept: its last acks outlive it)."""
         self._batches: deque[_Batch] = deque()
         """Batches whose listings are not written yet, in order."""
-        self._helper_batches = 0
         self._pending: list[dict[str, Any]] = []
 
     def write(self, records: list[dict[str, Any]]) -> None:
@@ -107,9 +106,10 @@ class TrackingWriter:
             {"app_id": r["app_id"], "child_of": r.pop("child_of")}
             for r in records if "child_of" in r
         ]
-        self._drain(wait=False)
+        self._drain()
         helper_id = None
-        if self._helper is not None and self._helper_batches < _MAX_UNACKED:
+        handed_over = sum(batch.helper_id is not None for batch in self._batches)
+        if self._helper is not None and handed_over < _MAX_UNACKED:
             helper_id = self._helper.send(
                 self._tracker.project, self._tracker.storage_dir, records
             )
@@ -118,15 +118,13 @@ class TrackingWriter:
         if helper_id is None:
             self._tracker.ingest(records)
             records = []  # written: only its listings wait
-        else:
-            self._helper_batches += 1
         self._batches.append(_Batch(helper_id, records, listings))
-        self._drain(wait=False)
+        self._drain()
 
-    def _drain(self, wait: bool) -> None:
-        """Finish the batches at the front that are written (waiting for one if asked)."""
-        while self._batches and self._finish_oldest(wait):
-            wait = False
+    def _drain(self) -> None:
+        """Finish the batches at the front that are written, without waiting."""
+        while self._batches and self._finish_oldest(wait=False):
+            pass
 
     def _finish_oldest(self, wait: bool) -> bool:
         """List the oldest batch's children in their parents' files once it is written;
@@ -139,7 +137,6 @@ class TrackingWriter:
             if error is _GONE:
                 self._fall_back()
                 return True
-            self._helper_batches -= 1
             batch.helper_id = None
             if error is not None:
                 self._batches.popleft()
@@ -161,7 +158,6 @@ class TrackingWriter:
             elif error is not None:
                 log.warning("writing tracking records of fan-out children failed: %s", error)
             batch.helper_id = None
-        self._helper_batches = 0
         helper.close()
 
 
