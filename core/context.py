@@ -35,3 +35,7 @@ class ApplicationContext:
     state_initializer: Any
     executor: Any
     spawning_parent: ParentPointer | None
+    event_sink: Any = None
+    """Where a watched run's fan-outs emit their events (`Application.stream_fanout`)."""
+    event_path: tuple[int, ...] = ()
+    """Positions of this app in the fan-outs above it, for nested fan-outs' events."""

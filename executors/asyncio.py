@@ -11,7 +11,11 @@ from fanwise.executors.threads import default_concurrency
 
 
 class AsyncExecutor(concurrent.futures.Executor):
-    """The default for async parallel actions (`asyncio.gather` with a bound)."""
+    """The default for async parallel actions (`asyncio.gather` with a bound): children are
+    tasks on the running event loop, in the driver's process."""
+
+    runs_in_process = True
+    accepts_backlog = False
 
     def __init__(self, max_concurrency: int | None = None) -> None:
         if max_concurrency is not None and max_concurrency < 1:

@@ -14,26 +14,25 @@ def default_concurrency() -> int:
 
 
 class MultiThreadedExecutor(ThreadPoolExecutor):
-    """A thread pool whose size is the fan-out window (`max_concurrency`).
+    """A thread pool of exactly `max_concurrency` threads: the fan-out window.
 
-    With `inline_fast_children` (the default), children measured to take less than a thread
-    hand-off run on the fan-out's own thread instead (see `parallel.channels`).
+    Children run in the driver's process and write their own tracking. For children so
+    short that a thread hand-off costs more than they do, use `InlineExecutor`.
     """
 
-    def __init__(
-        self, max_concurrency: int | None = None, inline_fast_children: bool = True
-    ) -> None:
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+    runs_in_process = True
+    accepts_backlog = False
+
+    def __init__(self, max_concurrency: int | None = None) -> None:
+        bad = type(max_concurrency) is not int or max_concurrency < 1
+        if max_concurrency is not None and bad:
+            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
         self.max_concurrency = max_concurrency or default_concurrency()
-        self.inline_fast_children = inline_fast_children
         super().__init__(max_workers=self.max_concurrency, thread_name_prefix="fanwise")
 
     def nested(self) -> Any:
         """What a child's own fan-out uses: a fresh pool of the same size (no deadlock)."""
-        return functools.partial(
-            MultiThreadedExecutor, self.max_concurrency, self.inline_fast_children
-        )
+        return functools.partial(MultiThreadedExecutor, self.max_concurrency)
 
     def __reduce__(self) -> Any:
-        return (MultiThreadedExecutor, (self.max_concurrency, self.inline_fast_children))
+        return (MultiThreadedExecutor, (self.max_concurrency,))

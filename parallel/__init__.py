@@ -7,12 +7,24 @@ from fanwise.parallel.actions import (
     MapStates,
     TaskBasedParallelAction,
 )
-from fanwise.parallel.fanout import ChildFailedError
+from fanwise.parallel.errors import (
+    ChildFailedError,
+    ChildrenFailedError,
+    ChildTimeoutError,
+    FanoutCancelledError,
+)
+from fanwise.parallel.events import FanoutEvent
 from fanwise.parallel.graphs import RunnableGraph
+from fanwise.parallel.outcomes import ChildOutcome
 from fanwise.parallel.tasks import SubGraphTask
 
 __all__ = [
     "ChildFailedError",
+    "ChildOutcome",
+    "ChildTimeoutError",
+    "ChildrenFailedError",
+    "FanoutCancelledError",
+    "FanoutEvent",
     "MapActions",
     "MapActionsAndStates",
     "MapStates",

@@ -1,7 +1,7 @@
 """Parallel actions: `TaskBasedParallelAction` and the `MapStates` / `MapActions` family.
 
 A parallel action is an ordinary action whose step fans out: it plans children
-(`tasks()`), runs them through `fanout()` on an executor, and folds their final states
+(`tasks()`), runs them through `Fanout` on an executor, and folds their final states
 with `reduce(state, states)`, which receives them as a stream while the fan-out runs.
 """
 
@@ -11,28 +11,36 @@ import abc
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from typing import Any, Literal
 
 from fanwise.core._runner import Driver
 from fanwise.core.actions import Action
 from fanwise.core.context import ApplicationContext
 from fanwise.core.errors import AsyncMismatchError, GraphError
+from fanwise.core.protocols import RecordingTracker
 from fanwise.core.state import State
+from fanwise.executors.protocols import traits_of
+from fanwise.parallel._channel import AsyncChannel, Channel
+from fanwise.parallel._plan import PlanConfig
+from fanwise.parallel._retry import RetryOn, RetryPolicy
+from fanwise.parallel._window import HELD_BYTES_BUDGET
 from fanwise.parallel.cascade import (
     CASCADE,
     children_adapters,
-    nested_executor,
     resolve_executor,
     window_size,
 )
-from fanwise.parallel.channels import AsyncChannel, channel_for
-from fanwise.parallel.fanout import AsyncSource, FanOutConfig, SyncSource, fanout
+from fanwise.parallel.errors import ChildFailedError, ChildrenFailedError
+from fanwise.parallel.fanout import AsyncSource, Fanout, FanoutConfig, Handout, SyncSource
 from fanwise.parallel.graphs import as_runnable
+from fanwise.parallel.outcomes import ChildOutcome
 from fanwise.parallel.progress import Progress
 from fanwise.parallel.signatures import call_by_name, check_params
 from fanwise.parallel.tasks import SubGraphTask
 
 _PLAN_PARAMS = ("state", "context", "inputs")
+_REDUCE_EXTRAS = ("outcomes",)
 
 
 def _is_async_callable(method: Callable[..., Any]) -> bool:
@@ -42,16 +50,35 @@ def _is_async_callable(method: Callable[..., Any]) -> bool:
 class TaskBasedParallelAction(Action):
     """Fan out over the `SubGraphTask`s that `tasks()` yields, then `reduce` their states.
 
-    Class attributes tune the fan-out: `max_concurrency` (window; default: the executor's),
-    `reduce_order` ("task" or "completion"), `retries` and `retry_on` (per child), and
-    `progress` (a tqdm bar).
+    Class attributes tune the fan-out:
+    - `max_concurrency`: children in flight at once (default: the executor's; the default
+      executor is sized to it);
+    - `reduce_order`: "task" (default) or "completion";
+    - `on_failure`: "raise" (the first failure cancels children not started, then raises
+      `ChildFailedError`) or "continue" (every child runs, `reduce` gets the successful
+      ones, then one `ChildrenFailedError` names every failed child, unless
+      `failures_field` names a state field to record them in instead);
+    - `retries`, `retry_on` (exception types or a predicate), `retry_backoff`,
+      `retry_backoff_max`: per-child retries with exponential backoff and full jitter;
+    - `child_timeout`: seconds a child may run (async children are cancelled; a thread or
+      process cannot be stopped, so such a child is abandoned and fails);
+    - `progress` (a tqdm bar) and `progress_total` (its total when `tasks()` is not sized);
+    - `held_bytes_budget`: in task order without a persister, how many bytes of finished
+      states may wait behind a slow child before no more tasks are pulled.
     """
 
     max_concurrency: int | None = None
     reduce_order: Literal["task", "completion"] = "task"
+    on_failure: Literal["raise", "continue"] = "raise"
+    failures_field: str | None = None
     retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_on: RetryOn = (Exception,)
+    retry_backoff: float = 0.1
+    retry_backoff_max: float = 30.0
+    child_timeout: float | None = None
     progress: bool = False
+    progress_total: int | None = None
+    held_bytes_budget: int = HELD_BYTES_BUDGET
 
     _plan_methods: tuple[str, ...] = ("tasks",)
 
@@ -63,7 +90,9 @@ class TaskBasedParallelAction(Action):
 
     @abc.abstractmethod
     def reduce(self, state: State, states: Any) -> State:
-        """Fold the children's final states (a stream, in task order) into the state."""
+        """Fold the children's final states (a stream, in task order) into the state; may
+        also take `outcomes`, a list that holds every child's `ChildOutcome` once `states`
+        is exhausted."""
 
     def executor(self) -> Any:
         """This action's executor: "cascade" (the app's), an Executor, a name or a factory."""
@@ -94,17 +123,33 @@ class TaskBasedParallelAction(Action):
         for name in self._plan_methods:
             check_params(owner, getattr(self, name), _PLAN_PARAMS)
         reduce_params = list(inspect.signature(self.reduce).parameters)
-        if reduce_params[:2] != ["state", "states"]:
+        if reduce_params[:2] != ["state", "states"] or any(
+            p not in _REDUCE_EXTRAS for p in reduce_params[2:]
+        ):
             raise GraphError(
-                f"{owner}.reduce() must be reduce(self, state, states), got ({reduce_params})"
+                f"{owner}.reduce() must be reduce(self, state, states) or "
+                f"reduce(self, state, states, outcomes), got ({reduce_params})"
             )
         if self.reduce_order not in ("task", "completion"):
             raise GraphError(f"{owner}.reduce_order must be 'task' or 'completion'")
-        window = self.max_concurrency
-        if window is not None and (type(window) is not int or window < 1):
+        if self.on_failure not in ("raise", "continue"):
             raise GraphError(
-                f"{owner}.max_concurrency must be None or an int >= 1, got {window!r}"
+                f"{owner}.on_failure must be 'raise' or 'continue', got {self.on_failure!r}"
             )
+        if self.failures_field is not None and self.failures_field not in self.writes:
+            raise GraphError(
+                f"{owner}.failures_field {self.failures_field!r} must be one of its writes "
+                f"{list(self.writes)}"
+            )
+        _check_count(owner, "max_concurrency", self.max_concurrency, minimum=1)
+        _check_count(owner, "retries", self.retries, minimum=0, optional=False)
+        _check_count(owner, "progress_total", self.progress_total, minimum=0)
+        if self.child_timeout is not None and not (
+            isinstance(self.child_timeout, int | float) and self.child_timeout > 0
+        ):
+            raise GraphError(f"{owner}.child_timeout must be None or seconds > 0")
+        if not (isinstance(self.retry_on, tuple) or callable(self.retry_on)):
+            raise GraphError(f"{owner}.retry_on must be a tuple of exception types or a predicate")
         if self.is_async() and not inspect.iscoroutinefunction(self.reduce):
             raise GraphError(f"{owner} is async: reduce must be `async def reduce(...)`")
 
@@ -117,8 +162,20 @@ class TaskBasedParallelAction(Action):
     def _plan(self, state: State, context: ApplicationContext, inputs: dict[str, Any]) -> Any:
         return call_by_name(self.tasks, state=state, context=context, inputs=inputs)
 
-    def _configure(self, context: ApplicationContext, is_async: bool) -> tuple[Any, bool, Any]:
-        executor, owned = resolve_executor(self.executor(), context.executor, is_async)
+    def _total(self, tasks: Any) -> int | None:
+        """The progress bar's total: given, or the size of what `tasks()` returned."""
+        if self.progress_total is not None:
+            return self.progress_total
+        return len(tasks) if hasattr(tasks, "__len__") else None
+
+    def _configure(
+        self, context: ApplicationContext, is_async: bool, total: int | None
+    ) -> tuple[Executor, bool, FanoutConfig]:
+        executor, owned = resolve_executor(
+            self.executor(), context.executor, is_async, self.max_concurrency
+        )
+        traits = traits_of(executor)
+        capacity = window_size(self.name, executor, traits, self.max_concurrency)
         saver, loader, tracker = children_adapters(
             call_by_name(self.persister, context=context),
             call_by_name(self.tracker, context=context),
@@ -133,56 +190,80 @@ class TaskBasedParallelAction(Action):
                         f"parallel action {self.name!r} is sync but its children's persister "
                         f"{type(adapter).__name__} is async: make the action async"
                     )
-        config = FanOutConfig(
+        # children in other processes capture their tracking; the driver writes it
+        shipped = tracker if (
+            not traits.runs_in_process and isinstance(tracker, RecordingTracker)
+        ) else None
+        events = context.event_sink
+        plan = PlanConfig(
             action_name=self.name,
             parent=context,
-            limit=window_size(executor, self.max_concurrency),
             saver=saver,
             loader=loader,
-            tracker=tracker,
-            nested_executor=nested_executor(executor),
+            tracker=shipped.recorder() if shipped is not None else tracker,
+            nested_executor=traits.nested,
+            retry=RetryPolicy(self.retries, self.retry_on, self.retry_backoff,
+                              self.retry_backoff_max),
+            timeout=self.child_timeout,
+            events=events if traits.runs_in_process else None,
+            collect_items=events is not None and not traits.runs_in_process,
+            path=context.event_path,
+        )
+        config = FanoutConfig(
+            plan=plan,
+            capacity=capacity,
             ordered=self.reduce_order == "task",
-            retries=self.retries,
-            retry_on=tuple(self.retry_on),
-            progress=Progress(self.progress, self.name),
+            on_failure=self.on_failure,
+            held_bytes_budget=self.held_bytes_budget,
+            progress=Progress(self.progress, self.name, total),
+            keep_outcomes="outcomes" in inspect.signature(self.reduce).parameters,
+            shipped_tracker=shipped,
         )
         return executor, owned, config
+
+    def _reduce(self, state: State, states: Any, outcomes: list[ChildOutcome] | None) -> Any:
+        if outcomes is None:
+            return self.reduce(state, states)
+        return self.reduce(state, states, outcomes=outcomes)
 
     def execute(self, state: State, inputs: dict[str, Any]) -> Any:
         inputs = dict(inputs)
         context = inputs.pop(self.context_param)
         if self.is_async():
             return self._execute_async(state, context, inputs)
-        executor, owned, config = self._configure(context, is_async=False)
-        channel = channel_for(executor, config.limit)
-        states = _states_of(Driver(fanout(config, SyncSource(iter(self._plan(
-            state, context, inputs))), channel)))
+        tasks = self._plan(state, context, inputs)
+        executor, owned, config = self._configure(context, False, self._total(tasks))
+        fanout = Fanout(config, SyncSource(iter(tasks)), Channel(executor))
+        outcomes: list[ChildOutcome] | None = [] if config.keep_outcomes else None
+        states = _states_of(Driver(fanout.run()), outcomes)
         try:
-            reduced = self.reduce(state, states)
+            reduced = self._reduce(state, states, outcomes)
             for _ in states:
                 pass
         finally:
             states.close()
             if owned:
-                executor.shutdown(wait=True, cancel_futures=True)
-        return {}, self._checked(reduced)
+                executor.shutdown(wait=not fanout.abandoned, cancel_futures=True)
+        return {}, self._with_failures(self._checked(reduced), fanout)
 
     async def _execute_async(
         self, state: State, context: ApplicationContext, inputs: dict[str, Any]
     ) -> tuple[dict[str, Any], State]:
-        executor, owned, config = self._configure(context, is_async=True)
-        channel = AsyncChannel(executor, asyncio.get_running_loop(), config.limit)
-        source = AsyncSource(_as_iterator(self._plan(state, context, inputs)))
-        states = _astates_of(Driver(fanout(config, source, channel)))
+        tasks = self._plan(state, context, inputs)
+        executor, owned, config = self._configure(context, True, self._total(tasks))
+        channel = AsyncChannel(executor, asyncio.get_running_loop())
+        fanout = Fanout(config, AsyncSource(_as_iterator(tasks)), channel)
+        outcomes: list[ChildOutcome] | None = [] if config.keep_outcomes else None
+        states = _astates_of(Driver(fanout.run()), outcomes)
         try:
-            reduced = await self.reduce(state, states)
+            reduced = await self._reduce(state, states, outcomes)
             async for _ in states:
                 pass
         finally:
             await states.aclose()
             if owned:
                 executor.shutdown(wait=False, cancel_futures=True)
-        return {}, self._checked(reduced)
+        return {}, self._with_failures(self._checked(reduced), fanout)
 
     def _checked(self, reduced: Any) -> State:
         if not isinstance(reduced, State):
@@ -192,15 +273,59 @@ class TaskBasedParallelAction(Action):
             )
         return reduced
 
+    def _with_failures(self, reduced: State, fanout: Fanout) -> State:
+        """After an `on_failure="continue"` fan-out: the failed children recorded in
+        `failures_field`, or one `ChildrenFailedError` naming every one of them."""
+        failed = sorted(fanout.failures, key=lambda result: result.position)
+        if not failed:
+            return reduced
+        if self.failures_field is not None:
+            records = [
+                {
+                    "position": r.position, "app_id": r.app_id, "attempts": r.attempts,
+                    "error": f"{type(r.error).__name__}: {r.error}",
+                }
+                for r in failed
+            ]
+            return reduced.update(**{self.failures_field: records})
+        errors = []
+        for r in failed:
+            error = ChildFailedError(self.name, r.position, r.app_id, r.error, r.attempts)
+            error.__cause__ = r.error
+            errors.append(error)
+        outcomes = [
+            ChildOutcome(r.position, r.app_id, "failed", r.attempts, r.seconds, r.error)
+            for r in failed
+        ]
+        raise ChildrenFailedError(self.name, errors, outcomes)
 
-def _states_of(driver: Driver) -> Iterator[State]:
-    for outcome in driver:
-        yield outcome.state
+
+def _check_count(
+    owner: str, name: str, value: Any, minimum: int, optional: bool = True
+) -> None:
+    if value is None and optional:
+        return
+    if type(value) is not int or value < minimum:
+        allowed = "None or " if optional else ""
+        raise GraphError(f"{owner}.{name} must be {allowed}an int >= {minimum}, got {value!r}")
 
 
-async def _astates_of(driver: Driver) -> AsyncIterator[State]:
-    async for outcome in driver:
-        yield outcome.state
+def _states_of(driver: Driver, outcomes: list[ChildOutcome] | None) -> Iterator[State]:
+    handout: Handout
+    for handout in driver:
+        if outcomes is not None:
+            outcomes.append(handout.outcome)
+        if handout.state is not None:
+            yield handout.state
+
+
+async def _astates_of(driver: Driver, outcomes: list[ChildOutcome] | None) -> AsyncIterator[State]:
+    handout: Handout
+    async for handout in driver:
+        if outcomes is not None:
+            outcomes.append(handout.outcome)
+        if handout.state is not None:
+            yield handout.state
 
 
 def _as_iterator(items: Any) -> Any:

@@ -1,19 +1,20 @@
-"""Which executor, tracker and persister a fan-out's children get."""
+"""Which executor, tracker and persister a fan-out's children get, and its window."""
 
 from __future__ import annotations
 
 from concurrent.futures import Executor
 from typing import Any
 
-from fanwise.core.errors import AsyncMismatchError
+from fanwise.core.errors import AsyncMismatchError, GraphError
+from fanwise.core.protocols import Copyable, StateLoader
+from fanwise.executors.protocols import ExecutorTraits
 
 CASCADE = "cascade"
 
 
 def copy_of(adapter: Any) -> Any:
     """A copy for the children (persisters and trackers have `copy()`), else the same one."""
-    copier = getattr(adapter, "copy", None)
-    return copier() if callable(copier) else adapter
+    return adapter.copy() if isinstance(adapter, Copyable) else adapter
 
 
 def children_adapters(
@@ -24,29 +25,34 @@ def children_adapters(
     if saver_choice == CASCADE:
         saver = copy_of(parent_saver) if parent_saver is not None else None
         if parent_loader is None or parent_loader is parent_saver:
-            loader = saver if hasattr(saver, "load_many") else None
+            loader = saver if isinstance(saver, StateLoader) else None
         else:
             loader = copy_of(parent_loader)
     else:
         saver = saver_choice
-        loader = saver_choice if hasattr(saver_choice, "load_many") else None
+        loader = saver_choice if isinstance(saver_choice, StateLoader) else None
     tracker = copy_of(parent_tracker) if tracker_choice == CASCADE else tracker_choice
     return saver, loader, tracker
 
 
-def resolve_executor(choice: Any, app_default: Any, is_async: bool) -> tuple[Executor, bool]:
-    """(executor, owned): owned executors are created here and shut down after the fan-out."""
+def resolve_executor(
+    choice: Any, app_default: Any, is_async: bool, window: int | None
+) -> tuple[Executor, bool]:
+    """(executor, owned): owned executors are created here, sized to the action's window
+    when it gives one, and shut down after the fan-out."""
     from fanwise.executors import AsyncExecutor, MultiThreadedExecutor, create
 
     spec = app_default if choice == CASCADE else choice
+    sized = {} if window is None else {"max_concurrency": window}
     if isinstance(spec, Executor):
         executor, owned = spec, False
     elif isinstance(spec, str):
-        executor, owned = create(spec), True
+        executor, owned = create(spec, **sized), True
     elif callable(spec):
         executor, owned = spec(), True
     elif spec is None:
-        executor, owned = (AsyncExecutor() if is_async else MultiThreadedExecutor()), True
+        executor = AsyncExecutor(window) if is_async else MultiThreadedExecutor(window)
+        owned = True
     else:
         raise TypeError(f"{spec!r} is not an executor, an executor name or a factory")
     if isinstance(executor, AsyncExecutor) and not is_async:
@@ -57,20 +63,22 @@ def resolve_executor(choice: Any, app_default: Any, is_async: bool) -> tuple[Exe
     return executor, owned
 
 
-def window_size(executor: Executor, override: int | None) -> int:
-    """How many children may be in flight at once."""
+def window_size(
+    action_name: str, executor: Executor, traits: ExecutorTraits, requested: int | None
+) -> int:
+    """How many children are in flight at once: exactly what the action asks, else what
+    the executor runs at once. Asking more than an executor can run is an error, unless
+    the executor queues children by design (`accepts_backlog`: it batches them)."""
     from fanwise.executors.threads import default_concurrency
 
-    if override is not None:
-        return override
-    for attribute in ("max_concurrency", "_max_workers"):
-        value = getattr(executor, attribute, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return default_concurrency()
-
-
-def nested_executor(executor: Executor) -> Any:
-    """What children's own fan-outs use: the executor's `nested()` choice, else the default."""
-    nested = getattr(executor, "nested", None)
-    return nested() if callable(nested) else None
+    most = traits.max_concurrency
+    if requested is None:
+        return most if most is not None else default_concurrency()
+    if most is not None and requested > most and not traits.accepts_backlog:
+        raise GraphError(
+            f"parallel action {action_name!r} asks for max_concurrency={requested}, but its "
+            f"executor {type(executor).__name__} runs at most {most} children at once: give "
+            f"the executor max_concurrency={requested} (or leave the executor to fanwise), "
+            "or lower the action's max_concurrency"
+        )
+    return requested

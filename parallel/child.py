@@ -1,28 +1,41 @@
 """Running one child application, wherever the executor puts it.
 
 `run_child` is what executors ship: it builds the child from a `ChildSpec`, runs it to its
-halt, and returns a `ChildOutcome` carrying the final state and the final persisted row,
-which the driver group-commits (a child counts as finished once that row is durable).
+halt (retrying as the spec's policy says), and returns a `ChildResult`: the final state,
+the final row for the driver to group-commit (a child counts as finished once that row is
+durable), or the error. It never raises for the child's own failure, so a result crosses
+process and cluster boundaries the same way whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from fanwise.core import _runner
+from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData, SaveRow
 from fanwise.core.state import State
+from fanwise.core.tracking.local import RecordingTracker
+from fanwise.parallel._retry import RetryPolicy
 from fanwise.parallel.cascade import copy_of
+from fanwise.parallel.events import EventSink, FanoutEvent
 from fanwise.parallel.graphs import RunnableGraph
 
 
 @dataclass
 class ChildSpec:
-    """Everything a worker needs to run one child; shipped with cloudpickle."""
+    """Everything a worker needs to run one child; shipped with cloudpickle.
+
+    `events` is the sink of a watched fan-out whose children run in this process (their
+    items are emitted as they come); `collect_items` asks a child run elsewhere to bring
+    its items back in its result instead.
+    """
 
     position: int
     app_id: str
@@ -37,8 +50,11 @@ class ChildSpec:
     tracker: Any = None
     executor: Any = None
     resume_from: PersistedStateData | None = None
-    retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    events: EventSink | None = None
+    collect_items: bool = False
+    path: tuple[int, ...] = ()
 
     def shipping_problem(self) -> str | None:
         """What in this spec cannot be pickled for another process, named; else None."""
@@ -47,36 +63,33 @@ class ChildSpec:
         return shipping_problem(self)
 
 
-class ChildChunk(list):
-    """Several child specs shipped as one task."""
-
-    def shipping_problem(self) -> str | None:
-        for spec in self:
-            problem = spec.shipping_problem()
-            if problem is not None:
-                return problem
-        return None
-
-
 @dataclass
-class ChildOutcome:
-    """What a finished child hands back to the driver."""
+class ChildResult:
+    """What a child run hands back to the driver: its state and final row, or its error.
+
+    `records` are its tracking records when it ran in another process (the driver writes
+    them); `items` its streamed items when it ran elsewhere and they were asked for.
+    """
 
     position: int
     app_id: str
-    state: State
+    state: State | None
     final_row: SaveRow | None = None
-    skipped: bool = False
     attempts: int = 1
     seconds: float = 0.0
+    error: BaseException | None = None
     records: dict[str, Any] | None = None
+    items: list[Any] | None = None
+    next_seq: int = 1
+    resumed: bool = False
+    """Finished before this run: read back from the store, not run."""
 
 
 class _DeferredSaver:
     """Writes each child step one step late and keeps the last row for the driver.
 
     Intermediate rows reach the store so a half-finished child continues where it was;
-    the final row travels back in the outcome and is committed in a batch by the driver.
+    the final row travels back in the result and is committed in a batch by the driver.
     """
 
     def __init__(self, inner: Any, fingerprint: str | None) -> None:
@@ -140,6 +153,31 @@ class _Preloaded(BaseStateLoader):
         return copy_of(self._loader)
 
 
+class _Items:
+    """Numbers a child's streamed items and hands them to the sink, or keeps them."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self._spec = spec
+        self.seq = 1
+        self.kept: list[Any] | None = [] if spec.collect_items else None
+
+    def event(self, item: Any) -> FanoutEvent:
+        spec = self._spec
+        event = FanoutEvent("child_item", spec.position, spec.app_id, spec.path, self.seq, item)
+        self.seq += 1
+        return event
+
+    def wanted(self) -> bool:
+        return self._spec.events is not None or self.kept is not None
+
+    def emit(self, item: Any) -> None:
+        event = self.event(item)
+        if self.kept is not None:
+            self.kept.append(event)
+        else:
+            self._spec.events.put(event)
+
+
 def _builder(spec: ChildSpec, saver: Any) -> ApplicationBuilder:
     builder = (
         ApplicationBuilder()
@@ -165,85 +203,134 @@ def _builder(spec: ChildSpec, saver: Any) -> ApplicationBuilder:
     return builder.with_state(spec.state).with_entrypoint(spec.runnable.entrypoint)
 
 
-def run_child(spec: ChildSpec) -> ChildOutcome:
+def _watch_nested(app: Application, spec: ChildSpec) -> None:
+    """The child's own fan-outs emit to the same sink, under this child's path."""
+    if spec.events is not None:
+        app._event_sink, app._event_path = spec.events, spec.path
+
+
+def _run_to_halt(app: Application, spec: ChildSpec, items: _Items) -> None:
+    """Run the child to its halt; with `items` wanted, step by step to catch its items."""
+    halt_after = list(spec.runnable.halt_after)
+    if not items.wanted():
+        app.run(halt_after=halt_after, inputs=spec.inputs)
+        return
+    while app.get_next_action() is not None:
+        driver = _runner.Driver(_runner.step(app, spec.inputs, async_run=False))
+        for item in driver:
+            items.emit(item)
+        if driver.result.action.name in halt_after:
+            return
+
+
+async def _arun_to_halt(app: Application, spec: ChildSpec, items: _Items) -> None:
+    halt_after = list(spec.runnable.halt_after)
+    if not items.wanted():
+        await app.arun(halt_after=halt_after, inputs=spec.inputs)
+        return
+    while app.get_next_action() is not None:
+        driver = _runner.Driver(_runner.step(app, spec.inputs, async_run=True))
+        async for item in driver:
+            event = items.event(item)
+            if items.kept is not None:
+                items.kept.append(event)
+            else:
+                await spec.events.aput(event)
+        if driver.result.action.name in halt_after:
+            return
+
+
+def run_child(spec: ChildSpec) -> ChildResult:
     """Build and run one child synchronously (threads, processes, cluster workers)."""
     if spec.runnable.is_async:
         return asyncio.run(arun_child(spec))
     started = time.perf_counter()
-    attempt = 0
-    while True:
-        saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver is not None else None
-        try:
-            app = _builder(spec, saver).build()
-            app.run(halt_after=list(spec.runnable.halt_after), inputs=spec.inputs)
-        except Exception as exc:
-            _retry_or_raise(spec, attempt, exc)
-            attempt += 1
-            spec.resume_from = None if saver is None else spec.saver.load(
-                spec.partition_key, spec.app_id
-            )
-            continue
-        return _outcome(spec, app.state, saver, attempt, started)
+    items = _Items(spec)
+    saver: _DeferredSaver | None = None
+    retrying = spec.retry.attempts()
+    try:
+        for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    spec.resume_from = _reload(spec)
+                saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver else None
+                app = _builder(spec, saver).build()
+                _watch_nested(app, spec)
+                _run_to_halt(app, spec, items)
+    except Exception as exc:
+        return _result(spec, None, None, retrying, started, items, exc)
+    return _result(spec, app.state, saver, retrying, started, items)
 
 
-def run_children(specs: ChildChunk) -> list[ChildOutcome | BaseException]:
-    """Run a chunk of children one after another; a failure does not stop the others."""
-    results: list[ChildOutcome | BaseException] = []
-    for spec in specs:
-        try:
-            results.append(run_child(spec))
-        except Exception as exc:
-            results.append(exc)
-    return results
+async def arun_child(spec: ChildSpec) -> ChildResult:
+    """Build and run one child on the running event loop; `timeout` cancels an attempt."""
+    started = time.perf_counter()
+    items = _Items(spec)
+    is_async = spec.saver is not None and spec.saver.is_async()
+    deferred: Callable[..., _DeferredSaver] = _AsyncDeferredSaver if is_async else _DeferredSaver
+    saver: _DeferredSaver | None = None
+    retrying = spec.retry.async_attempts()
+    try:
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    spec.resume_from = await _areload(spec, is_async)
+                saver = deferred(spec.saver, spec.fingerprint) if spec.saver else None
+                app = await _builder(spec, saver).abuild()
+                _watch_nested(app, spec)
+                if spec.timeout is None:
+                    await _arun_to_halt(app, spec, items)
+                else:
+                    await _with_timeout(_arun_to_halt(app, spec, items), spec)
+    except Exception as exc:
+        return _result(spec, None, None, retrying, started, items, exc)
+    return _result(spec, app.state, saver, retrying, started, items)
 
 
-def _outcome(
-    spec: ChildSpec, state: State, saver: _DeferredSaver | None, attempt: int, started: float
-) -> ChildOutcome:
-    return ChildOutcome(
+async def _with_timeout(run: Any, spec: ChildSpec) -> None:
+    from fanwise.parallel.errors import ChildTimeoutError
+
+    try:
+        async with asyncio.timeout(spec.timeout):
+            await run
+    except TimeoutError:
+        raise ChildTimeoutError(
+            f"child {spec.position} (app id {spec.app_id}) ran longer than its "
+            f"child_timeout of {spec.timeout} s"
+        ) from None
+
+
+def _reload(spec: ChildSpec) -> PersistedStateData | None:
+    """Where a retry starts: the child's last saved step (None without a persister)."""
+    return None if spec.saver is None else spec.saver.load(spec.partition_key, spec.app_id)
+
+
+async def _areload(spec: ChildSpec, is_async: bool) -> PersistedStateData | None:
+    if spec.saver is None:
+        return None
+    loaded = spec.saver.load(spec.partition_key, spec.app_id)
+    return (await loaded) if is_async else loaded
+
+
+def _result(
+    spec: ChildSpec,
+    state: State | None,
+    saver: _DeferredSaver | None,
+    retrying: Any,
+    started: float,
+    items: _Items,
+    error: BaseException | None = None,
+) -> ChildResult:
+    shipped = isinstance(spec.tracker, RecordingTracker)  # the child runs in another process
+    return ChildResult(
         spec.position,
         spec.app_id,
         state,
-        saver.held if saver else None,
-        attempts=attempt + 1,
+        saver.held if saver is not None and error is None else None,
+        attempts=retrying.statistics.get("attempt_number", 1),
         seconds=time.perf_counter() - started,
-        records=_take_records(spec),
+        error=error,
+        records=spec.tracker.take(spec.app_id) if shipped else None,
+        items=items.kept,
+        next_seq=items.seq,
     )
-
-
-def _take_records(spec: ChildSpec) -> dict[str, Any] | None:
-    take = getattr(spec.tracker, "take", None)
-    return take(spec.app_id) if callable(take) else None
-
-
-def _retry_or_raise(spec: ChildSpec, attempt: int, exc: Exception) -> None:
-    """Return to retry; else raise, carrying the child's tracking records to the driver."""
-    if attempt < spec.retries and isinstance(exc, spec.retry_on):
-        return
-    records = _take_records(spec)
-    if records is not None:
-        exc.fanwise_records = records
-    raise exc
-
-
-async def arun_child(spec: ChildSpec) -> ChildOutcome:
-    """Build and run one child on the running event loop."""
-    started = time.perf_counter()
-    attempt = 0
-    is_async = spec.saver is not None and spec.saver.is_async()
-    deferred = _AsyncDeferredSaver if is_async else _DeferredSaver
-    while True:
-        saver = deferred(spec.saver, spec.fingerprint) if spec.saver is not None else None
-        try:
-            app = await _builder(spec, saver).abuild()
-            await app.arun(halt_after=list(spec.runnable.halt_after), inputs=spec.inputs)
-        except Exception as exc:
-            _retry_or_raise(spec, attempt, exc)
-            attempt += 1
-            spec.resume_from = None if saver is None else spec.saver.load(
-                spec.partition_key, spec.app_id
-            )
-            if is_async:
-                spec.resume_from = await spec.resume_from
-            continue
-        return _outcome(spec, app.state, saver, attempt, started)

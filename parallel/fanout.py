@@ -1,391 +1,381 @@
 """The fan-out loop: lazy, bounded, ordered and resumable execution of children.
 
-`fanout()` is written once as a generator of effects (see `fanwise.core._runner`): it yields
-what may need awaiting (pulling tasks from an async generator, batch reads and writes of an
-async persister, waiting for the next finished child) and `Partial(outcome)` for each child
-handed to `reduce`. A sync or async `Driver` runs it; only the waiting differs.
+    tasks() ──take──▶ Planner.specs ──▶ ResumeLookup ──(saved & finished)──▶ resumed result
+                      (ids, fingerprints,   (batched        │
+                       cascaded adapters)    load_many)     ▼ (to run)
+                                                   Window.queued ──Channel.submit──▶ executor
+                                                                                      │
+       reduce ◀──Partial(result)── Window (task order: held / parked) ◀──Channel.get──┘
+                                       ▲                  │
+                         re-read parked states      GroupCommit: shipped tracking records,
+                         (load_many, in order)      then final rows (save_many per store)
+
+`Fanout.run()` is written once as a generator of effects (see `fanwise.core._runner`): it
+yields what may need awaiting (pulling from an async task generator, batch reads and
+writes of an async persister, waiting for the next finished child, an event sink on a
+loop) and `Partial(result)` for each child handed to `reduce`. A sync or async `Driver`
+runs it; only the waiting differs. A child's state reaches `reduce` only once its final
+row is durable, and then in its stored form (as a resumed child's would).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
+from fanwise.core import serde
 from fanwise.core._runner import Partial
-from fanwise.core.context import ApplicationContext, ParentPointer
-from fanwise.core.errors import FanwiseError
-from fanwise.core.persistence.base import PersistedStateData, SaveRow
-from fanwise.core.tracking.writer import TrackingWriter
-from fanwise.parallel._child_ids import child_app_id, fingerprint
-from fanwise.parallel.child import ChildOutcome, ChildSpec
+from fanwise.core.errors import CorruptStateError
+from fanwise.core.protocols import RecordingTracker, StateLoader
+from fanwise.parallel._channel import Channel
+from fanwise.parallel._child_ids import child_app_id
+from fanwise.parallel._commit import GroupCommit
+from fanwise.parallel._plan import PlanConfig, Planner, ResumeLookup
+from fanwise.parallel._window import Window
+from fanwise.parallel.child import ChildResult, ChildSpec
+from fanwise.parallel.errors import ChildFailedError, ChildTimeoutError, FanoutCancelledError
+from fanwise.parallel.events import FanoutEvent
+from fanwise.parallel.outcomes import ChildOutcome
 from fanwise.parallel.progress import Progress
 from fanwise.parallel.tasks import SubGraphTask
 
-_RESUME_BATCH = 512
-_MAX_GATHER_SECONDS = 0.05
-"""The longest a finished child's row waits for others to share its commit."""
-_READ_AHEAD = 512
-"""Default child ids read from the store per query, ahead of the tasks being pulled."""
+RESUME_BATCH = 512
+"""Tasks pulled at once after a batch whose children had all finished (cheap resume)."""
+REREAD_BATCH = 512
+"""Parked children's states read back per query."""
 
-
-class ChildFailedError(FanwiseError, RuntimeError):
-    """A child of a fan-out raised; the child's exception is the `__cause__`."""
-
-    def __init__(self, action_name: str, position: int, app_id: str, exc: BaseException) -> None:
-        super().__init__(
-            f"child {position} (app id {app_id}) of parallel action {action_name!r} failed: "
-            f"{type(exc).__name__}: {exc}"
-        )
-        self.action_name = action_name
-        self.position = position
-        self.app_id = app_id
+Effects = Generator[Any, Any, None]
 
 
 @dataclass
-class FanOutConfig:
+class FanoutConfig:
     """One fan-out's settings once executor and adapters are resolved."""
 
-    action_name: str
-    parent: ApplicationContext
-    limit: int
-    saver: Any
-    loader: Any
-    tracker: Any
-    nested_executor: Any
+    plan: PlanConfig
+    capacity: int
     ordered: bool
-    retries: int
-    retry_on: tuple[type[BaseException], ...]
+    on_failure: Literal["raise", "continue"]
+    held_bytes_budget: int
     progress: Progress
+    keep_outcomes: bool
+    shipped_tracker: RecordingTracker | None
+    """The tracker whose `ingest` writes the records of children run in other processes."""
 
 
-class _Planner:
-    """Turns user tasks into child specs, or into finished outcomes when already saved."""
+@dataclass
+class Handout:
+    """One child handed to `reduce`: its state (None if it failed) and its outcome."""
 
-    def __init__(self, config: FanOutConfig) -> None:
-        self._config = config
-        self._explicit_ids: dict[str, int] = {}
-        recorder = getattr(config.tracker, "recorder", None)
-        self._child_tracker = recorder() if callable(recorder) else config.tracker
-        parent = config.parent
-        self._pointer = ParentPointer(parent.app_id, parent.sequence_id, parent.partition_key)
-        self._reading_ahead = False
-        self._read_ahead: dict[str, PersistedStateData] = {}
-        self._ids_ahead: dict[int, str] = {}
-        self._read_to = 0
-        """Default ids below this position were read; `_read_ahead` keeps the rows found."""
+    state: Any
+    outcome: ChildOutcome | None
 
-    def specs(self, batch: list[tuple[int, SubGraphTask]]) -> list[ChildSpec]:
-        config, parent = self._config, self._config.parent
-        specs = []
-        for position, task in batch:
-            if not isinstance(task, SubGraphTask):
-                raise TypeError(
-                    f"parallel action {config.action_name!r} produced {task!r} at position "
-                    f"{position}; tasks() must yield SubGraphTask objects"
-                )
-            app_id = task.application_id or self._default_id(position)
-            if task.application_id is not None:
-                self._check_unique(task.application_id, position)
-            saver = task.state_persister if task.state_persister is not None else config.saver
-            durable = saver is not None
-            specs.append(
-                ChildSpec(
-                    position=position,
-                    app_id=app_id,
-                    runnable=task.runnable,
-                    state=task.state,
-                    inputs=task.inputs,
-                    partition_key=parent.partition_key,
-                    spawning_parent=self._pointer,
-                    fingerprint=(
-                        fingerprint(task.state, task.inputs, task.runnable.entrypoint)
-                        if durable else None
-                    ),
-                    saver=saver,
-                    loader=(
-                        task.state_initializer if task.state_initializer is not None
-                        else config.loader
-                    ),
-                    tracker=task.tracker if task.tracker is not None else self._child_tracker,
-                    executor=config.nested_executor,
-                    retries=config.retries,
-                    retry_on=config.retry_on,
-                )
-            )
-        return specs
 
-    def _check_unique(self, app_id: str, position: int) -> None:
-        earlier = self._explicit_ids.setdefault(app_id, position)
-        if earlier != position:
-            raise ValueError(
-                f"parallel action {self._config.action_name!r}: child app id {app_id!r} is "
-                f"used by tasks {earlier} and {position}; explicit application_id values "
-                "must be unique"
-            )
+class Fanout:
+    """Runs every task of `source` on `channel`; yields `Partial(Handout)` per child."""
 
-    def _default_id(self, position: int) -> str:
-        """The hashed id of `position` (computed once: read-ahead ids are kept for `specs`)."""
-        known = self._ids_ahead.pop(position, None)
-        if known is not None:
-            return known
-        parent = self._config.parent
-        return child_app_id(parent.app_id, parent.sequence_id, position)
+    def __init__(self, config: FanoutConfig, source: Any, channel: Channel) -> None:
+        self.config = config
+        self._plan = config.plan
+        self._source = source
+        self._channel = channel
+        self._window = Window(config.capacity, config.ordered, config.held_bytes_budget)
+        self._planner = Planner(config.plan)
+        self._lookup = ResumeLookup(self._planner, config.plan.loader)
+        self._commit = GroupCommit(config.shipped_tracker)
+        self._sink = config.plan.events
+        self._listening = self._sink is not None or config.progress.enabled
+        self._parked_meta: dict[int, tuple[str, int, float]] = {}
+        self._resuming = False
+        """The last batch pulled had only finished children (the next one is larger)."""
+        self.failures: list[ChildResult] = []
+        """Failed children, in the order they failed."""
+        self.abandoned = 0
+        """Children past their timeout that may still be running (a pool cannot stop them)."""
 
-    def lookups(self, specs: list[ChildSpec]) -> list[tuple[Any, list[str]]]:
-        """One (loader, app ids) batch read per distinct loader. Once a batch had no saved
-        child (a fresh fan-out), children with a default id on the cascaded loader are read
-        `_READ_AHEAD` positions at a time (ids do not depend on the tasks), so that a fresh
-        fan-out does not query the store for every few children."""
-        groups: dict[int, tuple[Any, list[str]]] = {}
-        for spec in specs:
-            if spec.loader is None:
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> Effects:
+        window = self._window
+        try:
+            while True:
+                yield from self._refill()
+                if (yield from self._gather()):
+                    continue
+                handed = yield from self._hand_out()
+                if window.stopping and not window.inflight:
+                    yield from self._commit.commit()
+                    self._raise_stop()
+                if window.done():
+                    if self._commit.pending():
+                        yield from self._commit.commit()
+                    return
+                if handed:
+                    continue
+                got = yield self._channel.get(timeout=self._wait_seconds())
+                if got is None:
+                    yield from self._expire()
+                    continue
+                yield from self._receive(*got)
+                for finished in self._channel.drain():
+                    yield from self._receive(*finished)
+        finally:
+            self._channel.cancel_pending()
+            self.config.progress.close()
+
+    def _refill(self) -> Effects:
+        """Fill free slots: first with queued children, then with tasks pulled from the
+        source. After a batch of only finished children (handed out before more are
+        pulled), the next batch is larger (cheap resume); its unfinished children queue."""
+        window, channel = self._window, self._channel
+        while (free := window.free_slots()) > 0:
+            if window.queued:
+                spec = window.queued.popleft()
+                window.start(spec, self._plan.timeout if not spec.runnable.is_async else None)
+                channel.submit(spec)
+                if self._listening:
+                    yield from self._emit("child_started", spec.position, spec.app_id, 0,
+                                          {"resumed_from": _resumed_seq(spec)})
                 continue
-            ids = [spec.app_id]
-            if spec.loader is self._config.loader and spec.app_id not in self._explicit_ids:
-                if spec.position < self._read_to:
-                    continue
-                if self._reading_ahead:
-                    ahead = range(spec.position + 1, spec.position + _READ_AHEAD)
-                    self._ids_ahead = {p: self._default_id(p) for p in ahead}
-                    self._read_to = spec.position + _READ_AHEAD
-                    ids = [spec.app_id, *self._ids_ahead.values()]
-            groups.setdefault(id(spec.loader), (spec.loader, []))[1].extend(ids)
-        return list(groups.values())
+            if self._sink is not None and self._sink.closed:
+                self._stop()
+                return
+            if not window.may_pull():
+                return
+            wanted = max(free, RESUME_BATCH) if self._resuming else free
+            try:
+                batch = yield self._source.take(wanted)
+                specs = self._planner.specs(batch)
+            except Exception:  # tasks() raised or yielded a bad task: keep what finished
+                yield from self._settle()
+                raise
+            if len(batch) < wanted:
+                window.exhausted = True
+            if not batch:
+                return
+            rows: dict[str, Any] = {}
+            partition_key = self._plan.parent.partition_key
+            for loader, app_ids in self._lookup.lookups(specs):
+                rows.update((yield loader.load_many(partition_key, app_ids)))
+            self._resuming = True
+            for item in self._lookup.apply(specs, rows):
+                if isinstance(item, ChildSpec):
+                    self._resuming = False
+                    window.queued.append(item)
+                else:
+                    yield from self._resumed(*item)
+            if self._resuming:
+                return  # hand these out before pulling more
 
-    def apply(
-        self, specs: list[ChildSpec], rows: dict[str, PersistedStateData]
-    ) -> list[ChildSpec | ChildOutcome]:
-        """A finished outcome for each child saved as done with the same inputs, else a spec."""
-        planned: list[ChildSpec | ChildOutcome] = []
-        self._read_ahead.update(rows)
-        saved = [self._read_ahead.pop(spec.app_id, None) for spec in specs]
-        self._reading_ahead = not any(saved)
-        for spec, row in zip(specs, saved):
-            if row is not None and (row.get("meta") or {}).get("fingerprint") == spec.fingerprint:
-                if row["status"] == "completed" and spec.runnable.is_finished(
-                    row["position"], row["state"]
-                ):
-                    planned.append(
-                        ChildOutcome(spec.position, spec.app_id, row["state"], skipped=True)
-                    )
-                    continue
-                spec.resume_from = row
-            planned.append(spec)
-        return planned
+    def _gather(self) -> Generator[Any, Any, bool]:
+        """Group commit: while rows of finished children wait and others still run, wait
+        (about as long as the last commit took) for one more to finish. True if one did."""
+        window = self._window
+        if not self._commit.has_rows() or not window.inflight or window.stopping:
+            return False
+        if not window.may_pull() and not window.exhausted:
+            return False
+        got = yield self._channel.get(timeout=self._commit.gather_seconds())
+        if got is None:
+            return False
+        yield from self._receive(*got)
+        for finished in self._channel.drain():
+            yield from self._receive(*finished)
+        return True
 
+    def _hand_out(self) -> Generator[Any, Any, int]:
+        """Hand every child that is due to `reduce`, in order; how many were handed."""
+        window = self._window
+        handed = 0
+        while not window.stopping:
+            held = window.take_held()
+            if held and self._commit.pending():
+                yield from self._commit.commit()
+            for result in held:
+                yield Partial(self._handout(result))
+            handed += len(held)
+            run = window.take_parked(REREAD_BATCH)
+            if run:
+                if self._commit.pending():
+                    yield from self._commit.commit()
+                yield from self._hand_out_parked(run)
+                handed += len(run)
+            if not held and not run:
+                return handed
+        return handed
 
-class _Window:
-    """Which children are in flight, finished, and due to be handed out."""
+    # -- children coming back ---------------------------------------------------------
 
-    def __init__(self, channel: Any, ordered: bool, writer: TrackingWriter | None) -> None:
-        self.channel = channel
-        self.ordered = ordered
-        self.writer = writer
-        self.inflight: dict[int, ChildSpec] = {}
-        self.queued: deque[ChildSpec] = deque()
-        self.ready: dict[int, ChildOutcome] = {}
-        self.uncommitted: list[tuple[Any, SaveRow]] = []
-        self.records: list[tuple[int, dict[str, Any]]] = []
-        self.next_position = 0
-        self.commit_seconds = 0.0
-        self.exhausted = False
-        self.failure: tuple[ChildSpec, BaseException] | None = None
-
-    def free_slots(self) -> int:
-        """How many more children may be submitted now."""
-        if self.failure is not None:
-            return 0
-        return self.channel.capacity - len(self.inflight)
-
-    def buffer_full(self) -> bool:
-        """Whether enough finished children wait to be handed out (bounds memory)."""
-        return len(self.ready) >= max(4 * self.channel.capacity, 64)
-
-    def may_pull(self) -> bool:
-        """Whether to pull more tasks: some are left and not too many wait to be handed out."""
-        return not self.exhausted and not self.buffer_full()
-
-    def receive(self, first: tuple[int, Any], channel: Any) -> None:
-        """Complete `first` and every other child that has finished by now."""
-        self.complete(*first)
-        for position, future in channel.drain():
-            self.complete(position, future)
-
-    def complete(self, position: int, future: Any) -> None:
-        spec = self.inflight.pop(position)
-        if future.cancelled():
+    def _receive(self, position: int, future: Any) -> Effects:
+        flight = self._window.inflight.pop(position, None)
+        if flight is None or future.cancelled():  # timed out already, or never started
             return
+        spec = flight.spec
         exc = future.exception()
-        if exc is not None:
-            self._keep_records(position, getattr(exc, "fanwise_records", None))
-            if self.failure is None:
-                self.failure = (spec, exc)
+        if exc is not None:  # the executor failed, not the child (a lost worker, pickling)
+            result = ChildResult(position, spec.app_id, None, error=exc)
+        else:
+            result = future.result()
+        if result.items and self._sink is not None:
+            for event in result.items:
+                yield self._sink.offer(event)
+        if result.error is not None:
+            self._commit.add(None, None, position, result.records)
+            yield from self._failed(result)
             return
-        outcome: ChildOutcome = future.result()
-        self.ready[position] = outcome
-        if outcome.final_row is not None:
-            self.uncommitted.append((spec.saver, outcome.final_row))
-        self._keep_records(position, outcome.records)
-        outcome.records = None
+        self._commit.add(spec.saver, result.final_row, position, result.records)
+        if self._listening:
+            yield from self._emit("child_done", position, spec.app_id, result.next_seq,
+                                  {"attempts": result.attempts, "seconds": result.seconds})
+        parkable = result.final_row is not None and _rereadable(spec)
+        if not self._window.finish(result, parkable) and parkable:
+            self._park(spec, result, "done")
 
-    def _keep_records(self, position: int, records: dict[str, Any] | None) -> None:
-        if records is not None:
-            self.records.append((position, records))
+    def _resumed(self, spec: ChildSpec, result: ChildResult) -> Effects:
+        if self._listening:
+            yield from self._emit("child_resumed", spec.position, spec.app_id, 0, None)
+        parkable = _rereadable(spec)
+        if not self._window.finish(result, parkable) and parkable:
+            self._park(spec, result, "resumed")
 
-    def handout(self) -> list[ChildOutcome]:
-        if not self.ordered:
-            out = list(self.ready.values())
-            self.ready.clear()
-            return out
-        out = []
-        while self.next_position in self.ready:
-            out.append(self.ready.pop(self.next_position))
-            self.next_position += 1
-        return out
+    def _park(self, spec: ChildSpec, result: ChildResult, status: str) -> None:
+        """Keep only what re-reading the child needs (and its outcome, if asked for)."""
+        if spec.loader is not self._plan.loader or spec.app_id in self._planner.explicit_ids:
+            self._window.park_id(spec.position, spec.app_id, spec.loader)
+        if self.config.keep_outcomes:
+            self._parked_meta[spec.position] = (status, result.attempts, result.seconds)
 
-    def done(self) -> bool:
-        """Every child handed out; a failure still to raise is not done."""
-        return (
-            self.failure is None
-            and self.exhausted
-            and not (self.inflight or self.queued or self.ready)
+    def _failed(self, result: ChildResult) -> Effects:
+        self.failures.append(result)
+        if self._listening:
+            yield from self._emit("child_failed", result.position, result.app_id,
+                                  result.next_seq, result.error)
+        if self.config.on_failure == "raise":
+            self._stop()
+        else:
+            self._window.finish(result, parkable=False)
+
+    def _expire(self) -> Effects:
+        """Fail the children past their `child_timeout` (their late results are dropped)."""
+        for flight in self._window.expired(time.monotonic()):
+            spec = flight.spec
+            del self._window.inflight[spec.position]
+            self._channel.cancel(spec.position)
+            self.abandoned += 1
+            error = ChildTimeoutError(
+                f"child {spec.position} (app id {spec.app_id}) ran longer than its "
+                f"child_timeout of {self._plan.timeout} s; it was abandoned (a thread or "
+                "process cannot be stopped: its result, if it ever comes, is dropped)"
+            )
+            yield from self._failed(ChildResult(spec.position, spec.app_id, None, error=error))
+
+    def _stop(self) -> None:
+        """Start no more children; cancel those not started; running ones finish."""
+        window = self._window
+        window.stopping = True
+        window.queued.clear()
+        self._channel.cancel_pending()
+
+    def _settle(self) -> Effects:
+        """Let running children finish and keep their rows (before raising)."""
+        self._stop()
+        while self._window.inflight:
+            got = yield self._channel.get(timeout=self._wait_seconds())
+            if got is None:
+                yield from self._expire()
+            else:
+                yield from self._receive(*got)
+        yield from self._commit.commit()
+
+    def _raise_stop(self) -> None:
+        if self.failures:
+            first = self.failures[0]
+            error = _child_error(self._plan.action_name, first)
+            for other in self.failures[1:]:
+                error.add_note(
+                    f"child {other.position} (app id {other.app_id}) also failed: "
+                    f"{type(other.error).__name__}: {other.error}"
+                )
+            raise error from first.error
+        raise FanoutCancelledError(
+            f"the fan-out of parallel action {self._plan.action_name!r} was stopped (its event "
+            "stream was closed); finished children are saved: run the app again to resume"
         )
 
+    # -- handing out ------------------------------------------------------------------
 
-def _commit(window: _Window) -> Generator[Any, Any, None]:
-    """Write the tracking records of finished children, then (once those are on disk) their
-    final rows, one batch per persister."""
-    if window.records:
-        records, window.records = sorted(window.records, key=lambda item: item[0]), []
-        window.writer.write([record for _, record in records])
-    groups: dict[int, tuple[Any, list[SaveRow]]] = {}
-    for saver, row in window.uncommitted:
-        groups.setdefault(id(saver), (saver, []))[1].append(row)
-    window.uncommitted = []
-    if groups and window.writer is not None:
-        window.writer.flush()
-    started = time.perf_counter()
-    for saver, rows in groups.values():
-        yield saver.save_many(rows)
-    window.commit_seconds = time.perf_counter() - started
+    def _handout(self, result: ChildResult) -> Handout:
+        state = result.state
+        if result.final_row is not None:  # durable: what reduce sees is the stored form
+            state = serde.loads_state(serde.dumps_state(state))
+        outcome = self._outcome(result) if self.config.keep_outcomes else None
+        return Handout(None if result.error is not None else state, outcome)
 
+    def _outcome(self, result: ChildResult) -> ChildOutcome:
+        status = "failed" if result.error is not None else (
+            "resumed" if result.resumed else "done"
+        )
+        return ChildOutcome(result.position, result.app_id, status, result.attempts,
+                            result.seconds, result.error)
 
-def _gather(window: _Window, channel: Any) -> Generator[Any, Any, bool]:
-    """Group commit: while rows of finished children wait and others still run, wait (about
-    as long as the last commit took) for one more to finish. True if one did (refill, then
-    gather again); False to commit now."""
-    if (
-        not window.uncommitted
-        or not window.inflight
-        or window.failure is not None
-        or window.buffer_full()
-    ):
-        return False
-    got = yield channel.get(timeout=min(window.commit_seconds, _MAX_GATHER_SECONDS))
-    if got is None:
-        return False
-    window.receive(got, channel)
-    return True
+    def _hand_out_parked(self, run: range) -> Effects:
+        """Re-read the states of parked children `run` from their store, in order."""
+        partition_key = self._plan.parent.partition_key
+        parent = self._plan.parent
+        wanted: dict[int, tuple[str, StateLoader]] = {}
+        for position in run:
+            app_id, loader = self._window.parked_ids.pop(position, (None, self._plan.loader))
+            if app_id is None:
+                app_id = child_app_id(parent.app_id, parent.sequence_id, position)
+            wanted[position] = (app_id, loader)
+        groups: dict[int, tuple[StateLoader, list[str]]] = {}
+        for app_id, loader in wanted.values():
+            groups.setdefault(id(loader), (loader, []))[1].append(app_id)
+        rows: dict[str, Any] = {}
+        for loader, app_ids in groups.values():
+            rows.update((yield loader.load_many(partition_key, app_ids)))
+        for position, (app_id, _) in wanted.items():
+            row = rows.get(app_id)
+            if row is None:
+                raise CorruptStateError(
+                    f"child {position} (app id {app_id}) of parallel action "
+                    f"{self._plan.action_name!r} was committed but its row cannot be read "
+                    "back from the store"
+                )
+            outcome = None
+            if self.config.keep_outcomes:
+                status, attempts, seconds = self._parked_meta.pop(position)
+                outcome = ChildOutcome(position, app_id, status, attempts, seconds)
+            yield Partial(Handout(row["state"], outcome))
 
+    # -- events -----------------------------------------------------------------------
 
-def _refill(
-    window: _Window, planner: _Planner, source: Any, channel: Any, config: FanOutConfig
-) -> Generator[Any, Any, None]:
-    """Fill free slots: first with queued children, then with tasks pulled from `source`.
+    def _emit(self, kind: str, position: int, app_id: str, seq: int, data: Any) -> Effects:
+        event = FanoutEvent(kind, position, app_id, (*self._plan.path, position), seq, data)
+        self.config.progress.on_event(event)
+        if self._sink is not None:
+            yield self._sink.offer(event)
 
-    Children already finished are skipped; after a batch of only those, the next batch is
-    larger (cheap resume), and its unfinished children queue for a slot.
-    """
-    skipped_everything = False
-    while (free := window.free_slots()) > 0:
-        if window.queued:
-            spec = window.queued.popleft()
-            window.inflight[spec.position] = spec
-            channel.submit(spec)
-            continue
-        if not window.may_pull():
-            return
-        wanted = max(free, _RESUME_BATCH) if skipped_everything else free
-        try:
-            batch = yield source.take(wanted)
-            specs = planner.specs(batch)
-        except Exception:  # tasks() raised or yielded a bad task: keep what finished, then raise
-            yield from _settle(window, channel)
-            raise
-        if len(batch) < wanted:
-            window.exhausted = True
-        if not batch:
-            return
-        rows: dict[str, PersistedStateData] = {}
-        for loader, app_ids in planner.lookups(specs):
-            rows.update((yield loader.load_many(config.parent.partition_key, app_ids)))
-        planned = planner.apply(specs, rows)
-        skipped_everything = True
-        for item in planned:
-            if isinstance(item, ChildOutcome):
-                window.ready[item.position] = item
-                config.progress.skipped()
-            else:
-                skipped_everything = False
-                window.queued.append(item)
+    def _wait_seconds(self) -> float | None:
+        deadline = self._window.next_deadline()
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _settle(window: _Window, channel: Any) -> Generator[Any, Any, None]:
-    """Cancel what has not started, let running children finish, and keep their rows."""
-    channel.cancel_pending()
-    while window.inflight:
-        position, future = yield channel.get()
-        window.complete(position, future)
-    yield from _commit(window)
+def _rereadable(spec: ChildSpec) -> bool:
+    """Whether the child's final row goes to a store its loader reads (the cascaded
+    persister is both): then its state can be dropped and read back in its turn."""
+    return spec.saver is not None and spec.loader is spec.saver
 
 
-def _fail(window: _Window, channel: Any, config: FanOutConfig) -> Generator[Any, Any, None]:
-    """Settle the window, then raise the first child failure."""
-    yield from _settle(window, channel)
-    spec, exc = window.failure
-    config.progress.failed()
-    raise ChildFailedError(config.action_name, spec.position, spec.app_id, exc) from exc
+def _resumed_seq(spec: ChildSpec) -> int | None:
+    return None if spec.resume_from is None else spec.resume_from["sequence_id"]
 
 
-def fanout(config: FanOutConfig, source: Any, channel: Any) -> Generator[Any, Any, None]:
-    """Run every task of `source` on `channel`; yields `Partial(ChildOutcome)` per child."""
-    # children record their tracking only for a tracker with `recorder()` (see `_Planner`)
-    writer = TrackingWriter(config.tracker) if hasattr(config.tracker, "recorder") else None
-    window = _Window(channel, config.ordered, writer)
-    planner = _Planner(config)
-    try:
-        while True:
-            yield from _refill(window, planner, source, channel, config)
-            channel.flush()
-            if (yield from _gather(window, channel)):
-                continue
-            out = window.handout()
-            pending = len(window.uncommitted) + len(window.records)
-            if pending and (out or pending >= channel.capacity):
-                yield from _commit(window)
-            for outcome in out:
-                config.progress.done()
-                yield Partial(outcome)
-            if window.done():
-                if window.uncommitted or window.records:
-                    yield from _commit(window)
-                if window.writer is not None:
-                    window.writer.flush()
-                return
-            if out:
-                continue
-            if window.failure is not None:
-                yield from _fail(window, channel, config)
-            window.receive((yield channel.get()), channel)
-    finally:
-        channel.cancel_pending()
-        config.progress.close()
-        if window.writer is not None:
-            window.writer.close()
+def _child_error(action_name: str, result: ChildResult) -> ChildFailedError:
+    return ChildFailedError(action_name, result.position, result.app_id, result.error,
+                            result.attempts)
 
 
 class SyncSource:

@@ -1,14 +1,13 @@
 """Execution semantics: streaming reduce and its order, the concurrency window, lazy pulls."""
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fanwise.core import State, action
-from fanwise.executors import MultiThreadedExecutor
+from fanwise.core import GraphError, State, action
+from fanwise.executors import InlineExecutor, MultiThreadedExecutor
 from fanwise.executors.threads import default_concurrency
-from fanwise.parallel import MapStates, channels
+from fanwise.parallel import MapStates
 
 from conftest import WAIT, Peak, run_fan
 
@@ -188,57 +187,58 @@ def test_two_hundred_thousand_trivial_children_stream_through_a_bounded_window()
     assert ahead[0] <= 8 + SLACK
 
 
-@pytest.fixture
-def fast_below_10_ms(monkeypatch):
-    """Children under 10 ms count as fast (so that a loaded machine cannot make trivial
-    children look slow on the pool)."""
-    monkeypatch.setattr(channels, "_INLINE_BELOW_SECONDS", 0.01)
-
-
-def threads_of(n, slow_from=None, **executor_settings):
-    """Run n children on a 4-thread pool; the thread each ran on, and the driver's thread.
-
-    Children from position `slow_from` on sleep 200 ms (one moves the average past 10 ms).
-    """
+def threads_of(n, executor):
+    """Run n children on `executor`; the thread each ran on, and the driver's thread."""
     ran_on = {}
 
     def child(x):
-        if slow_from is not None and x >= slow_from:
-            time.sleep(0.2)
         ran_on[x] = threading.get_ident()
         return x
 
-    with MultiThreadedExecutor(4, **executor_settings) as executor:
-        final = run_fan(fan_of(child, n), executor=executor)
+    final = run_fan(fan_of(child, n), executor=executor)
     assert final["pairs"] == [(x, x) for x in range(n)]
     return ran_on, threading.get_ident()
 
 
-def test_fast_children_run_on_the_driver_thread_once_measured_fast(fast_below_10_ms):
-    ran_on, driver = threads_of(400)
-    assert all(ran_on[x] != driver for x in range(32))  # unmeasured: the pool first
-    assert all(ran_on[x] == driver for x in range(40, 400))
+def test_the_inline_executor_runs_every_child_on_the_driver_thread_one_at_a_time():
+    peak = Peak()
+
+    def child(x):
+        with peak:
+            return x
+
+    ran_on, driver = threads_of(50, InlineExecutor())
+    assert set(ran_on.values()) == {driver}
+    assert run_fan(fan_of(child, 20), executor="inline")["pairs"] == [(x, x) for x in range(20)]
+    assert peak.most == 1
 
 
-def test_children_stay_on_the_pool_when_inlining_is_turned_off(fast_below_10_ms):
-    ran_on, driver = threads_of(400, inline_fast_children=False)
+def test_children_never_run_on_the_driver_thread_of_a_thread_pool():
+    with MultiThreadedExecutor(4) as executor:
+        ran_on, driver = threads_of(400, executor)
+    assert driver not in ran_on.values()
+    with ThreadPoolExecutor(4) as pool:
+        ran_on, driver = threads_of(200, pool)
     assert driver not in ran_on.values()
 
 
-def test_children_stay_on_a_plain_thread_pool(fast_below_10_ms):
-    ran_on = {}
-
-    def child(x):
-        ran_on[x] = threading.get_ident()
-        return x
-
-    with ThreadPoolExecutor(4) as pool:
-        run_fan(fan_of(child, 200), executor=pool)
-    assert threading.get_ident() not in ran_on.values()
+def test_an_inline_executor_refuses_a_larger_window():
+    with pytest.raises(ValueError, match="one child at a time"):
+        InlineExecutor(max_concurrency=4)
+    fan = fan_of(lambda x: x, 3, max_concurrency=4)
+    with pytest.raises(GraphError, match="max_concurrency=4.*at most 1"):
+        run_fan(fan, executor=InlineExecutor())
 
 
-def test_a_slow_child_sends_the_next_children_back_to_the_pool(fast_below_10_ms):
-    ran_on, driver = threads_of(110, slow_from=100)
-    assert all(ran_on[x] == driver for x in range(40, 100))
-    # children already submitted when the slow one finished may still run inline (window 4)
-    assert all(ran_on[x] != driver for x in range(105, 110))
+def test_the_default_executor_runs_exactly_the_window_the_action_asks_for():
+    n = default_concurrency() + 6
+    peak = Peak()
+    final = run_fan(peak_fan(peak, n, 2 * n, max_concurrency=n))
+    assert len(final["pairs"]) == 2 * n
+    assert peak.most == n
+
+
+def test_a_window_larger_than_a_given_pool_is_a_clear_error():
+    with MultiThreadedExecutor(4) as executor:
+        with pytest.raises(GraphError, match="asks for max_concurrency=16.*at most 4"):
+            run_fan(fan_of(lambda x: x, 3, max_concurrency=16), executor=executor)

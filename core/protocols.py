@@ -1,0 +1,76 @@
+"""The roles the engine relies on, as `typing.Protocol`s: what a tracker, a state saver, a
+state loader and a leasing store must offer. Anything with these methods plays the role;
+the `Base*` classes of `fanwise.core.persistence` and `fanwise.core.hooks` are one way to
+get them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from fanwise.core.persistence.base import Lease, PersistedStateData, SaveRow
+    from fanwise.core.state import State
+
+
+@runtime_checkable
+class StateSaver(Protocol):
+    """Writes one row per step; `save_many` writes several in one transaction."""
+
+    def save(
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int,
+        position: str,
+        state: State,
+        status: str,
+        **kwargs: Any,
+    ) -> None | Awaitable[None]: ...
+
+    def save_many(self, rows: Iterable[SaveRow]) -> None | Awaitable[None]: ...
+
+    def is_async(self) -> bool: ...
+
+
+@runtime_checkable
+class StateLoader(Protocol):
+    """Reads saved steps back; `load_many` reads the latest step of many apps at once."""
+
+    def load(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData | None | Awaitable[PersistedStateData | None]: ...
+
+    def load_many(
+        self, partition_key: str | None, app_ids: Sequence[str]
+    ) -> dict[str, PersistedStateData] | Awaitable[dict[str, PersistedStateData]]: ...
+
+    def is_async(self) -> bool: ...
+
+
+@runtime_checkable
+class LeasingStore(Protocol):
+    """A store that grants one driver at a time the right to run an app id."""
+
+    def acquire_lease(
+        self, partition_key: str | None, app_id: str, wait: float = 0
+    ) -> Lease | None | Awaitable[Lease | None]: ...
+
+
+@runtime_checkable
+class Copyable(Protocol):
+    """An adapter that hands a fan-out's children a copy of itself (a fresh connection)."""
+
+    def copy(self) -> Any: ...
+
+
+@runtime_checkable
+class RecordingTracker(Protocol):
+    """A tracker whose records can be captured where a child runs (another process or
+    machine) and written by the driver: `recorder()` gives the capturing tracker (with
+    `take(app_id)`), `ingest(records)` writes what it captured."""
+
+    def recorder(self) -> Any: ...
+
+    def ingest(self, records: list[dict[str, Any]]) -> None: ...

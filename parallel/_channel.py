@@ -1,0 +1,106 @@
+"""The channel: child specs go to an executor as one task each, and `(position, future)`
+pairs come back through a queue as children finish. The async form differs only in
+waiting (an asyncio queue, fed from whatever thread finishes a child).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from typing import Any
+
+from fanwise.executors.asyncio import AsyncExecutor
+from fanwise.parallel.child import ChildSpec, arun_child, run_child
+
+Finished = tuple[int, "Future[Any] | asyncio.Future[Any]"]
+
+
+class Channel:
+    """Submits children to `executor`; `get` waits for the next one to finish."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._done: Any = queue.SimpleQueue()
+        self._pending: dict[int, Any] = {}
+
+    def submit(self, spec: ChildSpec) -> None:
+        self._track(spec.position, self._executor.submit(run_child, spec))
+
+    def _track(self, position: int, future: Any) -> None:
+        self._pending[position] = future
+        future.add_done_callback(self._deliverer(position))
+
+    def _deliverer(self, position: int) -> Callable[[Any], None]:
+        done = self._done
+        return lambda future: done.put((position, future))
+
+    def get(self, timeout: float | None = None) -> Finished | None:
+        """The next finished child; None if none finished within `timeout` seconds."""
+        try:
+            position, future = self._done.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self._pending.pop(position, None)
+        return position, future
+
+    def drain(self) -> Iterator[Finished]:
+        """The children that finished already, without waiting."""
+        while True:
+            try:
+                position, future = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._pending.pop(position, None)
+            yield position, future
+
+    def cancel(self, position: int) -> None:
+        future = self._pending.pop(position, None)
+        if future is not None:
+            future.cancel()
+
+    def cancel_pending(self) -> None:
+        """Cancel every child not started yet (running ones finish; they cannot be stopped)."""
+        for future in list(self._pending.values()):
+            future.cancel()
+
+
+class AsyncChannel(Channel):
+    """Children as tasks on the running loop (`AsyncExecutor`), or on another executor."""
+
+    def __init__(self, executor: Executor, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(executor)
+        self._loop = loop
+        self._done = asyncio.Queue()
+        self._on_loop = isinstance(executor, AsyncExecutor)
+
+    def submit(self, spec: ChildSpec) -> None:
+        if self._on_loop:
+            self._track(spec.position, self._executor.submit_coroutine(arun_child(spec)))
+        else:
+            super().submit(spec)
+
+    def _deliverer(self, position: int) -> Callable[[Any], None]:
+        put, loop = self._done.put_nowait, self._loop
+        return lambda future: loop.call_soon_threadsafe(put, (position, future))
+
+    async def get(self, timeout: float | None = None) -> Finished | None:
+        try:
+            if timeout is not None and timeout <= 0:
+                position, future = self._done.get_nowait()
+            else:
+                position, future = await asyncio.wait_for(self._done.get(), timeout)
+        except (asyncio.QueueEmpty, TimeoutError):
+            return None
+        self._pending.pop(position, None)
+        return position, future
+
+    def drain(self) -> Iterator[Finished]:
+        while True:
+            try:
+                position, future = self._done.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            self._pending.pop(position, None)
+            yield position, future

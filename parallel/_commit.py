@@ -1,0 +1,57 @@
+"""Group commit: the final rows of finished children, one batch per persister, after the
+tracking records of children that ran in other processes are written (a child's records
+are on disk before its state counts as finished)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any
+
+from fanwise.core.persistence.base import SaveRow
+from fanwise.core.protocols import RecordingTracker, StateSaver
+
+MAX_GATHER_SECONDS = 0.05
+"""The longest a finished child's row waits for others to share its commit."""
+
+
+class GroupCommit:
+    """Rows and shipped tracking records of finished children, waiting to be written."""
+
+    def __init__(self, tracker: RecordingTracker | None) -> None:
+        self._tracker = tracker
+        self._rows: list[tuple[StateSaver, SaveRow]] = []
+        self._records: list[tuple[int, dict[str, Any]]] = []
+        self.last_seconds = 0.0
+        """How long the last commit's writes took (how long gathering may wait)."""
+
+    def add(self, saver: StateSaver | None, row: SaveRow | None,
+            position: int, records: dict[str, Any] | None) -> None:
+        if row is not None:
+            self._rows.append((saver, row))
+        if records is not None:
+            self._records.append((position, records))
+
+    def pending(self) -> int:
+        return len(self._rows) + len(self._records)
+
+    def has_rows(self) -> bool:
+        return bool(self._rows)
+
+    def commit(self) -> Generator[Any, Any, None]:
+        """Write what waits: tracking records first (in task order), then the rows."""
+        if self._records:
+            records, self._records = sorted(self._records, key=lambda item: item[0]), []
+            self._tracker.ingest([record for _, record in records])
+        groups: dict[int, tuple[StateSaver, list[SaveRow]]] = {}
+        for saver, row in self._rows:
+            groups.setdefault(id(saver), (saver, []))[1].append(row)
+        self._rows = []
+        started = time.perf_counter()
+        for saver, rows in groups.values():
+            yield saver.save_many(rows)
+        self.last_seconds = time.perf_counter() - started
+
+    def gather_seconds(self) -> float:
+        """How long to wait for one more finished child to share the next commit."""
+        return min(self.last_seconds, MAX_GATHER_SECONDS)

@@ -1,0 +1,170 @@
+"""Plan: user tasks -> child specs (ids, fingerprints, cascaded adapters), then the resume
+lookup that turns children already finished in the store into results without running them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fanwise.core.context import ApplicationContext, ParentPointer
+from fanwise.core.persistence.base import PersistedStateData
+from fanwise.core.protocols import StateLoader, StateSaver
+from fanwise.parallel._child_ids import child_app_id, fingerprint
+from fanwise.parallel._retry import RetryPolicy
+from fanwise.parallel.child import ChildResult, ChildSpec
+from fanwise.parallel.events import EventSink
+from fanwise.parallel.tasks import SubGraphTask
+
+READ_AHEAD = 512
+"""Default child ids read from the store per query once a fan-out is seen to be fresh."""
+
+
+@dataclass
+class PlanConfig:
+    """What every child of one fan-out shares."""
+
+    action_name: str
+    parent: ApplicationContext
+    saver: StateSaver | None
+    loader: StateLoader | None
+    tracker: Any
+    """The children's tracker: the cascaded one, or its recorder when children run in
+    other processes (their records come back in their results)."""
+    nested_executor: Any
+    retry: RetryPolicy
+    timeout: float | None
+    events: EventSink | None
+    collect_items: bool
+    path: tuple[int, ...] = ()
+
+
+class Planner:
+    """Turns numbered user tasks into `ChildSpec`s."""
+
+    def __init__(self, config: PlanConfig) -> None:
+        self._config = config
+        parent = config.parent
+        self._pointer = ParentPointer(parent.app_id, parent.sequence_id, parent.partition_key)
+        self.explicit_ids: dict[str, int] = {}
+        self._known_ids: dict[int, str] = {}
+
+    def default_id(self, position: int) -> str:
+        """The hashed id of `position` (computed once: ids read ahead are kept for `specs`)."""
+        known = self._known_ids.pop(position, None)
+        if known is not None:
+            return known
+        parent = self._config.parent
+        return child_app_id(parent.app_id, parent.sequence_id, position)
+
+    def remember_ids(self, ids: dict[int, str]) -> None:
+        self._known_ids.update(ids)
+
+    def specs(self, batch: list[tuple[int, SubGraphTask]]) -> list[ChildSpec]:
+        config = self._config
+        specs = []
+        for position, task in batch:
+            if not isinstance(task, SubGraphTask):
+                raise TypeError(
+                    f"parallel action {config.action_name!r} produced {task!r} at position "
+                    f"{position}; tasks() must yield SubGraphTask objects"
+                )
+            if task.application_id is not None:
+                self._check_unique(task.application_id, position)
+            saver = task.state_persister if task.state_persister is not None else config.saver
+            runnable = task.runnable
+            specs.append(
+                ChildSpec(
+                    position=position,
+                    app_id=task.application_id or self.default_id(position),
+                    runnable=runnable,
+                    state=task.state,
+                    inputs=task.inputs,
+                    partition_key=config.parent.partition_key,
+                    spawning_parent=self._pointer,
+                    fingerprint=(
+                        fingerprint(task.state, task.inputs, runnable.entrypoint)
+                        if saver is not None else None
+                    ),
+                    saver=saver,
+                    loader=(
+                        task.state_initializer if task.state_initializer is not None
+                        else config.loader
+                    ),
+                    tracker=task.tracker if task.tracker is not None else config.tracker,
+                    executor=config.nested_executor,
+                    retry=config.retry,
+                    timeout=config.timeout if runnable.is_async else None,
+                    events=config.events,
+                    collect_items=config.collect_items,
+                    path=(*config.path, position),
+                )
+            )
+        return specs
+
+    def _check_unique(self, app_id: str, position: int) -> None:
+        earlier = self.explicit_ids.setdefault(app_id, position)
+        if earlier != position:
+            raise ValueError(
+                f"parallel action {self._config.action_name!r}: child app id {app_id!r} is "
+                f"used by tasks {earlier} and {position}; explicit application_id values "
+                "must be unique"
+            )
+
+
+class ResumeLookup:
+    """Finds children already saved: finished ones become results (not run again), half
+    finished ones continue from their last step.
+
+    Reads are batched per loader. Once a batch found no saved child (a fresh fan-out),
+    default ids are read `READ_AHEAD` positions ahead (ids do not depend on the tasks), so
+    that a fresh fan-out does not query the store every few children.
+    """
+
+    def __init__(self, planner: Planner, loader: StateLoader | None) -> None:
+        self._planner = planner
+        self._loader = loader
+        self._fresh = False
+        self._found: dict[str, PersistedStateData] = {}
+        self._read_to = 0
+        """Default ids below this position were read; `_found` keeps the rows found."""
+
+    def lookups(self, specs: list[ChildSpec]) -> list[tuple[StateLoader, list[str]]]:
+        """One (loader, app ids) batch read per distinct loader."""
+        groups: dict[int, tuple[StateLoader, list[str]]] = {}
+        for spec in specs:
+            if spec.loader is None:
+                continue
+            ids = [spec.app_id]
+            if spec.loader is self._loader and spec.app_id not in self._planner.explicit_ids:
+                if spec.position < self._read_to:
+                    continue
+                if self._fresh:
+                    ahead = range(spec.position + 1, spec.position + READ_AHEAD)
+                    known = {p: self._planner.default_id(p) for p in ahead}
+                    self._planner.remember_ids(known)
+                    self._read_to = spec.position + READ_AHEAD
+                    ids = [spec.app_id, *known.values()]
+            groups.setdefault(id(spec.loader), (spec.loader, []))[1].extend(ids)
+        return list(groups.values())
+
+    def apply(
+        self, specs: list[ChildSpec], rows: dict[str, PersistedStateData]
+    ) -> list[ChildSpec | tuple[ChildSpec, ChildResult]]:
+        """(spec, resumed result) for each child saved as done with the same inputs, else
+        its spec (continuing from its last saved step if that has the same inputs)."""
+        self._found.update(rows)
+        saved = [self._found.pop(spec.app_id, None) for spec in specs]
+        self._fresh = not any(saved)
+        planned: list[ChildSpec | tuple[ChildSpec, ChildResult]] = []
+        for spec, row in zip(specs, saved):
+            if row is not None and (row.get("meta") or {}).get("fingerprint") == spec.fingerprint:
+                if row["status"] == "completed" and spec.runnable.is_finished(
+                    row["position"], row["state"]
+                ):
+                    resumed = ChildResult(spec.position, spec.app_id, row["state"], resumed=True)
+                    planned.append((spec, resumed))
+                    continue
+                spec.resume_from = row
+            planned.append(spec)
+        return planned

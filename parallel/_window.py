@@ -1,0 +1,176 @@
+"""The window: which children are in flight, which finished, and which are due to `reduce`.
+
+At most `capacity` children are in flight. In task order, a finished child waits until
+every child before it is handed out; a slow child must not stop the others, so:
+- a child whose final row is durable in a store that can read it back is kept whole while
+  fewer than `hold_limit` children wait; beyond that it is *parked*: only its position is
+  kept (its id is re-derived), and its state is re-read from the store, in order, in
+  batches, when its turn comes; memory does not grow with the latency spread;
+- any other finished child is *held* with its state, up to `held_bytes_budget` bytes (an
+  estimate); once that is reached no more tasks are pulled until the slow child finishes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from fanwise.parallel.child import ChildResult, ChildSpec
+
+HELD_BYTES_BUDGET = 64 * 1024 * 1024
+"""Default bound of states held for task order without a store to re-read them from."""
+HOLD_AT_LEAST = 512
+"""Finished children kept whole at least (a resume reads this many per batch)."""
+_RESULT_OVERHEAD = 512
+"""Bytes counted per held result on top of its state's estimate (the result, its row)."""
+
+
+@dataclass
+class InFlight:
+    """A submitted child and when it must be done by (its `child_timeout`), if ever."""
+
+    spec: ChildSpec
+    deadline: float | None
+
+
+class Positions:
+    """A set of ints stored as sorted, disjoint [start, end) runs: O(gaps), not O(members)."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, n: int) -> None:
+        i = bisect.bisect_right(self._starts, n)
+        if i and self._ends[i - 1] > n:
+            return
+        joins_left = i > 0 and self._ends[i - 1] == n
+        joins_right = i < len(self._starts) and self._starts[i] == n + 1
+        if joins_left and joins_right:
+            self._ends[i - 1] = self._ends[i]
+            del self._starts[i], self._ends[i]
+        elif joins_left:
+            self._ends[i - 1] = n + 1
+        elif joins_right:
+            self._starts[i] = n
+        else:
+            self._starts.insert(i, n)
+            self._ends.insert(i, n + 1)
+
+    def run_from(self, n: int, most: int) -> range:
+        """The members n, n+1, ... (at most `most`) present without a gap; removes them."""
+        if not self._starts or self._starts[0] != n:
+            return range(n, n)
+        end = min(self._ends[0], n + most)
+        if end == self._ends[0]:
+            del self._starts[0], self._ends[0]
+        else:
+            self._starts[0] = end
+        return range(n, end)
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+
+def approx_bytes(result: ChildResult) -> int:
+    """A cheap estimate of what holding `result` costs: its state's fields, one level deep."""
+    total = _RESULT_OVERHEAD
+    if result.state is not None:
+        for value in result.state._data.values():
+            total += sys.getsizeof(value)
+            if isinstance(value, list | tuple | dict | set):
+                total += 64 * len(value)
+    return total
+
+
+class Window:
+    """Children in flight, queued for a slot, and finished but not yet handed out."""
+
+    def __init__(self, capacity: int, ordered: bool, held_bytes_budget: int) -> None:
+        self.capacity = capacity
+        self.ordered = ordered
+        self.held_bytes_budget = held_bytes_budget
+        self.inflight: dict[int, InFlight] = {}
+        self.queued: deque[ChildSpec] = deque()
+        self.held: dict[int, ChildResult] = {}
+        self.held_bytes = 0
+        self._held_sizes: dict[int, int] = {}
+        self.hold_limit = max(4 * capacity, HOLD_AT_LEAST)
+        """Children kept whole before durable ones are parked (no re-read for children
+        only a little out of order, nor for a batch of resumed ones)."""
+        self.parked = Positions()
+        self.parked_ids: dict[int, tuple[str, Any]] = {}
+        """Parked children whose id or loader is not the default: (app id, loader)."""
+        self.next_position = 0
+        self.exhausted = False
+        self.stopping = False
+        """No more children are submitted (a failure under fail-fast, or a stop)."""
+
+    def free_slots(self) -> int:
+        return 0 if self.stopping else self.capacity - len(self.inflight)
+
+    def may_pull(self) -> bool:
+        """Whether to pull more tasks: some are left and held states are within budget."""
+        return not self.exhausted and not self.stopping and (
+            self.held_bytes < self.held_bytes_budget
+        )
+
+    def start(self, spec: ChildSpec, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.inflight[spec.position] = InFlight(spec, deadline)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [f.deadline for f in self.inflight.values() if f.deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    def expired(self, now: float) -> list[InFlight]:
+        return [f for f in self.inflight.values() if f.deadline is not None and f.deadline <= now]
+
+    def finish(self, result: ChildResult, parkable: bool) -> bool:
+        """Keep a finished child until its turn; True if it is due now (no need to keep)."""
+        position = result.position
+        if not self.ordered or position == self.next_position:
+            self.held[position] = result
+            return True
+        if parkable and result.error is None:
+            if len(self.held) >= self.hold_limit:
+                self.parked.add(position)
+                return False
+            self.held[position] = result
+            return False
+        self.held[position] = result
+        size = self._held_sizes[position] = approx_bytes(result)
+        self.held_bytes += size
+        return False
+
+    def park_id(self, position: int, app_id: str, loader: Any) -> None:
+        self.parked_ids[position] = (app_id, loader)
+
+    def take_held(self) -> list[ChildResult]:
+        """The held children due now, in order (task order), or all (completion order)."""
+        if not self.ordered:
+            out = list(self.held.values())
+            self.held.clear()
+            return out
+        out = []
+        while self.next_position in self.held:
+            out.append(self.held.pop(self.next_position))
+            self.held_bytes -= self._held_sizes.pop(self.next_position, 0)
+            self.next_position += 1
+        return out
+
+    def take_parked(self, most: int) -> range:
+        """Positions due now whose states must be re-read from the store, in order."""
+        run = self.parked.run_from(self.next_position, most)
+        self.next_position = run.stop if run else self.next_position
+        return run
+
+    def done(self) -> bool:
+        """Every child handed out."""
+        return self.exhausted and not (
+            self.inflight or self.queued or self.held or self.parked
+        )
