@@ -202,7 +202,7 @@ class TaskBasedParallelAction(Action):
             loader=loader,
             tracker=shipped.recorder() if shipped is not None else tracker,
             nested_executor=traits.nested,
-            retry=RetryPolicy(self.retries, self.retry_on, self.retry_backoff,
+            retry=RetryPolicy(self.retries, self._retry_on(), self.retry_backoff,
                               self.retry_backoff_max),
             timeout=self.child_timeout,
             events=events if traits.runs_in_process else None,
@@ -218,8 +218,17 @@ class TaskBasedParallelAction(Action):
             progress=Progress(self.progress, self.name, total),
             keep_outcomes="outcomes" in inspect.signature(self.reduce).parameters,
             shipped_tracker=shipped,
+            sink=events,
         )
         return executor, owned, config
+
+    def _retry_on(self) -> RetryOn:
+        """`retry_on` as given: a predicate set as a class attribute (`retry_on = lambda
+        exc: ...`) is read as a plain function, not as a method of this action."""
+        retry_on = self.retry_on
+        if inspect.ismethod(retry_on) and retry_on.__self__ is self:
+            return retry_on.__func__
+        return retry_on
 
     def _reduce(self, state: State, states: Any, outcomes: list[ChildOutcome] | None) -> Any:
         if outcomes is None:

@@ -37,7 +37,7 @@ from fanwise.parallel._plan import PlanConfig, Planner, ResumeLookup
 from fanwise.parallel._window import Window
 from fanwise.parallel.child import ChildResult, ChildSpec
 from fanwise.parallel.errors import ChildFailedError, ChildTimeoutError, FanoutCancelledError
-from fanwise.parallel.events import FanoutEvent
+from fanwise.parallel.events import EventSink, FanoutEvent
 from fanwise.parallel.outcomes import ChildOutcome
 from fanwise.parallel.progress import Progress
 from fanwise.parallel.tasks import SubGraphTask
@@ -63,6 +63,8 @@ class FanoutConfig:
     keep_outcomes: bool
     shipped_tracker: RecordingTracker | None
     """The tracker whose `ingest` writes the records of children run in other processes."""
+    sink: EventSink | None = None
+    """Where this fan-out's events go (a watched run), wherever its children run."""
 
 
 @dataclass
@@ -85,7 +87,7 @@ class Fanout:
         self._planner = Planner(config.plan)
         self._lookup = ResumeLookup(self._planner, config.plan.loader)
         self._commit = GroupCommit(config.shipped_tracker)
-        self._sink = config.plan.events
+        self._sink = config.sink
         self._listening = self._sink is not None or config.progress.enabled
         self._parked_meta: dict[int, tuple[str, int, float]] = {}
         self._resuming = False

@@ -1,0 +1,220 @@
+"""`stream_fanout` / `astream_fanout`: typed events of every child, the step's end,
+interleaved child items, stable sequence numbers on replay, bounded buffer, closing."""
+
+import asyncio
+import threading
+from collections import Counter
+
+import pytest
+from fanwise.core import State, action, streaming_action
+from fanwise.core.persistence import SQLitePersister
+from fanwise.executors import MultiProcessExecutor
+from fanwise.parallel import ChildFailedError, MapStates
+
+from conftest import WAIT, Tally, fan_app
+
+
+def simple_fan(n, fail=(), **settings):
+    @action(reads=["x"], writes=["y"])
+    def child(state):
+        if state["x"] in fail:
+            raise ValueError(f"bad {state['x']}")
+        return state.update(y=state["x"] * 2)
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 3
+
+        def action(self):
+            return child
+
+        def states(self):
+            return [State({"x": x}) for x in range(n)]
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+    for name, value in settings.items():
+        setattr(Fan, name, value)
+    return Fan()
+
+
+def test_stream_fanout_yields_each_child_then_the_step_end():
+    app = fan_app(simple_fan(5), app_id="p")
+    events = list(app.stream_fanout(halt_after=["done"]))
+    kinds = Counter(e.kind for e in events)
+    assert kinds == {"child_started": 5, "child_done": 5, "done": 2}
+    fan_done = [e for e in events if e.kind == "done"][0]
+    action_, _, state = fan_done.data
+    assert action_.name == "fan" and state["ys"] == [0, 2, 4, 6, 8]
+    for position in range(5):
+        mine = [e for e in events if e.position == position]
+        assert [e.kind for e in mine] == ["child_started", "child_done"]
+        assert [e.seq for e in mine] == [0, 1]
+        assert all(e.path == (position,) and e.child_id == mine[0].child_id for e in mine)
+    assert app.state["ys"] == [0, 2, 4, 6, 8]
+
+
+def test_a_failed_child_is_an_event_and_the_error_still_reaches_the_caller():
+    app = fan_app(simple_fan(4, fail={2}, on_failure="continue"))
+    seen = []
+    with pytest.raises(Exception, match="positions 2"):
+        for event in app.stream_fanout(halt_after=["done"]):
+            seen.append(event)
+    failed = [e for e in seen if e.kind == "child_failed"]
+    assert [e.position for e in failed] == [2] and str(failed[0].data) == "bad 2"
+
+
+def test_a_resumed_child_replays_with_the_same_sequence_numbers(tmp_path):
+    persister = SQLitePersister(tmp_path / "s.db")
+    with pytest.raises(ChildFailedError):
+        fan_app(simple_fan(4, fail={3}, max_concurrency=1), app_id="p", persister=persister,
+                resume=True).run(halt_after=["done"])
+    app = fan_app(simple_fan(4, max_concurrency=1), app_id="p", persister=persister,
+                  resume=True)
+    first = [(e.kind, e.position, e.seq) for e in app.stream_fanout(halt_after=["done"])
+             if e.kind != "done"]
+    assert first[:3] == [("child_resumed", 0, 0), ("child_resumed", 1, 0),
+                         ("child_resumed", 2, 0)]
+    assert first[3:] == [("child_started", 3, 0), ("child_done", 3, 1)]
+
+
+def streaming_fan(n, gate):
+    @streaming_action(reads=["x"], writes=["y"])
+    def child(state):
+        for token in range(3):
+            gate(state["x"], token)
+            yield {"token": f"{state['x']}.{token}"}, None
+        yield {"done": True}, state.update(y=state["x"])
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = n
+
+        def action(self):
+            return child
+
+        def states(self):
+            return [State({"x": x}) for x in range(n)]
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+    return Fan()
+
+
+def test_items_of_streaming_children_interleave_in_the_stream():
+    barrier = threading.Barrier(2, timeout=WAIT)
+    app = fan_app(streaming_fan(2, lambda x, token: barrier.wait()))
+    items = [e for e in app.stream_fanout(halt_after=["done"]) if e.kind == "child_item"]
+    assert sorted(e.data["token"] for e in items) == ["0.0", "0.1", "0.2", "1.0", "1.1", "1.2"]
+    order = [e.position for e in items]
+    assert order != sorted(order)  # both children streamed at once
+    assert [e.seq for e in items if e.position == 0] == [1, 2, 3]
+
+
+def test_a_slow_consumer_slows_the_children_through_the_bounded_buffer():
+    from fanwise.parallel.events import DEFAULT_BUFFER
+
+    done = []
+
+    @action(reads=["x"], writes=["y"])
+    def child(state):
+        done.append(state["x"])
+        return state.update(y=state["x"])
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 4
+
+        def action(self):
+            return child
+
+        def states(self):
+            return [State({"x": x}) for x in range(5000)]
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+    stream = fan_app(Fan()).stream_fanout(halt_after=["done"])
+    next(stream)
+    threading.Event().wait(0.5)  # the consumer does not read: the buffer fills
+    ran_while_blocked = len(done)
+    assert ran_while_blocked <= DEFAULT_BUFFER // 2 + 8  # two events a child
+    assert sum(1 for e in stream if e.kind == "child_done") == 5000
+
+
+def test_closing_the_stream_starts_no_more_children_and_keeps_finished_ones(tmp_path):
+    tally = Tally(tmp_path / "t.txt")
+
+    @action(reads=["x"], writes=["y"])
+    def child(state):
+        tally.hit(state["x"])
+        return state.update(y=state["x"])
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 2
+
+        def action(self):
+            return child
+
+        def states(self):
+            return [State({"x": x}) for x in range(5000)]
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+    persister = SQLitePersister(tmp_path / "s.db")
+    app = fan_app(Fan(), app_id="p", persister=persister, resume=True)
+    stream = app.stream_fanout(halt_after=["done"])
+    for event in stream:
+        if event.kind == "child_done" and event.position >= 10:
+            break
+    stream.close()
+    ran_first = sum(tally.counts().values())
+    assert ran_first < 5000
+    final = fan_app(Fan(), app_id="p", persister=persister, resume=True).run(
+        halt_after=["done"])[2]
+    assert final["ys"] == list(range(5000))
+    assert all(count == 1 for count in tally.counts().values())
+
+
+def test_astream_fanout_yields_the_same_events_on_asyncio():
+    @action(reads=["x"], writes=["y"])
+    async def child(state):
+        await asyncio.sleep(0.001)
+        return state.update(y=state["x"])
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+
+        def action(self):
+            return child
+
+        def states(self):
+            return [State({"x": x}) for x in range(6)]
+
+        async def reduce(self, state, states):
+            return state.update(ys=[s["y"] async for s in states])
+
+    async def collect():
+        app = fan_app(Fan())
+        return [e async for e in app.astream_fanout(halt_after=["done"])]
+
+    events = asyncio.run(collect())
+    assert Counter(e.kind for e in events) == {"child_started": 6, "child_done": 6, "done": 2}
+
+
+def test_children_in_other_processes_bring_their_items_back():
+    with MultiProcessExecutor(max_concurrency=2) as executor:
+        app = fan_app(streaming_fan(2, lambda x, token: None), executor=executor)
+        events = list(app.stream_fanout(halt_after=["done"]))
+    items = sorted(e.data["token"] for e in events if e.kind == "child_item")
+    assert items == ["0.0", "0.1", "0.2", "1.0", "1.1", "1.2"]
+    assert app.state["ys"] == [0, 1]
