@@ -153,7 +153,7 @@ def run_fan_out(backend: Backend, children: int, workers: int) -> tuple[float, f
     else:
         raise RuntimeError("the first run was meant to die after its last child")
     persist_seconds = time.perf_counter() - started
-    del app
+    app.close()  # as a dead driver's lease goes with its process, so the resume takes it afresh
     rows = backend.count()
     if rows != children + 1:  # the children, and the parent's failed step
         raise RuntimeError(f"{backend.name}: {rows} rows after {children} children")

@@ -13,6 +13,7 @@ from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.conditions import Condition, default, expr, when
 from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.errors import (
+    ApplicationClosedError,
     AppLockedError,
     AsyncMismatchError,
     CorruptStateError,
@@ -29,6 +30,7 @@ __all__ = [
     "AppLockedError",
     "Application",
     "ApplicationBuilder",
+    "ApplicationClosedError",
     "ApplicationContext",
     "AsyncMismatchError",
     "Condition",

@@ -137,6 +137,7 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
     action = app.get_next_action()
     if action is None:
         return None
+    app._check_open()
     _check_async_allowed(app, action, async_run)
     chosen = select_inputs(action, inputs or {})
     sequence_id = app._next_sequence_id

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
 from typing import Any
 
 from fanwise.core import _runner
 from fanwise.core.actions import Action
 from fanwise.core.context import ApplicationContext, ParentPointer
+from fanwise.core.errors import ApplicationClosedError
 from fanwise.core.graph import Graph
 from fanwise.core.hooks import LifecycleHook, hooks_for
 from fanwise.core.state import State
@@ -17,7 +18,12 @@ RunOutcome = tuple[Action | None, dict[str, Any] | None, State]
 
 
 class Application:
-    """A built application; create one with `ApplicationBuilder`."""
+    """A built application; create one with `ApplicationBuilder`.
+
+    With a persister that has leases, the app holds the single-runner lease on its app id from
+    `build()` until the end of its graph or `close()` (`with app:` closes it), whichever comes
+    first; garbage collection does not release it.
+    """
 
     def __init__(
         self,
@@ -52,8 +58,8 @@ class Application:
         self._spawning_parent = spawning_parent
         self._parent_pointer = parent_pointer
         self._next_sequence_id = next_sequence_id
-        # The lease on this app id goes at its end, when the app is collected, or at exit.
-        self._lease_finalizer = None if lease is None else weakref.finalize(self, lease.release)
+        self._lease = lease
+        self._closed = False
         if entrypoint is None:
             self._release_lease()
 
@@ -107,9 +113,49 @@ class Application:
             self._release_lease()
 
     def _release_lease(self) -> None:
-        """Let another driver run this app id."""
-        if self._lease_finalizer is not None:
-            self._lease_finalizer()
+        """Let another driver run this app id (`Lease.release` is idempotent)."""
+        if self._lease is not None:
+            self._lease.release()
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release this app's lease, so that another driver (process or thread) can build its
+        app id; idempotent. The app stays readable (`state`, `sequence_id`, ...), but a step
+        is then an `ApplicationClosedError`."""
+        self._closed = True
+        self._release_lease()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        """Called before an action runs: a closed app runs none, as it holds no lease."""
+        if self._closed:
+            raise ApplicationClosedError(self._uid)
+
+    def __enter__(self) -> Application:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Application:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def _context(self, action: Action, sequence_id: int) -> ApplicationContext:
         return ApplicationContext(
@@ -170,6 +216,7 @@ class Application:
         action = self.get_next_action()
         if action is None or action.name in halt_before:
             return action, StreamingResultContainer.empty(self._state)
+        self._check_open()
         driver = _runner.Driver(_runner.step(self, inputs, async_run=False))
         return action, StreamingResultContainer(driver)
 
@@ -227,6 +274,7 @@ class Application:
         action = self.get_next_action()
         if action is None or action.name in halt_before:
             return action, AsyncStreamingResultContainer.empty(self._state)
+        self._check_open()
         driver = _runner.Driver(_runner.step(self, inputs, async_run=True))
         return action, AsyncStreamingResultContainer(driver)
 

@@ -130,8 +130,9 @@ class ApplicationBuilder:
         return self
 
     def with_lease_wait(self, seconds: float) -> ApplicationBuilder:
-        """Wait up to `seconds` for another driver of this app id to finish, instead of raising
-        `AppLockedError` at once."""
+        """Wait up to `seconds` for another driver of this app id (another process, or another
+        thread of this one) to reach its end or `close()`, instead of raising `AppLockedError`
+        at once."""
         self._lease_wait = seconds
         return self
 

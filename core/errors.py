@@ -31,6 +31,21 @@ class AppLockedError(FanwiseError, RuntimeError):
     """Another driver holds the lease on this app id."""
 
     def __init__(self, app_id: str, holder: str) -> None:
-        super().__init__(f"app {app_id!r} is being run by another driver: {holder}")
+        super().__init__(
+            f"app {app_id!r} is being run by another driver: {holder}. Wait for it with "
+            "ApplicationBuilder.with_lease_wait(seconds), or have that driver close() its app"
+        )
         self.app_id = app_id
         self.holder = holder
+
+
+class ApplicationClosedError(FanwiseError, RuntimeError):
+    """A step was asked of an application after its `close()`."""
+
+    def __init__(self, app_id: str) -> None:
+        super().__init__(
+            f"app {app_id!r} is closed and runs no more steps (its lease is released): build it "
+            "again with ApplicationBuilder, e.g. initialize_from(persister) to go on where it "
+            "stopped"
+        )
+        self.app_id = app_id

@@ -115,28 +115,30 @@ def persistence_walkthrough(db_path: Path, tracking_dir: Path) -> None:
     chat_id = f"chat-{uuid.uuid4().hex[:8]}"
 
     print(f"\n1. Start app {chat_id} and chat for two turns (each run halts after ai_response):")
-    chat(chat_app(db_path, tracking_dir, chat_id), PROMPTS[:2])
+    # The chat loops forever: `with` closes the app, releasing its single-runner lease.
+    with chat_app(db_path, tracking_dir, chat_id) as app:
+        chat(app, PROMPTS[:2])
     print("   ... the process stops here; every step is already in SQLite.")
 
-    app = chat_app(db_path, tracking_dir, chat_id)
-    print(
-        f"\n2. Rebuild {chat_id} with initialize_from(SQLitePersister): last sequence id "
-        f"{app.sequence_id}, {len(app.state['chat_history'])} messages, next action "
-        f"{app.get_next_action().name!r}. Finish the conversation:"
-    )
-    chat(app, PROMPTS[2:])
+    with chat_app(db_path, tracking_dir, chat_id) as app:
+        print(
+            f"\n2. Rebuild {chat_id} with initialize_from(SQLitePersister): last sequence id "
+            f"{app.sequence_id}, {len(app.state['chat_history'])} messages, next action "
+            f"{app.get_next_action().name!r}. Finish the conversation:"
+        )
+        chat(app, PROMPTS[2:])
 
     fork_id = f"{chat_id}-fork"
-    fork = chat_app(
+    with chat_app(
         db_path, tracking_dir, fork_id, fork_from_app_id=chat_id, fork_from_sequence_id=1
-    )
-    print(
-        f"\n3. Fork {chat_id} at sequence id 1 (after the first answer) as {fork_id}:\n"
-        f"   parent pointer: {fork.parent_pointer}\n"
-        f"   {len(fork.state['chat_history'])} messages, next action "
-        f"{fork.get_next_action().name!r}; the fork goes its own way:"
-    )
-    chat(fork, [FORK_PROMPT])
+    ) as fork:
+        print(
+            f"\n3. Fork {chat_id} at sequence id 1 (after the first answer) as {fork_id}:\n"
+            f"   parent pointer: {fork.parent_pointer}\n"
+            f"   {len(fork.state['chat_history'])} messages, next action "
+            f"{fork.get_next_action().name!r}; the fork goes its own way:"
+        )
+        chat(fork, [FORK_PROMPT])
 
     original = SQLitePersister(db_path).load(None, chat_id)
     print(

@@ -167,9 +167,9 @@ def sql_store(request, tmp_path) -> Store:
 
 def saved_first_step(store: Store) -> list[tuple]:
     """Run `start` of the two-step app with the store's persister; the rows it left."""
-    app = two_step_builder().with_state_persister(store.persister()).with_entrypoint(
-        "start").build()
-    app.run(halt_after=["start"])
+    with two_step_builder().with_state_persister(store.persister()).with_entrypoint(
+            "start").build() as app:
+        app.run(halt_after=["start"])
     rows = store.rows()
     assert len(rows) == 1
     return rows
@@ -208,7 +208,7 @@ def test_step_producing_a_non_serialisable_field_names_it_and_saves_no_such_stat
         .build()
     )
 
-    with pytest.raises(StateSerialisationError, match=r"state field 'obj'.*object"):
+    with app, pytest.raises(StateSerialisationError, match=r"state field 'obj'.*object"):
         app.run(halt_after=["second"])
 
     after = store.rows()
@@ -257,7 +257,7 @@ def test_table_with_wrong_schema_names_table_and_missing_columns(sql_store):
         sql_store.persister().initialize()
     app = two_step_builder().with_state_persister(sql_store.persister()).with_entrypoint(
         "start").build()
-    with pytest.raises(ValueError, match=message):
+    with app, pytest.raises(ValueError, match=message):
         app.run(halt_after=["start"])
 
     assert sql_store.rows() == [("old", "keep me")]
@@ -401,7 +401,7 @@ def test_missing_required_input_names_action_and_input(tmp_path):
         .with_state_persister(persister).with_entrypoint("needs").build()
     )
 
-    with pytest.raises(InputError, match=r"action 'needs' needs input\(s\) \['amount'\]"):
+    with app, pytest.raises(InputError, match=r"action 'needs' needs input\(s\) \['amount'\]"):
         app.run(halt_after=["needs"], inputs={"amuont": 3})
     assert persister.list_app_ids(None) == []
 
@@ -420,7 +420,7 @@ def test_async_action_in_a_sync_run_says_arun(tmp_path):
         .with_state_persister(persister).with_entrypoint("async_start").build()
     )
 
-    with pytest.raises(AsyncMismatchError, match="action 'async_start' is async: .*arun"):
+    with app, pytest.raises(AsyncMismatchError, match="action 'async_start' is async: .*arun"):
         app.run(halt_after=["async_start"])
     assert persister.list_app_ids(None) == []
 
@@ -466,7 +466,9 @@ def test_action_writing_an_undeclared_field_names_action_and_field(store):
         .build()
     )
 
-    with pytest.raises(GraphError, match=r"action 'second' changed state field 'secret'.*\['n'\]"):
+    with app, pytest.raises(
+        GraphError, match=r"action 'second' changed state field 'secret'.*\['n'\]"
+    ):
         app.run(halt_after=["second"])
 
     after = store.rows()
@@ -636,7 +638,9 @@ def test_unshippable_state_field_for_processes_names_the_field(tmp_path):
     try:
         app = run_fan(Locked(), persister, executor)
         before = persister.load(None, APP)
-        with pytest.raises(TypeError, match=r"state field 'lock' of child 0 .*cannot be shipped"):
+        with app, pytest.raises(
+            TypeError, match=r"state field 'lock' of child 0 .*cannot be shipped"
+        ):
             app.run(halt_after=["done"])
     finally:
         executor.shutdown(cancel_futures=True)
@@ -713,7 +717,7 @@ def test_duplicate_explicit_child_ids_name_the_id_and_both_positions(store):
     app = run_fan(DuplicateIds(), persister)
     before = store.rows()
 
-    with pytest.raises(ValueError, match=r"child app id 'a' is used by tasks 0 and 2"):
+    with app, pytest.raises(ValueError, match=r"child app id 'a' is used by tasks 0 and 2"):
         app.run(halt_after=["done"])
 
     after = store.rows()
@@ -751,7 +755,7 @@ def test_tasks_raising_midway_keeps_finished_children_for_the_resume(store):
     executions.clear()
     app = run_fan(BreaksMidway(), store.persister())
 
-    with pytest.raises(RuntimeError, match="the task source broke at task 3"):
+    with app, pytest.raises(RuntimeError, match="the task source broke at task 3"):
         app.run(halt_after=["done"])
     assert sorted(executions) == [0, 1, 2]
 
@@ -791,7 +795,7 @@ def test_reduce_returning_a_non_state_names_the_action_and_keeps_rows(store):
     before = store.rows()
 
     message = r"ReducesToDict\.reduce\(\) of parallel action 'fan' must return a State, got dict"
-    with pytest.raises(TypeError, match=message):
+    with app, pytest.raises(TypeError, match=message):
         app.run(halt_after=["done"])
 
     assert_kept(before, store.rows())

@@ -1,9 +1,16 @@
 """What every persister's lease shares: who this driver is, whether a holder died, waiting,
-and the per-process count that makes rebuilding an app id in the same process re-entrant."""
+and the per-thread count that makes rebuilding an app id on the same thread re-entrant.
+
+A runner is one thread of one process. The store knows the process (host, pid) as the holder;
+this module keeps every other thread of that process out until the holding thread has released
+each `Lease` it took (`Application.close()`, the end of the graph, or a clean interpreter exit:
+`_release_at_exit`)."""
 
 from __future__ import annotations
 
+import atexit
 import functools
+import logging
 import os
 import socket
 import threading
@@ -19,13 +26,15 @@ from fanwise.core.persistence.base import Lease
 T = TypeVar("T")
 
 POLL_SECONDS = 0.1
-"""How often a `wait=` acquisition asks again."""
+"""How often a `wait=` acquisition asks the store again."""
 
 Release = Callable[[], None]
 
+_LOG = logging.getLogger(__name__)
+
 
 def me() -> tuple[str, int]:
-    """(host, pid) of this driver: the identity of a lease."""
+    """(host, pid) of this driver: the identity of a lease in the store."""
     return socket.gethostname(), os.getpid()
 
 
@@ -66,55 +75,121 @@ def retry(take: Callable[[], T], wait: float) -> T:
 
 @dataclass
 class _Held:
-    """One lease this process holds, and how many `Lease` objects share it."""
+    """One lease of this process: the thread that runs it and how many `Lease` objects that
+    thread holds on it. `count` is 0 while the store's lease is being taken or released."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    pid: int = field(default_factory=os.getpid)
+    app_id: str
+    owner: threading.Thread
+    since: str = field(default_factory=now_text)
     count: int = 0
-    holder: str = ""
     release: Release | None = None
-    gone: bool = False
+
+    @property
+    def holder(self) -> str:
+        """The holding thread, for `Lease.holder` and the `AppLockedError` of another thread."""
+        where = holder_text(*me(), self.since)
+        return f"thread {self.owner.name!r} (id {self.owner.ident}) of {where}"
 
 
 _HELD: dict[Hashable, _Held] = {}
-_HELD_LOCK = threading.Lock()
+_CHANGED = threading.Condition()
+"""Guards `_HELD` and every `_Held`; notified when a lease is taken or retired."""
 
 
-def acquire(key: Hashable, app_id: str, take: Callable[[], tuple[str, Release]]) -> Lease:
-    """A `Lease` on `key`: `take()` -> (holder text, release) runs only for the first holder
-    in this process; the store's lease is released when the last `Lease` on `key` is."""
-    while True:
-        with _HELD_LOCK:
+def acquire(
+    key: Hashable,
+    app_id: str,
+    take: Callable[[float], Release],
+    wait: float,
+    owner: threading.Thread | None = None,
+) -> Lease:
+    """A `Lease` on `key` for the thread `owner` (default: this one).
+
+    The first `Lease` of that thread calls `take(seconds)`, which takes the store's lease
+    (waiting up to `seconds` for another process) and returns its release; the last one
+    released releases it. Another thread of this process waits up to `wait` s for the owner
+    to release it, then gets `AppLockedError` naming the owner."""
+    owner = owner or threading.current_thread()
+    deadline = time.monotonic() + wait
+    with _CHANGED:
+        while True:
             held = _HELD.get(key)
-            if held is None or held.pid != os.getpid():  # an entry inherited through fork
-                held = _HELD[key] = _Held()
-        with held.lock:
-            if held.gone:
+            if held is None:
+                held = _HELD[key] = _Held(app_id, owner)
+                break
+            if held.owner is owner:
+                if held.count > 0:
+                    held.count += 1
+                    return _lease(key, held)
+                _CHANGED.wait()  # this runner's own first `take` (another coroutine) is under way
                 continue
-            if held.count == 0:
-                try:
-                    held.holder, held.release = take()
-                except BaseException:
-                    _forget(key, held)
-                    raise
-            held.count += 1
-            return Lease(app_id, held.holder, functools.partial(_drop, key, held))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AppLockedError(app_id, held.holder)
+            _CHANGED.wait(left)
+    try:
+        release = take(max(0.0, deadline - time.monotonic()))
+    except BaseException:
+        with _CHANGED:
+            _retire(key, held)
+        raise
+    with _CHANGED:
+        held.release, held.count = release, 1
+        _CHANGED.notify_all()
+    return _lease(key, held)
+
+
+def _lease(key: Hashable, held: _Held) -> Lease:
+    return Lease(held.app_id, held.holder, functools.partial(_drop, key, held))
 
 
 def _drop(key: Hashable, held: _Held) -> None:
-    with held.lock:
+    """One `Lease` of `held` is released; the last one releases the store's lease, and only
+    then lets another thread take it (the store knows this process, not its threads)."""
+    with _CHANGED:
         held.count -= 1
         if held.count > 0:
             return
         release, held.release = held.release, None
-        _forget(key, held)
-    if release is not None:
-        release()
+    try:
+        if release is not None:
+            release()
+    finally:
+        with _CHANGED:
+            _retire(key, held)
 
 
-def _forget(key: Hashable, held: _Held) -> None:
-    """Retire `held` (its lock is taken) so that the next `acquire` of `key` takes afresh."""
-    held.gone = True
-    with _HELD_LOCK:
-        if _HELD.get(key) is held:
-            del _HELD[key]
+def _retire(key: Hashable, held: _Held) -> None:
+    """Forget `held` (`_CHANGED` is taken) so that the next `acquire` of `key` takes afresh."""
+    if _HELD.get(key) is held:
+        del _HELD[key]
+    _CHANGED.notify_all()
+
+
+def _forget_in_forked_child() -> None:
+    """A forked child holds none of its parent's leases (`Lease.release` is a no-op there),
+    and must not inherit `_CHANGED` taken by a parent's thread at the fork."""
+    global _CHANGED
+    _HELD.clear()
+    _CHANGED = threading.Condition()
+
+
+os.register_at_fork(after_in_child=_forget_in_forked_child)
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    """Release the store's leases this process still holds when the interpreter exits
+    cleanly, so that the next driver neither waits for them to expire nor has to find this
+    pid dead. (A killed process leaves that to the store: see each persister.)"""
+    with _CHANGED:
+        held_now = [(key, held) for key, held in _HELD.items() if held.release is not None]
+        releases = [(held.app_id, held.release) for _, held in held_now]
+        for key, held in held_now:
+            held.release = None
+            _retire(key, held)
+    for app_id, release in releases:
+        try:
+            release()
+        except Exception as exc:  # one store's failure must not keep the others' leases
+            _LOG.warning("cannot release the lease of app %r at exit: %s", app_id, exc)

@@ -127,9 +127,10 @@ class BaseStatePersister(BaseStateLoader, BaseStateSaver, abc.ABC):
     def acquire_lease(
         self, partition_key: str | None, app_id: str, wait: float = 0
     ) -> Lease | None:
-        """Hold `app_id` for this driver (host, pid) until `Lease.release()`; None if this store
-        has no leases. Re-entrant within a process; raises `AppLockedError` naming the holder
-        when another live driver still holds it after `wait` seconds."""
+        """Hold `app_id` for this driver (this thread of this process) until `Lease.release()`;
+        None if this store has no leases. Re-entrant on one thread; raises `AppLockedError`
+        naming the holder when another live driver (another process, or another thread of this
+        one) still holds it after `wait` seconds."""
         return None
 
 

@@ -49,15 +49,17 @@ class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
         return copy.copy(self)
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
-        """A lease kept in the store (a pickled copy carries its holder); re-entrant per process."""
+        """A lease kept in the store (a pickled copy carries its holder); re-entrant on one
+        thread, while another thread of this process is another driver."""
         slot = (_rows.stored_partition_key(partition_key), app_id)
         return _leases.acquire(
             ("memory", id(self._store), *slot),
             app_id,
-            lambda: _leases.retry(lambda: self._take_lease(slot), wait),
+            lambda left: _leases.retry(lambda: self._take_lease(slot), left),
+            wait,
         )
 
-    def _take_lease(self, slot: tuple[str, str]) -> tuple[str, _leases.Release]:
+    def _take_lease(self, slot: tuple[str, str]) -> _leases.Release:
         mine = (*_leases.me(), _leases.now_text())
         with self._store.lock:
             holder = self._store.leases.get(slot)
@@ -70,7 +72,7 @@ class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
                 if self._store.leases.get(slot) == mine:
                     del self._store.leases[slot]
 
-        return _leases.holder_text(*mine), release
+        return release
 
     def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None

@@ -197,18 +197,18 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
             connection.execute(self._sql_insert_arrays, [list(c) for c in zip(*unique)])
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
-        """Hold `app_id` by a session-level advisory lock on a connection of its own (the lock
-        ends with the session if this driver dies); `<table_name>_lease` names the holder."""
+        """Hold `app_id` for this thread by a session-level advisory lock on a connection of its
+        own (the lock ends with the session if this driver dies); `<table_name>_lease` names
+        the holder."""
         slot = (_rows.stored_partition_key(partition_key), app_id)
         return _leases.acquire(
             ("postgres", self._dsn, self._table_name, *slot),
             app_id,
-            lambda: self._take_lease(*slot, wait),
+            lambda left: self._take_lease(*slot, left),
+            wait,
         )
 
-    def _take_lease(
-        self, partition_key: str, app_id: str, wait: float
-    ) -> tuple[str, _leases.Release]:
+    def _take_lease(self, partition_key: str, app_id: str, wait: float) -> _leases.Release:
         import psycopg
 
         host, pid = _leases.me()
@@ -236,7 +236,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
                 _LOG.warning("cannot remove the lease row of app %r: %s", app_id, exc)
             connection.close()  # ends the session, and with it the advisory lock
 
-        return _leases.holder_text(host, pid, since), release
+        return release
 
     def _try_lock(
         self, connection: Connection, lock_id: int, slot: list[str], me: list[Any]

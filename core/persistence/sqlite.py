@@ -172,16 +172,25 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
             raise
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
-        """Hold `app_id` by a row of `<table_name>_lease` that a daemon thread renews every
-        `lease_ttl / 3` s; a row past its expiry, or of a dead process on this host, is taken."""
+        """Hold `app_id` for this thread by a row of `<table_name>_lease` that a daemon thread
+        renews every `lease_ttl / 3` s; a row past its expiry, or of a dead process on this
+        host, is taken. The row goes with the lease's release or a clean exit."""
+        return self._acquire_lease_for(threading.current_thread(), partition_key, app_id, wait)
+
+    def _acquire_lease_for(
+        self, owner: threading.Thread, partition_key: str | None, app_id: str, wait: float
+    ) -> Lease:
+        """`acquire_lease` for the runner thread `owner`, which need not be this thread."""
         slot = (_rows.stored_partition_key(partition_key), app_id)
         return _leases.acquire(
             ("sqlite", self._db_path, self._table_name, *slot),
             app_id,
-            lambda: _leases.retry(lambda: self._take_lease(*slot), wait),
+            lambda left: _leases.retry(lambda: self._take_lease(*slot), left),
+            wait,
+            owner,
         )
 
-    def _take_lease(self, partition_key: str, app_id: str) -> tuple[str, _leases.Release]:
+    def _take_lease(self, partition_key: str, app_id: str) -> _leases.Release:
         host, pid = _leases.me()
         since, now = _leases.now_text(), time.time()
         connection = self._connection()
@@ -227,7 +236,7 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
                     exc,
                 )
 
-        return _leases.holder_text(host, pid, since), release
+        return release
 
     def _renew_lease(self, stop: threading.Event, ids: tuple[str, str, str, int]) -> None:
         """Push the expiry of the lease row `ids` forward until `stop` is set."""

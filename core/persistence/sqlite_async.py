@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -43,7 +44,15 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
     async def acquire_lease(
         self, partition_key: str | None, app_id: str, wait: float = 0
     ) -> Lease:
-        return await asyncio.to_thread(self._sync.acquire_lease, partition_key, app_id, wait)
+        """The lease of `SQLitePersister.acquire_lease`, held by the thread that awaits this
+        (its event loop's), not by the worker thread that takes it."""
+        return await asyncio.to_thread(
+            self._sync._acquire_lease_for,
+            threading.current_thread(),
+            partition_key,
+            app_id,
+            wait,
+        )
 
     async def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None

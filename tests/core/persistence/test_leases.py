@@ -10,10 +10,11 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
 import pytest
-from fanwise.core import ApplicationBuilder, Result, State, action
+from fanwise.core import ApplicationBuilder, ApplicationClosedError, Result, State, action
 from fanwise.core.errors import AppLockedError
 from fanwise.core.persistence import (
     AsyncSQLitePersister,
@@ -29,12 +30,12 @@ POSTGRES_DSN = os.environ.get(
 )
 
 DRIVER = """
-import sys, time
+import gc, sys, time
 from fanwise.core import ApplicationBuilder, Result, action
 from fanwise.core.errors import AppLockedError
 from fanwise.core.persistence import PostgreSQLPersister, SQLitePersister
 
-kind, where, table, app_id, finish_after, ttl = sys.argv[1:]
+kind, where, table, app_id, finish_after, ttl, then = sys.argv[1:]
 
 @action(reads=[], writes=["n"])
 def start(state):
@@ -63,10 +64,15 @@ if float(finish_after) >= 0:
     time.sleep(float(finish_after))
     app.run(halt_after=["done"])
     print("FINISHED", flush=True)
+if then == "drop":
+    del app
+    gc.collect()
+    print("DROPPED", flush=True)
 sys.stdin.readline()
 """
 """A driver process: builds app `app_id`, prints HELD (or LOCKED and the holder), optionally
-runs the app to its end after `finish_after` seconds, then lives until its stdin gets a line."""
+runs the app to its end after `finish_after` seconds, with `then="drop"` drops the app (unclosed)
+and collects it, printing DROPPED, then lives until its stdin gets a line."""
 
 
 @action(reads=[], writes=["n"])
@@ -99,7 +105,9 @@ def drivers():
     """Start driver processes; the ones still running at the end are killed by their pid."""
     started = []
 
-    def spawn(kind, where, table, app_id="app", finish_after=-1.0, ttl=30.0, expect="HELD"):
+    def spawn(
+        kind, where, table, app_id="app", finish_after=-1.0, ttl=30.0, expect="HELD", then="hold"
+    ):
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -111,6 +119,7 @@ def drivers():
                 app_id,
                 str(finish_after),
                 str(ttl),
+                then,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -133,6 +142,26 @@ def drivers():
 def kill(process):
     process.kill()
     process.wait(timeout=30)
+
+
+def on_another_thread(function, *args):
+    """`function(*args)` run on a new thread named `rival_0`; returns or raises what it does."""
+    with ThreadPoolExecutor(1, thread_name_prefix="rival") as pool:
+        return pool.submit(function, *args).result(timeout=60)
+
+
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
+def store(request, tmp_path):
+    """A persister with leases: a SQLite file, an in-memory store, a PostgreSQL table."""
+    if request.param == "sqlite":
+        yield SQLitePersister(tmp_path / "state.db")
+    elif request.param == "memory":
+        yield InMemoryPersister()
+    else:
+        table = request.getfixturevalue("pg_table")
+        persister = PostgreSQLPersister(POSTGRES_DSN, table_name=table)
+        yield persister
+        persister.close()
 
 
 # -- SQLite ----------------------------------------------------------------------------
@@ -234,7 +263,7 @@ def test_the_lease_row_is_renewed_while_held(tmp_path):
     assert lease_rows(db) == []
 
 
-def test_rebuilding_in_the_same_process_is_reentrant(tmp_path):
+def test_rebuilding_on_the_same_thread_is_reentrant(tmp_path):
     db = tmp_path / "state.db"
     first = builder(SQLitePersister(db)).build()
     second = builder(SQLitePersister(db)).build()
@@ -242,6 +271,8 @@ def test_rebuilding_in_the_same_process_is_reentrant(tmp_path):
 
     first.run(halt_after=["done"])
     assert [row[2] for row in lease_rows(db)] == [os.getpid()]
+    with pytest.raises(AppLockedError):
+        on_another_thread(builder(SQLitePersister(db)).build)
     second.run(halt_after=["done"])
     assert lease_rows(db) == []
 
@@ -254,13 +285,16 @@ def test_a_failed_build_releases_the_lease(tmp_path):
     assert lease_rows(db) == []
 
 
-def test_a_collected_application_releases_its_lease(tmp_path):
+def test_a_collected_application_keeps_its_lease_until_its_process_exits(tmp_path, drivers):
     db = tmp_path / "state.db"
-    app = builder(SQLitePersister(db)).build()
-    assert len(lease_rows(db)) == 1
+    holder, _ = drivers("sqlite", db, "fanwise_state", then="drop")
+    assert holder.stdout.readline() == "DROPPED\n"
 
-    del app
+    drivers("sqlite", db, "fanwise_state", expect="LOCKED")
+    assert [row[2] for row in lease_rows(db)] == [holder.pid]
 
+    holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
     assert lease_rows(db) == []
 
 
@@ -346,6 +380,141 @@ def test_async_persister_leases_through_abuild(tmp_path, drivers):
     asyncio.run(scenario())
 
 
+# -- explicit lifetimes: close(), with, threads ------------------------------------------
+
+
+def test_close_lets_another_process_build_the_app_id(tmp_path, drivers):
+    db = tmp_path / "state.db"
+    app = builder(SQLitePersister(db)).build()
+    drivers("sqlite", db, "fanwise_state", expect="LOCKED")
+
+    app.close()
+
+    assert lease_rows(db) == []
+    other, _ = drivers("sqlite", db, "fanwise_state")
+    assert [row[2] for row in lease_rows(db)] == [other.pid]
+
+
+def test_close_lets_another_thread_build_the_app_id(store):
+    app = builder(store).build()
+    app.close()
+
+    rival = on_another_thread(builder(store.copy()).build)
+
+    assert rival.run(halt_after=["done"])[2]["n"] == 1
+
+
+def test_a_second_thread_gets_app_locked_error_naming_the_holding_thread(store):
+    app = builder(store).build()
+    main = threading.current_thread()
+
+    with pytest.raises(AppLockedError) as info:
+        on_another_thread(builder(store.copy()).build)
+
+    assert info.value.app_id == "app"
+    assert info.value.holder.startswith(
+        f"thread {main.name!r} (id {main.ident}) of pid {os.getpid()} on host "
+        f"{socket.gethostname()!r} since 20"
+    )
+    app.close()
+
+
+def test_with_releases_the_lease_at_the_end_of_the_block(store):
+    with builder(store).build() as app:
+        app.step()
+
+    assert app.closed
+    assert app.state["n"] == 1
+    on_another_thread(builder(store.copy()).build).close()
+
+
+def test_with_releases_the_lease_when_the_block_raises(tmp_path):
+    db = tmp_path / "state.db"
+
+    with pytest.raises(RuntimeError, match="boom"), builder(SQLitePersister(db)).build():
+        assert len(lease_rows(db)) == 1
+        raise RuntimeError("boom")
+
+    assert lease_rows(db) == []
+    on_another_thread(builder(SQLitePersister(db)).build).close()
+
+
+def test_close_is_idempotent_and_releases_only_its_own_share_of_a_reentrant_lease(tmp_path):
+    db = tmp_path / "state.db"
+    first = builder(SQLitePersister(db)).build()
+    second = builder(SQLitePersister(db)).build()
+
+    first.close()
+    first.close()
+
+    assert [row[2] for row in lease_rows(db)] == [os.getpid()]
+    with pytest.raises(AppLockedError):
+        on_another_thread(builder(SQLitePersister(db)).build)
+    second.close()
+    assert lease_rows(db) == []
+
+
+def test_a_step_after_close_is_an_error_naming_the_app_id_but_the_app_stays_readable(store):
+    app = builder(store).build()
+    app.close()
+
+    assert (app.state["n"], app.sequence_id, app.get_next_action().name) == (0, None, "start")
+    for run in (app.step, lambda: app.run(halt_after=["done"])):
+        with pytest.raises(ApplicationClosedError, match="app 'app' is closed.* build it again"):
+            run()
+    with pytest.raises(ApplicationClosedError, match="app 'app'"):
+        asyncio.run(app.astep())
+
+
+def test_closing_an_app_that_reached_its_end_changes_nothing(store):
+    app = builder(store).build()
+    app.run(halt_after=["done"])
+
+    app.close()
+
+    assert app.step() is None
+    assert app.run()[2]["n"] == 1
+
+
+def test_wait_mode_acquires_once_the_holding_thread_closes(store):
+    app = builder(store).build()
+    threading.Timer(0.5, app.close).start()
+
+    began = time.monotonic()
+    rival = on_another_thread(builder(store.copy(), wait=20).build)
+
+    assert 0.3 < time.monotonic() - began < 20
+    assert rival.run(halt_after=["done"])[2]["n"] == 1
+
+
+def test_wait_mode_across_threads_still_raises_when_the_holding_thread_keeps_it(store):
+    app = builder(store).build()
+
+    began = time.monotonic()
+    with pytest.raises(AppLockedError, match="thread 'MainThread'"):
+        on_another_thread(builder(store.copy(), wait=0.5).build)
+
+    assert time.monotonic() - began >= 0.5
+    app.close()
+
+
+def test_async_with_releases_and_abuilds_on_one_event_loop_are_reentrant(tmp_path):
+    db = tmp_path / "state.db"
+    persister = AsyncSQLitePersister(db)
+
+    async def scenario():
+        async with await builder(persister).abuild() as app:
+            again = await builder(persister.copy()).abuild()
+            with pytest.raises(AppLockedError, match="thread 'MainThread'"):
+                on_another_thread(builder(SQLitePersister(db)).build)
+            again.close()
+            assert len(lease_rows(db)) == 1
+        assert app.closed
+        assert lease_rows(db) == []
+
+    asyncio.run(scenario())
+
+
 # -- persisters without leases, InMemoryPersister ---------------------------------------
 
 
@@ -392,7 +561,7 @@ def test_in_memory_lease_of_another_live_process_raises_and_of_a_dead_one_is_tak
         persister.acquire_lease(None, "live")
     lease = persister.acquire_lease(None, "dead")
 
-    assert lease.holder.startswith(f"pid {os.getpid()} on host")
+    assert lease.holder.startswith(f"thread 'MainThread' (id {threading.get_ident()}) of pid")
     lease.release()
     assert ("", "dead") not in persister._store.leases
 
