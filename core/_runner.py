@@ -176,6 +176,10 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
     return StepOutcome(action, result, after)
 
 
+_PLAIN = frozenset({type(None), list, dict, tuple, bool, int, str})
+"""Types of effects that are never awaitable (checked before the slower protocol tests)."""
+
+
 class Driver:
     """Runs one step generator; iterate it (sync or async) to receive streamed partials."""
 
@@ -200,7 +204,9 @@ class Driver:
                 if done:
                     return
                 send, throw = None, None
-                if isinstance(effect, Partial):
+                if type(effect) in _PLAIN:  # most effects: values to send straight back
+                    send = effect
+                elif isinstance(effect, Partial):
                     yield effect.value
                 elif inspect.isawaitable(effect):
                     if inspect.iscoroutine(effect):
@@ -222,7 +228,9 @@ class Driver:
                 if done:
                     return
                 send, throw = None, None
-                if isinstance(effect, Partial):
+                if type(effect) in _PLAIN:
+                    send = effect
+                elif isinstance(effect, Partial):
                     yield effect.value
                 elif inspect.isawaitable(effect):
                     try:

@@ -58,6 +58,9 @@ class Application:
         self._spawning_parent = spawning_parent
         self._parent_pointer = parent_pointer
         self._next_sequence_id = next_sequence_id
+        self._event_sink: Any = None
+        """Set while `stream_fanout` runs: the fan-outs of this app's steps emit there."""
+        self._event_path: tuple[int, ...] = ()
         self._lease = lease
         self._closed = False
         if entrypoint is None:
@@ -168,6 +171,8 @@ class Application:
             state_initializer=self._loader,
             executor=self._executor,
             spawning_parent=self._spawning_parent,
+            event_sink=self._event_sink,
+            event_path=self._event_path,
         )
 
     # -- sync ---------------------------------------------------------------------------
@@ -227,6 +232,20 @@ class Application:
         while self._should_continue(stops):
             yield self.step(inputs)
 
+    def stream_fanout(
+        self,
+        halt_before: Sequence[str] = (),
+        halt_after: Sequence[str] = (),
+        inputs: dict[str, Any] | None = None,
+    ) -> Iterator[Any]:
+        """Run as `iterate` does, yielding the `FanoutEvent`s of every fan-out it runs
+        (child started / item / done / failed / resumed) and a `done` event per step with
+        `(action, result, state)`. Closing the iterator early stops the running fan-out
+        from starting more children (finished ones stay saved)."""
+        from fanwise.parallel._stream import stream_fanout
+
+        return stream_fanout(self, halt_before, halt_after, inputs)
+
     # -- async --------------------------------------------------------------------------
 
     async def astep(self, inputs: dict[str, Any] | None = None) -> RunOutcome | None:
@@ -277,6 +296,17 @@ class Application:
         self._check_open()
         driver = _runner.Driver(_runner.step(self, inputs, async_run=True))
         return action, AsyncStreamingResultContainer(driver)
+
+    def astream_fanout(
+        self,
+        halt_before: Sequence[str] = (),
+        halt_after: Sequence[str] = (),
+        inputs: dict[str, Any] | None = None,
+    ) -> AsyncIterator[Any]:
+        """Async `stream_fanout`: `async for event in app.astream_fanout(...)`."""
+        from fanwise.parallel._stream import astream_fanout
+
+        return astream_fanout(self, halt_before, halt_after, inputs)
 
     # -- shared -------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ class Channel:
 
     def drain(self) -> Iterator[Finished]:
         """The children that finished already, without waiting."""
-        while True:
+        while not self._done.empty():
             try:
                 position, future = self._done.get_nowait()
             except queue.Empty:
@@ -97,7 +97,7 @@ class AsyncChannel(Channel):
         return position, future
 
     def drain(self) -> Iterator[Finished]:
-        while True:
+        while not self._done.empty():
             try:
                 position, future = self._done.get_nowait()
             except asyncio.QueueEmpty:

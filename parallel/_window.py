@@ -106,6 +106,8 @@ class Window:
         self.parked_ids: dict[int, tuple[str, Any]] = {}
         """Parked children whose id or loader is not the default: (app id, loader)."""
         self.next_position = 0
+        self.timed = 0
+        """Children started with a deadline that may still be in flight."""
         self.exhausted = False
         self.stopping = False
         """No more children are submitted (a failure under fail-fast, or a stop)."""
@@ -120,11 +122,17 @@ class Window:
         )
 
     def start(self, spec: ChildSpec, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            self.timed += 1
         self.inflight[spec.position] = InFlight(spec, deadline)
 
     def next_deadline(self) -> float | None:
+        if not self.timed:
+            return None
         deadlines = [f.deadline for f in self.inflight.values() if f.deadline is not None]
+        self.timed = len(deadlines)
         return min(deadlines) if deadlines else None
 
     def expired(self, now: float) -> list[InFlight]:
@@ -152,6 +160,8 @@ class Window:
 
     def take_held(self) -> list[ChildResult]:
         """The held children due now, in order (task order), or all (completion order)."""
+        if not self.held:
+            return []
         if not self.ordered:
             out = list(self.held.values())
             self.held.clear()
@@ -165,6 +175,8 @@ class Window:
 
     def take_parked(self, most: int) -> range:
         """Positions due now whose states must be re-read from the store, in order."""
+        if not self.parked:
+            return range(0)
         run = self.parked.run_from(self.next_position, most)
         self.next_position = run.stop if run else self.next_position
         return run

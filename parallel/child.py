@@ -246,45 +246,64 @@ def run_child(spec: ChildSpec) -> ChildResult:
         return asyncio.run(arun_child(spec))
     started = time.perf_counter()
     items = _Items(spec)
-    saver: _DeferredSaver | None = None
-    retrying = spec.retry.attempts()
+    attempts = 1
     try:
-        for attempt in retrying:
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    spec.resume_from = _reload(spec)
-                saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver else None
-                app = _builder(spec, saver).build()
-                _watch_nested(app, spec)
-                _run_to_halt(app, spec, items)
+        if not spec.retry.retries:  # one attempt: no retry machinery on the common path
+            app, saver = _attempt(spec, items, again=False)
+        else:
+            retrying = spec.retry.attempts()
+            for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    app, saver = _attempt(spec, items, again=attempts > 1)
     except Exception as exc:
-        return _result(spec, None, None, retrying, started, items, exc)
-    return _result(spec, app.state, saver, retrying, started, items)
+        return _result(spec, None, None, attempts, started, items, exc)
+    return _result(spec, app.state, saver, attempts, started, items)
+
+
+def _attempt(spec: ChildSpec, items: _Items, again: bool) -> tuple[Application, Any]:
+    """One try: a retry continues from the child's last saved step."""
+    if again:
+        spec.resume_from = _reload(spec)
+    saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver is not None else None
+    app = _builder(spec, saver).build()
+    _watch_nested(app, spec)
+    _run_to_halt(app, spec, items)
+    return app, saver
 
 
 async def arun_child(spec: ChildSpec) -> ChildResult:
     """Build and run one child on the running event loop; `timeout` cancels an attempt."""
     started = time.perf_counter()
     items = _Items(spec)
-    is_async = spec.saver is not None and spec.saver.is_async()
-    deferred: Callable[..., _DeferredSaver] = _AsyncDeferredSaver if is_async else _DeferredSaver
-    saver: _DeferredSaver | None = None
-    retrying = spec.retry.async_attempts()
+    attempts = 1
     try:
-        async for attempt in retrying:
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    spec.resume_from = await _areload(spec, is_async)
-                saver = deferred(spec.saver, spec.fingerprint) if spec.saver else None
-                app = await _builder(spec, saver).abuild()
-                _watch_nested(app, spec)
-                if spec.timeout is None:
-                    await _arun_to_halt(app, spec, items)
-                else:
-                    await _with_timeout(_arun_to_halt(app, spec, items), spec)
+        if not spec.retry.retries:
+            app, saver = await _aattempt(spec, items, again=False)
+        else:
+            retrying = spec.retry.async_attempts()
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    app, saver = await _aattempt(spec, items, again=attempts > 1)
     except Exception as exc:
-        return _result(spec, None, None, retrying, started, items, exc)
-    return _result(spec, app.state, saver, retrying, started, items)
+        return _result(spec, None, None, attempts, started, items, exc)
+    return _result(spec, app.state, saver, attempts, started, items)
+
+
+async def _aattempt(spec: ChildSpec, items: _Items, again: bool) -> tuple[Application, Any]:
+    is_async = spec.saver is not None and spec.saver.is_async()
+    if again:
+        spec.resume_from = await _areload(spec, is_async)
+    deferred: Callable[..., _DeferredSaver] = _AsyncDeferredSaver if is_async else _DeferredSaver
+    saver = deferred(spec.saver, spec.fingerprint) if spec.saver is not None else None
+    app = await _builder(spec, saver).abuild()
+    _watch_nested(app, spec)
+    if spec.timeout is None:
+        await _arun_to_halt(app, spec, items)
+    else:
+        await _with_timeout(_arun_to_halt(app, spec, items), spec)
+    return app, saver
 
 
 async def _with_timeout(run: Any, spec: ChildSpec) -> None:
@@ -316,7 +335,7 @@ def _result(
     spec: ChildSpec,
     state: State | None,
     saver: _DeferredSaver | None,
-    retrying: Any,
+    attempts: int,
     started: float,
     items: _Items,
     error: BaseException | None = None,
@@ -327,7 +346,7 @@ def _result(
         spec.app_id,
         state,
         saver.held if saver is not None and error is None else None,
-        attempts=retrying.statistics.get("attempt_number", 1),
+        attempts=attempts,
         seconds=time.perf_counter() - started,
         error=error,
         records=spec.tracker.take(spec.app_id) if shipped else None,
