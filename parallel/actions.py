@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sized
 from concurrent.futures import Executor
 from typing import Any, Literal
 
@@ -166,7 +166,7 @@ class TaskBasedParallelAction(Action):
         """The progress bar's total: given, or the size of what `tasks()` returned."""
         if self.progress_total is not None:
             return self.progress_total
-        return len(tasks) if hasattr(tasks, "__len__") else None
+        return len(tasks) if isinstance(tasks, Sized) else None
 
     def _configure(
         self, context: ApplicationContext, is_async: bool, total: int | None
@@ -382,16 +382,27 @@ class MapActionsAndStates(TaskBasedParallelAction):
     def _plan(self, state: State, context: ApplicationContext, inputs: dict[str, Any]) -> Any:
         if self.is_async():
             return self._aplan(state, context, inputs)
-        return self._sync_plan(state, context, inputs)
+        actions = self._actions(state, context, inputs)
+        states = self._states(state, context, inputs)
+        tasks = self._sync_plan(actions, states, state, context, inputs)
+        if isinstance(actions, Sized) and isinstance(states, Sized):
+            return _SizedTasks(tasks, len(actions) * len(states))
+        return tasks
 
     def _sync_plan(
-        self, state: State, context: ApplicationContext, inputs: dict[str, Any]
+        self, actions: Any, first_states: Any, state: State, context: ApplicationContext,
+        inputs: dict[str, Any],
     ) -> Iterator[SubGraphTask]:
-        for action_item in self._actions(state, context, inputs):
+        """Each action on each state; `states()` is asked again per action unless what it
+        gave first is a collection (then that is reused)."""
+        states = first_states
+        for action_item in actions:
             runnable, action_inputs = _split_action(action_item, inputs)
-            for item in self._states(state, context, inputs):
+            for item in states:
                 child_state, child_inputs = _split(item, action_inputs, self.name)
                 yield SubGraphTask(graph=runnable, state=child_state, inputs=child_inputs)
+            if not isinstance(first_states, Sized):
+                states = self._states(state, context, inputs)
 
     async def _aplan(
         self, state: State, context: ApplicationContext, inputs: dict[str, Any]
@@ -401,6 +412,20 @@ class MapActionsAndStates(TaskBasedParallelAction):
             async for item in _aiter(self._states(state, context, inputs)):
                 child_state, child_inputs = _split(item, action_inputs, self.name)
                 yield SubGraphTask(graph=runnable, state=child_state, inputs=child_inputs)
+
+
+class _SizedTasks:
+    """A lazy task iterator whose length is known (for the progress bar's total)."""
+
+    def __init__(self, tasks: Iterator[SubGraphTask], total: int) -> None:
+        self._tasks = tasks
+        self._total = total
+
+    def __iter__(self) -> Iterator[SubGraphTask]:
+        return self._tasks
+
+    def __len__(self) -> int:
+        return self._total
 
 
 def _split_action(item: Any, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -218,3 +218,43 @@ def test_children_in_other_processes_bring_their_items_back():
     items = sorted(e.data["token"] for e in events if e.kind == "child_item")
     assert items == ["0.0", "0.1", "0.2", "1.0", "1.1", "1.2"]
     assert app.state["ys"] == [0, 1]
+
+
+def test_events_of_a_nested_fan_out_carry_the_path_of_positions():
+    @action(reads=["x"], writes=["y"])
+    def leaf(state):
+        return state.update(y=state["x"])
+
+    class Inner(MapStates):
+        reads = ["base"]
+        writes = ["ys"]
+
+        def action(self):
+            return leaf
+
+        def states(self, state):
+            return [State({"x": state["base"] + i}) for i in range(2)]
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+    class Outer(MapStates):
+        reads = []
+        writes = ["all"]
+
+        def action(self):
+            return Inner().with_name("inner")
+
+        def states(self):
+            return [State({"base": 10 * b}) for b in range(3)]
+
+        def reduce(self, state, states):
+            return state.update(all=[s["ys"] for s in states])
+
+    app = fan_app(Outer())
+    events = list(app.stream_fanout(halt_after=["done"]))
+    inner_done = sorted(e.path for e in events if e.kind == "child_done" and len(e.path) == 2)
+    assert inner_done == [(o, i) for o in range(3) for i in range(2)]
+    assert sorted(e.path for e in events if e.kind == "child_done" and len(e.path) == 1) == [
+        (0,), (1,), (2,)]
+    assert app.state["all"] == [[0, 1], [10, 11], [20, 21]]
