@@ -46,12 +46,10 @@ class Channel:
         return position, future
 
     def drain(self) -> Iterator[Finished]:
-        """The children that finished already, without waiting."""
+        """The children that finished already, without waiting (the driver is the only
+        reader, so a queue that is not empty has an item)."""
         while not self._done.empty():
-            try:
-                position, future = self._done.get_nowait()
-            except queue.Empty:
-                return
+            position, future = self._done.get_nowait()
             self._pending.pop(position, None)
             yield position, future
 
@@ -95,12 +93,3 @@ class AsyncChannel(Channel):
             return None
         self._pending.pop(position, None)
         return position, future
-
-    def drain(self) -> Iterator[Finished]:
-        while not self._done.empty():
-            try:
-                position, future = self._done.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            self._pending.pop(position, None)
-            yield position, future

@@ -45,6 +45,34 @@ def fan_app(
     return builder.with_state(state or {}).with_entrypoint("fan").build()
 
 
+def map_fan(child_fn, n, **settings):
+    """A MapStates over x in range(n) whose child sets y = child_fn(x) and whose reduce
+    collects the ys; `settings` are class attributes (max_concurrency, on_failure, ...)."""
+    from fanwise.core import State, action
+    from fanwise.parallel import MapStates
+
+    @action(reads=["x"], writes=["y"])
+    def child(state):
+        return state.update(y=child_fn(state["x"]))
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+
+        def action(self):
+            return child
+
+        def states(self):
+            return [State({"x": x}) for x in range(n)]
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+    for name, value in settings.items():
+        setattr(Fan, name, value)
+    return Fan()
+
+
 def run_fan(parallel, state=None, inputs=None, **kwargs):
     """Build `fan_app(...)`, run it to `done`, and return the final state."""
     app = fan_app(parallel, state, **kwargs)

@@ -11,33 +11,16 @@ from fanwise.core.persistence import SQLitePersister
 from fanwise.executors import MultiProcessExecutor
 from fanwise.parallel import ChildFailedError, MapStates
 
-from conftest import WAIT, Tally, fan_app
+from conftest import WAIT, Tally, fan_app, map_fan
 
 
-def simple_fan(n, fail=(), **settings):
-    @action(reads=["x"], writes=["y"])
-    def child(state):
-        if state["x"] in fail:
-            raise ValueError(f"bad {state['x']}")
-        return state.update(y=state["x"] * 2)
+def simple_fan(n, fail=(), max_concurrency=3, **settings):
+    def child(x):
+        if x in fail:
+            raise ValueError(f"bad {x}")
+        return x * 2
 
-    class Fan(MapStates):
-        reads = []
-        writes = ["ys"]
-        max_concurrency = 3
-
-        def action(self):
-            return child
-
-        def states(self):
-            return [State({"x": x}) for x in range(n)]
-
-        def reduce(self, state, states):
-            return state.update(ys=[s["y"] for s in states])
-
-    for name, value in settings.items():
-        setattr(Fan, name, value)
-    return Fan()
+    return map_fan(child, n, max_concurrency=max_concurrency, **settings)
 
 
 def test_stream_fanout_yields_each_child_then_the_step_end():
@@ -119,27 +102,9 @@ def test_a_slow_consumer_slows_the_children_through_the_bounded_buffer():
     from fanwise.parallel.events import DEFAULT_BUFFER
 
     done = []
+    fan = map_fan(lambda x: done.append(x) or x, 5000, max_concurrency=4)
 
-    @action(reads=["x"], writes=["y"])
-    def child(state):
-        done.append(state["x"])
-        return state.update(y=state["x"])
-
-    class Fan(MapStates):
-        reads = []
-        writes = ["ys"]
-        max_concurrency = 4
-
-        def action(self):
-            return child
-
-        def states(self):
-            return [State({"x": x}) for x in range(5000)]
-
-        def reduce(self, state, states):
-            return state.update(ys=[s["y"] for s in states])
-
-    stream = fan_app(Fan()).stream_fanout(halt_after=["done"])
+    stream = fan_app(fan).stream_fanout(halt_after=["done"])
     next(stream)
     threading.Event().wait(0.5)  # the consumer does not read: the buffer fills
     ran_while_blocked = len(done)
@@ -150,27 +115,11 @@ def test_a_slow_consumer_slows_the_children_through_the_bounded_buffer():
 def test_closing_the_stream_starts_no_more_children_and_keeps_finished_ones(tmp_path):
     tally = Tally(tmp_path / "t.txt")
 
-    @action(reads=["x"], writes=["y"])
-    def child(state):
-        tally.hit(state["x"])
-        return state.update(y=state["x"])
-
-    class Fan(MapStates):
-        reads = []
-        writes = ["ys"]
-        max_concurrency = 2
-
-        def action(self):
-            return child
-
-        def states(self):
-            return [State({"x": x}) for x in range(5000)]
-
-        def reduce(self, state, states):
-            return state.update(ys=[s["y"] for s in states])
+    def fan():
+        return map_fan(lambda x: tally.hit(x) or x, 5000, max_concurrency=2)
 
     persister = SQLitePersister(tmp_path / "s.db")
-    app = fan_app(Fan(), app_id="p", persister=persister, resume=True)
+    app = fan_app(fan(), app_id="p", persister=persister, resume=True)
     stream = app.stream_fanout(halt_after=["done"])
     for event in stream:
         if event.kind == "child_done" and event.position >= 10:
@@ -178,7 +127,7 @@ def test_closing_the_stream_starts_no_more_children_and_keeps_finished_ones(tmp_
     stream.close()
     ran_first = sum(tally.counts().values())
     assert ran_first < 5000
-    final = fan_app(Fan(), app_id="p", persister=persister, resume=True).run(
+    final = fan_app(fan(), app_id="p", persister=persister, resume=True).run(
         halt_after=["done"])[2]
     assert final["ys"] == list(range(5000))
     assert all(count == 1 for count in tally.counts().values())
