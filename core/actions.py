@@ -209,7 +209,7 @@ class FunctionBasedAction(Action):
     def execute(self, state: State, inputs: dict[str, Any]) -> Any:
         if self._streaming:
             raise NotImplementedError("streaming actions run through stream()")
-        if inspect.iscoroutinefunction(self._fn):
+        if self._is_async:
             return self._execute_async(state, inputs)
         return self._split(self._call(state, inputs))
 
