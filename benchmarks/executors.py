@@ -42,14 +42,23 @@ def cpu_child(state: State) -> State:
     return state.update(y=cpu_bound(state["x"]))
 
 
+WINDOW = 512
+"""The fan-out window on processes, Ray and Dask: far more children in flight than workers,
+so that children wait in the executor and go out batched, several per task (with a window
+of the workers, each trivial child would be its own task). Thread pools keep the default
+window, their thread count."""
+
+
 class Sweep(MapStates):
-    """n children, each running `child` on its own x; reduce sums y."""
+    """n children, each running `child` on its own x; reduce sums y. `window` is the
+    action's `max_concurrency` (None: the executor's)."""
 
     reads = ["n"]
     writes = ["total"]
 
-    def __init__(self, child: Any) -> None:
+    def __init__(self, child: Any, window: int | None = None) -> None:
         self._child = child
+        self.max_concurrency = window
 
     def action(self) -> Any:
         return self._child
@@ -62,10 +71,12 @@ class Sweep(MapStates):
         return state.update(total=sum(s["y"] for s in states))
 
 
-def run_fanwise(executor: Any, n: int, child: Any = trivial_child) -> int:
+def run_fanwise(
+    executor: Any, n: int, child: Any = trivial_child, window: int | None = WINDOW
+) -> int:
     app = (
         ApplicationBuilder()
-        .with_actions(sweep=Sweep(child))
+        .with_actions(sweep=Sweep(child, window))
         .with_state(n=n)
         .with_entrypoint("sweep")
         .with_executor(executor)
@@ -152,7 +163,7 @@ def bench_cpu(n: int, repeats: int) -> list[str]:
     threads = MultiThreadedExecutor(workers)
     processes = MultiProcessExecutor(workers)
     run_fanwise(processes, workers * 2, cpu_child)
-    on_threads = best_of(lambda: run_fanwise(threads, count, cpu_child), repeats)
+    on_threads = best_of(lambda: run_fanwise(threads, count, cpu_child, None), repeats)
     on_processes = best_of(lambda: run_fanwise(processes, count, cpu_child), repeats)
     threads.shutdown()
     processes.shutdown()

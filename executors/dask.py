@@ -1,20 +1,27 @@
-"""`DaskExecutor`: children as tasks on a Dask cluster (a Client, an address, or a local one)."""
+"""`DaskExecutor`: children as tasks, in batches, on a Dask cluster (a Client, an address,
+or a local one).
+
+    submit -> buffer (while every worker thread is busy) -> batch -> client.submit(run_batch)
+        -> done callback -> each caller's future
+
+Batching is shared with processes and Ray (`executors/_batching.py`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
-import threading
-import traceback
+import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Executor, Future
+from concurrent.futures import CancelledError
 from typing import Any
 
-import cloudpickle
-from fanwise.executors._shipping import unshippable_message
+from fanwise.executors._batching import Batch, BatchingExecutor, run_batch
 
 _SUBMIT_OPTIONS = frozenset({"workers", "resources", "allow_other_workers"})
+_THREADS_REFRESH_SECONDS = 1.0
+"""How long the cluster's thread count is reused for the batch slots between queries."""
 
 
 def _distributed() -> Any:
@@ -27,15 +34,28 @@ def _distributed() -> Any:
     return distributed
 
 
-class DaskExecutor(Executor):
-    """Runs each call as a Dask task; `shutdown()` closes only what this executor created.
+class DaskExecutor(BatchingExecutor):
+    """Runs calls as Dask tasks, in batches; `shutdown()` closes only what this executor created.
+
+    At most `max_concurrency` tasks (default: the cluster's worker threads, re-read at most
+    once a second as workers come and go) are outstanding. Calls beyond that wait in the
+    executor and, when a task ends, go out together as the next one (`chunk_size` calls at
+    most, or with "auto" as many as take about 50 ms). So for tiny children, give the
+    fan-out a window larger than the threads (the parallel action's `max_concurrency`, e.g.
+    512); with a window of `max_concurrency`, each child is its own task. `chunk_size=1`
+    turns batching off: every call is its own Dask task, sent at once, and Dask queues them.
 
     Give a `distributed.Client` (left open), a scheduler `address` (joined), or neither (a
-    `LocalCluster` of worker processes is started). `retries` re-runs a task after a system
+    `LocalCluster` of worker processes is started). `retries` re-runs a batch after a system
     failure: a worker that died (on the local cluster; an external scheduler applies its own
-    `allowed-failures`) or an error outside the child. A child's own exception is never
+    `allowed-failures`) or an error outside the calls. A call's own exception is never
     retried here: the parallel action's `retries`/`retry_on` decide, as on every executor.
+    `Future.cancel()` succeeds while a call waits in the executor; once sent it counts as
+    running (Dask cannot tell queued from started), so a fan-out that fails lets every sent
+    child finish and keep its row.
     """
+
+    _ships_to = "a Dask worker"
 
     def __init__(
         self,
@@ -46,21 +66,20 @@ class DaskExecutor(Executor):
         retries: int = 3,
         **submit_kwargs: Any,
     ) -> None:
-        _check_arguments(address, client, max_concurrency, chunk_size, retries, submit_kwargs)
+        _check_arguments(address, client, max_concurrency, retries, submit_kwargs)
+        super().__init__(chunk_size)
         distributed = _distributed()
-        self.chunk_size = chunk_size
         self.retries = retries
         self._max_concurrency = max_concurrency
         self._submit_kwargs = submit_kwargs
+        self._threads = 1
+        self._threads_until = float("-inf")
         self._owned = contextlib.ExitStack()
         try:
             self.client = self._connect(distributed, address, client)
-            self._bridge = self.client.get_executor(pure=False, retries=retries, **submit_kwargs)
         except BaseException:
             self._owned.close()
             raise
-        self._lock = threading.Lock()
-        self._closed = False
 
     def _connect(self, distributed: Any, address: str | None, client: Any) -> Any:
         """The client to use; whatever is created for it is entered on `self._owned`."""
@@ -76,43 +95,58 @@ class DaskExecutor(Executor):
 
     @property
     def max_concurrency(self) -> int:
-        """The fan-out window: as given, else every worker thread of the cluster right now."""
+        """The calls run at once: as given, else every worker thread of the cluster right now."""
         if self._max_concurrency is not None:
             return self._max_concurrency
         return max(1, sum(self.client.nthreads().values()))
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        """Ship `fn(*args, **kwargs)` to a worker.
+    def _slots(self) -> int:
+        """`max_concurrency`, with the cluster's threads re-read at most every
+        `_THREADS_REFRESH_SECONDS` (a scheduler round trip per call would cost more than
+        a tiny child)."""
+        if self._max_concurrency is not None:
+            return self._max_concurrency
+        now = time.monotonic()
+        if now >= self._threads_until:
+            self._threads = self.max_concurrency
+            self._threads_until = now + _THREADS_REFRESH_SECONDS
+        return self._threads
 
-        The future counts as running at once: Dask cannot tell queued from started, so a
-        fan-out that fails lets every submitted child finish and keep its row.
-        """
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            try:
-                task = self._bridge.submit(_call_on_worker, fn, args, kwargs)
-            except TypeError as exc:
-                raise TypeError(unshippable_message(fn, args, exc, "a Dask worker")) from exc
-        future: Future = Future()
-        future.set_running_or_notify_cancel()
-        task.add_done_callback(functools.partial(_settle, future))
-        return future
+    def _send_batch(self, batch: Batch) -> None:
+        task = self.client.submit(
+            run_batch, batch.payloads, pure=False, retries=self.retries, **self._submit_kwargs
+        )
+        batch.task = task
+        task.add_done_callback(functools.partial(self._task_ended, batch))
+
+    def _task_ended(self, batch: Batch, task: Any) -> None:
+        """Dask's report of a batch task, on Dask's callback thread (not its event loop, so
+        reading the result and sending the next batch may wait on the scheduler)."""
+        if task.cancelled():
+            self._batch_failed(batch, CancelledError("the Dask task was cancelled"))
+            return
+        try:
+            error = task.exception()
+            report = task.result() if error is None else None
+        except Exception as exc:  # the client closed under the task
+            error = exc
+        if error is None:
+            self._batch_done(batch, report)
+        else:
+            self._batch_failed(batch, error)
+
+    def _abort_batches(self, batches: list[Batch]) -> None:
+        tasks = [batch.task for batch in batches if batch.task is not None]
+        if tasks:
+            self.client.cancel(tasks)
+
+    def _close_backend(self, wait: bool, cancel_futures: bool) -> None:
+        self._owned.close()
 
     def nested(self) -> Callable[[], DaskExecutor]:
         """What children's own fan-outs use: the same scheduler, joined from inside the task
         (the worker's client, its thread seceded while it waits)."""
         return functools.partial(DaskExecutor, **self._config())
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Wait for (or cancel) the tasks, then close the client and cluster we created."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if cancel_futures or wait:
-            self._bridge.shutdown(wait=not cancel_futures)
-        self._owned.close()
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -128,15 +162,12 @@ class DaskExecutor(Executor):
 
 
 def _check_arguments(
-    address: Any, client: Any, max_concurrency: Any, chunk_size: Any, retries: Any,
-    submit_kwargs: dict[str, Any],
+    address: Any, client: Any, max_concurrency: Any, retries: Any, submit_kwargs: dict[str, Any]
 ) -> None:
     if address is not None and client is not None:
         raise ValueError("DaskExecutor takes a scheduler address or a Client, not both")
     if max_concurrency is not None and max_concurrency < 1:
         raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
-    if chunk_size != "auto" and not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be 'auto' or an int >= 1, got {chunk_size!r}")
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")
     unknown = sorted(set(submit_kwargs) - _SUBMIT_OPTIONS)
@@ -175,31 +206,3 @@ def _worker_session(distributed: Any, address: str) -> Any:
         return None
     return distributed.worker_client()
 
-
-def _call_on_worker(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
-    """Runs on the worker: the call's own exception comes back as a value, not retried."""
-    try:
-        return True, fn(*args, **kwargs)
-    except Exception as exc:
-        exc.add_note("on the Dask worker:\n" + "".join(traceback.format_exception(exc)).rstrip())
-        try:
-            cloudpickle.dumps(exc)
-        except Exception:
-            return False, RuntimeError(f"{type(exc).__name__}: {exc} (not picklable)")
-        return False, exc
-
-
-def _settle(future: Future, task: Future) -> None:
-    """Hand a finished Dask task's outcome to the future `submit` returned."""
-    if task.cancelled():
-        future.set_exception(CancelledError("the Dask task was cancelled"))
-        return
-    error = task.exception()
-    if error is not None:
-        future.set_exception(error)
-        return
-    ok, value = task.result()
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)

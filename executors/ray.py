@@ -1,15 +1,19 @@
-"""`RayExecutor`: children as Ray tasks, on a local Ray or a Ray cluster.
+"""`RayExecutor`: children as Ray tasks, in batches, on a local Ray or a Ray cluster.
 
-Ray is imported when an executor is constructed, never when this module is imported.
+    submit -> buffer (while every slot is busy) -> batch -> one Ray task running run_batch
+        -> ref.future() -> each caller's future
+
+Batching is shared with processes and Dask (`executors/_batching.py`). Ray is imported when
+an executor is constructed, never when this module is imported.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import functools
-import threading
-from collections.abc import Callable
 from typing import Any
+
+from fanwise.executors._batching import Batch, BatchingExecutor, run_batch
 
 INSTALL_HINT = "pip install 'fanwise[ray]'"
 DEFAULT_MAX_RETRIES = 3
@@ -23,26 +27,33 @@ def _import_ray() -> Any:
     return ray
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """What every Ray task runs: the submitted function with its arguments."""
-    return fn(*args, **kwargs)
-
-
 @functools.cache
 def _trampoline() -> Any:
-    """The one remote function behind every submit (Ray exports it once per process)."""
-    return _import_ray().remote(_call)
+    """The one remote function behind every batch (Ray exports it once per process)."""
+    return _import_ray().remote(run_batch)
 
 
-class RayExecutor(concurrent.futures.Executor):
-    """Runs each submitted call as a Ray task and hands back a `concurrent.futures.Future`.
+class RayExecutor(BatchingExecutor):
+    """Runs submitted calls as Ray tasks, in batches, and hands back one
+    `concurrent.futures.Future` per call.
+
+    At most `max_concurrency` tasks (default: the cluster's CPUs over each task's
+    `num_cpus`) are outstanding. Calls beyond that wait in the executor and, when a task
+    ends, go out together as the next one (`chunk_size` calls at most, or with "auto" as
+    many as take about 50 ms). So for tiny children, give the fan-out a window larger than
+    the slots (the parallel action's `max_concurrency`, e.g. 512); with a window of
+    `max_concurrency`, each child is its own task. `chunk_size=1` turns batching off: every
+    call is its own Ray task, sent at once, and Ray queues them.
 
     `address=None` starts (or joins) a local Ray with `init_kwargs`; `"auto"` or `"ray://..."`
     joins a cluster. Only a Ray started here is shut down by `shutdown()`. `remote_options`
-    (`num_cpus`, `num_gpus`, `resources`, `max_retries`, `runtime_env`, ...) go to every task.
-    A submitted task counts as running: Ray decides when it starts, so `Future.cancel()`
-    returns False; `shutdown(cancel_futures=True)` cancels the Ray tasks themselves.
+    (`num_cpus`, `num_gpus`, `resources`, `max_retries`, `runtime_env`, ...) go to every task;
+    `max_retries` re-runs a whole batch whose worker died. `Future.cancel()` succeeds while a
+    call waits in the executor; once sent, Ray decides when it starts, so it counts as
+    running. `shutdown(cancel_futures=True)` cancels the waiting calls and the Ray tasks.
     """
+
+    _ships_to = "a Ray worker"
 
     def __init__(
         self,
@@ -55,11 +66,9 @@ class RayExecutor(concurrent.futures.Executor):
         ray = _import_ray()
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        if chunk_size != "auto" and not (isinstance(chunk_size, int) and chunk_size >= 1):
-            raise ValueError(f"chunk_size must be 'auto' or an int >= 1, got {chunk_size!r}")
+        super().__init__(chunk_size)
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
-        self.chunk_size = chunk_size
         self.remote_options = {
             "max_retries": DEFAULT_MAX_RETRIES, "retry_exceptions": False, **remote_options,
         }
@@ -69,50 +78,39 @@ class RayExecutor(concurrent.futures.Executor):
         self._remote = _trampoline().options(**self.remote_options)
         self.max_concurrency = max_concurrency or _cluster_slots(ray, remote_options)
         self._join_address = _join_address(ray, address)
-        self._outstanding: dict[Any, concurrent.futures.Future[Any]] = {}
-        self._lock = threading.Lock()
-        self._shutdown = False
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run `fn(*args, **kwargs)` as a Ray task (shipped with Ray's cloudpickle)."""
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            ref = self._remote.remote(fn, args, kwargs)
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            future.set_running_or_notify_cancel()
-            self._outstanding[ref] = future
-        ref.future().add_done_callback(functools.partial(self._settle, ref, future))
-        return future
+    def _slots(self) -> int:
+        return self.max_concurrency
 
-    def _settle(self, ref: Any, future: concurrent.futures.Future[Any], done: Any) -> None:
-        with self._lock:
-            self._outstanding.pop(ref, None)
+    def _send_batch(self, batch: Batch) -> None:
+        ref = self._remote.remote(batch.payloads)
+        batch.task = ref
+        ref.future().add_done_callback(functools.partial(self._task_ended, batch))
+
+    def _task_ended(self, batch: Batch, done: concurrent.futures.Future[Any]) -> None:
+        """Ray's report of a batch task (on a Ray thread: sending the next batch from here
+        is safe, it does not wait on the cluster)."""
         try:
             exc = done.exception()
-            if exc is None:
-                future.set_result(done.result())
-            else:
-                future.set_exception(_unwrapped(exc))
-        except (concurrent.futures.CancelledError, concurrent.futures.InvalidStateError):
-            pass
+        except concurrent.futures.CancelledError as cancelled:
+            exc = cancelled
+        if exc is None:
+            self._batch_done(batch, done.result())
+        else:
+            self._batch_failed(batch, _unwrapped(exc))
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting tasks; cancel outstanding ones if asked; stop Ray if started here."""
+    def _abort_batches(self, batches: list[Batch]) -> None:
         ray = _import_ray()
-        with self._lock:
-            self._shutdown = True
-            outstanding = dict(self._outstanding)
-        if cancel_futures:
-            for ref in outstanding:
-                ray.cancel(ref)
-        if wait:
-            concurrent.futures.wait(outstanding.values())
+        for batch in batches:
+            if batch.task is not None:
+                ray.cancel(batch.task)
+
+    def _close_backend(self, wait: bool, cancel_futures: bool) -> None:
+        """Stop the Ray started here (calls still unfinished fail: nothing will report)."""
         if self.owns_ray:
             self.owns_ray = False
-            ray.shutdown()
-            for future in outstanding.values():
-                _fail_if_pending(future, RuntimeError("RayExecutor shut down the Ray it started"))
+            _import_ray().shutdown()
+            self._fail_unsettled(RuntimeError("RayExecutor shut down the Ray it started"))
 
     def nested(self) -> Any:
         """What a child's own fan-out uses inside a Ray worker: an executor on this cluster.
@@ -163,23 +161,20 @@ class RemoteTraceback(Exception):
 
 
 def _unwrapped(exc: BaseException) -> BaseException:
-    """The task's own exception (its type and attributes), as thread and process pools give.
+    """What the batch task itself raised (its type and attributes), not Ray's wrapper.
 
-    Ray hands back a `RayTaskError` subclass; its `cause` is what the task raised. System
-    failures (a lost node after `max_retries`, a cancelled task) are passed on as they are.
+    A call's own exception comes back as a value (`run_batch`); the task raises only what a
+    call let escape beyond `Exception` (`SystemExit`, ...), which Ray wraps in a
+    `RayTaskError` whose `cause` it is. System failures (a lost node after `max_retries`, a
+    cancelled task) are passed on as they are.
     """
     from ray.exceptions import RayTaskError
 
     cause = getattr(exc, "cause", None)
     if not isinstance(exc, RayTaskError) or not isinstance(cause, BaseException):
         return exc
-    if cause.__cause__ is None:
-        cause.__cause__ = RemoteTraceback(exc.traceback_str)
+    text = getattr(exc, "traceback_str", None)  # (absent when Ray cancelled the task)
+    if cause.__cause__ is None and text:
+        cause.__cause__ = RemoteTraceback(text)
     return cause
 
-
-def _fail_if_pending(future: concurrent.futures.Future[Any], exc: BaseException) -> None:
-    try:
-        future.set_exception(exc)
-    except concurrent.futures.InvalidStateError:
-        pass

@@ -284,3 +284,157 @@ def test_missing_extra_names_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"pip install 'fanwise\[dask\]'"):
         DaskExecutor()
+
+
+# The executor on its own (no fan-out): batching over the cluster's two worker threads.
+
+WAIT = 30.0
+"""Seconds to wait for Dask tasks before the test fails as hung."""
+
+
+class CountingDaskExecutor(DaskExecutor):
+    """Records the size of every batch task it sends, in order."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sizes = []
+
+    def _send_batch(self, batch):
+        self.sizes.append(len(batch.calls))
+        super()._send_batch(batch)
+
+
+class Failing(Exception):
+    def __init__(self, code):
+        super().__init__(f"failed with code {code}")
+        self.code = code
+
+
+def note(log, label):
+    with open(log, "a") as f:
+        f.write(f"{label}\n")
+
+
+def runs(log) -> Counter:
+    return Counter(open(log).read().split()) if os.path.exists(log) else Counter()
+
+
+def hold(label, log, release):
+    """Notes `label`, then keeps its worker thread busy until the file `release` exists."""
+    note(log, label)
+    deadline = time.monotonic() + WAIT
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never released this call")
+        time.sleep(0.005)
+    return label
+
+
+def record(label, log):
+    note(log, label)
+    if label == "fail":
+        raise Failing(7)
+    return label
+
+
+def wait_until(predicate, what):
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def occupy_both_threads(executor, log, release):
+    held = [executor.submit(hold, f"h{i}", log, release) for i in range(2)]
+    wait_until(lambda: {"h0", "h1"} <= set(runs(log)), "both held calls to start")
+    return held
+
+
+def test_calls_beyond_the_threads_wait_and_go_out_together_capped_by_chunk_size(
+    client, tmp_path
+):
+    log, release = str(tmp_path / "log"), str(tmp_path / "release")
+    executor = CountingDaskExecutor(client=client, chunk_size=8)
+    try:
+        held = occupy_both_threads(executor, log, release)
+        waiting = [executor.submit(record, f"c{i}", log) for i in range(20)]
+        assert executor.sizes == [1, 1], "while both threads are busy, calls wait"
+        open(release, "w").close()
+
+        assert [f.result(timeout=WAIT) for f in waiting] == [f"c{i}" for i in range(20)]
+        assert [f.result(timeout=WAIT) for f in held] == ["h0", "h1"]
+    finally:
+        executor.shutdown()
+    assert executor.sizes == [1, 1, 8, 8, 4]
+
+
+def test_a_call_that_raises_fails_alone_and_is_not_retried(client, tmp_path):
+    log, release = str(tmp_path / "log"), str(tmp_path / "release")
+    executor = CountingDaskExecutor(client=client, chunk_size=8)
+    try:
+        occupy_both_threads(executor, log, release)
+        before, failing, after = [executor.submit(record, x, log) for x in ("a", "fail", "b")]
+        open(release, "w").close()
+
+        error = failing.exception(timeout=WAIT)
+        assert type(error) is Failing and error.code == 7
+        assert any("failed with code 7" in line for line in error.__notes__)
+        assert (before.result(timeout=WAIT), after.result(timeout=WAIT)) == ("a", "b")
+    finally:
+        executor.shutdown()
+    assert executor.sizes == [1, 1, 3]
+    assert runs(log)["fail"] == 1
+
+
+def test_buffered_calls_can_be_cancelled_and_shutdown_cancels_the_others(client, tmp_path):
+    log, release = str(tmp_path / "log"), str(tmp_path / "release")
+    executor = CountingDaskExecutor(client=client, chunk_size=8)
+    try:
+        held = occupy_both_threads(executor, log, release)
+        waiting = [executor.submit(record, f"c{i}", log) for i in range(4)]
+
+        assert waiting[1].cancel() is True
+        assert held[0].cancel() is False, "a sent call counts as running"
+        executor.shutdown(wait=False, cancel_futures=True)
+        assert all(future.cancelled() for future in waiting)
+    finally:
+        open(release, "w").close()
+        executor.shutdown()
+    for future in held:
+        future.exception(timeout=WAIT)  # cancelled on Dask, or finished: either way, done
+    assert executor.sizes == [1, 1]
+    assert not any(label.startswith("c") for label in runs(log))
+    assert client.submit(pow, 2, 4).result(timeout=WAIT) == 16
+
+
+def test_many_tiny_calls_share_few_tasks(client):
+    executor = CountingDaskExecutor(client=client)
+    try:
+        futures = [executor.submit(pow, x, 2) for x in range(2000)]
+        assert [f.result(timeout=WAIT) for f in futures] == [x * x for x in range(2000)]
+    finally:
+        executor.shutdown()
+    assert sum(executor.sizes) == 2000
+    assert max(executor.sizes) <= 512
+    assert len(executor.sizes) < 2000 / 4
+
+
+def test_a_fan_out_window_wider_than_the_threads_batches_children(client, tmp_path):
+    class WideSquares(Squares):
+        max_concurrency = 200
+
+    executor = CountingDaskExecutor(client=client)
+    state = {"xs": list(range(100)), "delay": 0.0, "counts": str(tmp_path / "counts.txt"),
+             "fail_flag": None}
+    app = (
+        ApplicationBuilder().with_actions(fan=WideSquares()).with_transitions()
+        .with_state(**state).with_entrypoint("fan").with_executor(executor).build()
+    )
+    try:
+        _, _, final = app.run(halt_after=["fan"])
+    finally:
+        executor.shutdown()
+    assert final["ys"] == [x * x for x in range(100)]
+    assert sum(executor.sizes) == 100
+    assert len(executor.sizes) < 100

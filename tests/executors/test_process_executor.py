@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import signal
 import socket
 import threading
 import time
@@ -11,6 +12,7 @@ from collections import Counter
 
 import cloudpickle
 import fanwise.executors
+import psutil
 import pytest
 from fanwise.core import Action, ApplicationBuilder, Result, State, action
 from fanwise.core.persistence import SQLitePersister
@@ -41,6 +43,17 @@ class Tally:
     def counts(self):
         return Counter(self.lines())
 
+    def runs(self):
+        """Executions per label (a line is `label` or `label@pid`)."""
+        return Counter(line.split("@")[0] for line in self.lines())
+
+    def pid_of(self, label):
+        """The pid of the process where `label` first ran (written as `label@pid`)."""
+        for line in self.lines():
+            if line.startswith(f"{label}@"):
+                return int(line.split("@")[1])
+        return None
+
 
 @pytest.fixture
 def tally(tmp_path):
@@ -48,21 +61,48 @@ def tally(tmp_path):
 
 
 class CountingExecutor(MultiProcessExecutor):
-    """Counts the tasks submitted to the pool (one per chunk of children)."""
+    """Records the size of every batch task it sends to its pool, in order."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.submits = 0
+        self.sizes = []
 
-    def submit(self, fn, /, *args, **kwargs):
-        self.submits += 1
-        return super().submit(fn, *args, **kwargs)
+    def _send_batch(self, batch):
+        self.sizes.append(len(batch.calls))
+        super()._send_batch(batch)
 
 
-def map_fan(child, n, *, key="x", fail_reduce=False):
-    """A MapStates running `child` on states {key: 0..n-1}; reduces to ys (and pids)."""
+def wait_until(predicate, what):
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def hold(label, tally, release):
+    """Records `label@pid`, then keeps its worker busy until the file `release` exists."""
+    tally.hit(f"{label}@{os.getpid()}")
+    deadline = time.monotonic() + WAIT
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never released this call")
+        time.sleep(0.005)
+    return label
+
+
+def record(label, tally):
+    tally.hit(label)
+    return label
+
+
+def map_fan(child, n, *, key="x", window=None):
+    """A MapStates running `child` on states {key: 0..n-1}; reduces to ys (and pids).
+
+    `window` is the action's `max_concurrency` (None: the executor's)."""
 
     class Fan(MapStates):
+        max_concurrency = window
         reads = ["n"]
         writes = ["ys", "pids"]
 
@@ -207,10 +247,14 @@ def tiny_child():
     return tiny
 
 
+WIDE = 200
+"""A fan-out window wider than the workers: children beyond them wait in the executor."""
+
+
 def test_chunk_sizes_give_identical_results():
     results = {}
     for chunk_size in (1, 50, "auto"):
-        parallel, state = map_fan(tiny_child(), 120)
+        parallel, state = map_fan(tiny_child(), 120, window=WIDE)
         with MultiProcessExecutor(max_concurrency=2, chunk_size=chunk_size) as executor:
             results[chunk_size] = run_fan(parallel, state, executor=executor)["ys"]
 
@@ -219,28 +263,45 @@ def test_chunk_sizes_give_identical_results():
     assert results["auto"] == results[1]
 
 
-@pytest.mark.parametrize(("chunk_size", "tasks"), [(1, 120), (50, 3)])
-def test_a_fixed_chunk_size_sends_that_many_children_per_task(chunk_size, tasks):
-    parallel, state = map_fan(tiny_child(), 120)
-    with CountingExecutor(max_concurrency=2, chunk_size=chunk_size) as executor:
+def test_a_fan_out_window_of_the_workers_sends_each_child_as_its_own_task():
+    parallel, state = map_fan(tiny_child(), 60)
+    with CountingExecutor(max_concurrency=2, chunk_size=50) as executor:
         run_fan(parallel, state, executor=executor)
 
-    assert executor.submits == tasks
+    assert executor.sizes == [1] * 60
 
 
-def test_automatic_chunking_groups_tiny_children():
-    parallel, state = map_fan(tiny_child(), 300)
+def test_chunk_size_1_sends_each_child_as_its_own_task_even_in_a_wide_window():
+    parallel, state = map_fan(tiny_child(), 120, window=WIDE)
+    with CountingExecutor(max_concurrency=2, chunk_size=1) as executor:
+        run_fan(parallel, state, executor=executor)
+
+    assert executor.sizes == [1] * 120
+
+
+def test_a_wide_window_groups_children_into_tasks_of_at_most_chunk_size():
+    parallel, state = map_fan(tiny_child(), 120, window=WIDE)
+    with CountingExecutor(max_concurrency=2, chunk_size=50) as executor:
+        assert run_fan(parallel, state, executor=executor)["ys"] == [x * x - 1 for x in range(120)]
+
+    assert sum(executor.sizes) == 120
+    assert max(executor.sizes) <= 50
+    assert len(executor.sizes) < 120
+
+
+def test_automatic_chunking_groups_tiny_children_in_a_wide_window():
+    parallel, state = map_fan(tiny_child(), 300, window=300)
     with CountingExecutor(max_concurrency=2) as executor:
         assert run_fan(parallel, state, executor=executor)["ys"] == [x * x - 1 for x in range(300)]
 
-    assert executor.submits < 300 / 2
+    assert sum(executor.sizes) == 300
+    assert len(executor.sizes) < 300 / 2
 
 
-def test_an_invalid_chunk_size_is_a_clear_error():
-    parallel, state = map_fan(tiny_child(), 3)
-    with MultiProcessExecutor(max_concurrency=1, chunk_size=0) as executor:
-        with pytest.raises(ValueError, match="chunk_size"):
-            run_fan(parallel, state, executor=executor)
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, "big", True])
+def test_an_invalid_chunk_size_is_a_clear_error(chunk_size):
+    with pytest.raises(ValueError, match="chunk_size must be 'auto' or an int >= 1"):
+        MultiProcessExecutor(max_concurrency=1, chunk_size=chunk_size)
 
 
 def counted_child(tally):
@@ -466,3 +527,243 @@ def test_submit_after_shutdown_is_an_error():
     executor.shutdown()
     with pytest.raises(RuntimeError, match="after shutdown"):
         executor.submit(pow, 2, 2)
+
+
+# The executor on its own (no fan-out): batching, failures, cancellation, shutdown.
+
+
+def occupy_both_workers(executor, tally, release):
+    """Two calls that keep the two workers busy until `release`; they have started on return."""
+    held = [executor.submit(hold, f"h{i}", tally, release) for i in range(2)]
+    wait_until(lambda: {"h0", "h1"} <= set(tally.runs()), "both held calls to start")
+    return held
+
+
+def test_each_call_gets_its_own_future_with_its_own_result():
+    with MultiProcessExecutor(max_concurrency=2) as executor:
+        futures = [executor.submit(pow, x, 2) for x in range(500)]
+
+        assert len({id(f) for f in futures}) == 500
+        assert [f.result(timeout=WAIT) for f in futures] == [x * x for x in range(500)]
+
+
+def test_calls_beyond_the_workers_wait_and_go_out_together_capped_by_chunk_size(
+    tally, tmp_path
+):
+    release = str(tmp_path / "release")
+    with CountingExecutor(max_concurrency=2, chunk_size=8) as executor:
+        held = occupy_both_workers(executor, tally, release)
+        waiting = [executor.submit(record, f"c{i}", tally) for i in range(20)]
+        assert executor.sizes == [1, 1], "while both workers are busy, calls wait"
+        open(release, "w").close()
+
+        assert [f.result(timeout=WAIT) for f in waiting] == [f"c{i}" for i in range(20)]
+        assert [f.result(timeout=WAIT) for f in held] == ["h0", "h1"]
+
+    assert executor.sizes == [1, 1, 8, 8, 4]
+    assert tally.runs() == Counter(["h0", "h1", *(f"c{i}" for i in range(20))])
+
+
+def test_auto_batches_grow_at_most_twofold_per_task_up_to_512(tally, tmp_path):
+    release = str(tmp_path / "release")
+    with CountingExecutor(max_concurrency=2) as executor:
+        occupy_both_workers(executor, tally, release)
+        futures = [executor.submit(pow, x, 2) for x in range(3000)]
+        open(release, "w").close()
+
+        assert [f.result(timeout=WAIT) for f in futures] == [x * x for x in range(3000)]
+
+    sizes = executor.sizes
+    assert sum(sizes[2:]) == 3000
+    assert all(size <= max(1, 2 * max(sizes[:k], default=0)) for k, size in enumerate(sizes))
+    assert max(sizes) <= 512
+    assert len(sizes) < 100
+
+
+def test_auto_keeps_batches_of_slow_calls_near_50_ms(tally, tmp_path):
+    release = str(tmp_path / "release")
+    with CountingExecutor(max_concurrency=2) as executor:
+        occupy_both_workers(executor, tally, release)
+        futures = [executor.submit(time.sleep, 0.02) for _ in range(16)]
+        open(release, "w").close()
+        for future in futures:
+            future.result(timeout=WAIT)
+
+    assert max(executor.sizes) <= 2, "a 20 ms call fills 50 ms in two"
+
+
+class HoldsALock(Exception):
+    def __init__(self):
+        super().__init__("it holds a lock")
+        self.lock = threading.Lock()
+
+
+def misbehave(kind):
+    if kind == "raise":
+        raise KeyError("this call breaks")
+    if kind == "unpicklable result":
+        return threading.Lock()
+    if kind == "unpicklable error":
+        raise HoldsALock()
+    return kind
+
+
+def test_each_call_of_a_batch_fails_or_succeeds_on_its_own(tally, tmp_path):
+    release = str(tmp_path / "release")
+    kinds = ["first", "raise", "unpicklable result", "unpicklable error", "last"]
+    with CountingExecutor(max_concurrency=2, chunk_size=8) as executor:
+        occupy_both_workers(executor, tally, release)
+        first, raises, bad_result, bad_error, last = [
+            executor.submit(misbehave, kind) for kind in kinds
+        ]
+        open(release, "w").close()
+
+        assert first.result(timeout=WAIT) == "first"
+        assert last.result(timeout=WAIT) == "last"
+        error = raises.exception(timeout=WAIT)
+        assert isinstance(error, KeyError)
+        assert any("this call breaks" in note and "misbehave" in note for note in error.__notes__)
+        with pytest.raises(TypeError, match="result of misbehave cannot be pickled"):
+            bad_result.result(timeout=WAIT)
+        with pytest.raises(RuntimeError, match="HoldsALock: it holds a lock .not picklable"):
+            bad_error.result(timeout=WAIT)
+
+    assert executor.sizes == [1, 1, 5], "the five calls shared one task"
+
+
+class Guarded:
+    """An argument that cannot be pickled and says which part of it is the problem."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def shipping_problem(self):
+        return "the field 'lock' of this argument holds a lock"
+
+
+def test_an_argument_that_cannot_be_pickled_is_named_at_submit_and_nothing_runs(tally):
+    with CountingExecutor(max_concurrency=2) as executor:
+        with pytest.raises(TypeError, match="the field 'lock' of this argument"):
+            executor.submit(record, Guarded(), tally)
+        with pytest.raises(TypeError, match="the task record cannot be shipped to a worker"):
+            executor.submit(record, threading.Lock(), tally)
+
+    assert executor.sizes == []
+    assert tally.lines() == []
+
+
+def test_a_buffered_call_can_be_cancelled_and_never_runs(tally, tmp_path):
+    release = str(tmp_path / "release")
+    with CountingExecutor(max_concurrency=2, chunk_size=8) as executor:
+        held = occupy_both_workers(executor, tally, release)
+        before, cancelled, after = [executor.submit(record, x, tally) for x in "abc"]
+
+        assert cancelled.cancel() is True
+        assert held[0].cancel() is False, "a sent call counts as running"
+        open(release, "w").close()
+
+        assert (before.result(timeout=WAIT), after.result(timeout=WAIT)) == ("a", "c")
+        assert cancelled.cancelled()
+
+    assert executor.sizes == [1, 1, 2]
+    assert "b" not in tally.runs()
+
+
+def test_with_chunk_size_1_calls_go_out_at_once_and_an_unstarted_one_can_be_cancelled(
+    tally, tmp_path
+):
+    release = str(tmp_path / "release")
+    with CountingExecutor(max_concurrency=1, chunk_size=1) as executor:
+        held = executor.submit(hold, "h0", tally, release)
+        queued = [executor.submit(record, f"q{i}", tally) for i in range(5)]
+        assert executor.sizes == [1] * 6, "no buffer: the pool queues them"
+        wait_until(lambda: "h0" in tally.runs(), "the held call to start")
+
+        assert queued[-1].cancel() is True, "the pool had not started it"
+        assert held.cancel() is False
+        open(release, "w").close()
+
+        assert [f.result(timeout=WAIT) for f in queued[:-1]] == [f"q{i}" for i in range(4)]
+        assert queued[-1].cancelled()
+
+    assert "q4" not in tally.runs()
+
+
+def test_shutdown_with_cancel_futures_cancels_buffered_calls_and_lets_sent_ones_finish(
+    tally, tmp_path
+):
+    release = str(tmp_path / "release")
+    executor = CountingExecutor(max_concurrency=2, chunk_size=8)
+    held = occupy_both_workers(executor, tally, release)
+    waiting = [executor.submit(record, f"c{i}", tally) for i in range(3)]
+
+    executor.shutdown(wait=False, cancel_futures=True)
+    assert all(future.cancelled() for future in waiting)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(record, "late", tally)
+    open(release, "w").close()
+
+    assert [f.result(timeout=WAIT) for f in held] == ["h0", "h1"]
+    assert executor.sizes == [1, 1]
+    assert set(tally.runs()) == {"h0", "h1"}
+
+
+def test_shutdown_waits_for_sent_and_buffered_calls(tally, tmp_path):
+    release = str(tmp_path / "release")
+    executor = CountingExecutor(max_concurrency=2, chunk_size=8)
+    held = occupy_both_workers(executor, tally, release)
+    waiting = [executor.submit(record, f"c{i}", tally) for i in range(5)]
+    releaser = threading.Timer(0.2, lambda: open(release, "w").close())
+    releaser.start()
+    try:
+        executor.shutdown(wait=True)
+    finally:
+        releaser.join()
+
+    assert all(future.done() for future in [*held, *waiting])
+    assert [f.result() for f in waiting] == [f"c{i}" for i in range(5)]
+
+
+def test_shutdown_without_waiting_still_runs_buffered_calls(tally, tmp_path):
+    release = str(tmp_path / "release")
+    executor = CountingExecutor(max_concurrency=2, chunk_size=8)
+    occupy_both_workers(executor, tally, release)
+    waiting = [executor.submit(record, f"c{i}", tally) for i in range(5)]
+
+    executor.shutdown(wait=False)
+    open(release, "w").close()
+
+    assert [f.result(timeout=WAIT) for f in waiting] == [f"c{i}" for i in range(5)]
+
+
+def test_a_killed_worker_reruns_only_the_batches_that_were_in_flight(tally, tmp_path):
+    gate, release = str(tmp_path / "gate"), str(tmp_path / "release")
+    with CountingExecutor(max_concurrency=2, chunk_size=4) as executor:
+        gates = [executor.submit(hold, f"g{i}", tally, gate) for i in range(2)]
+        # Buffered behind the gates; they go out as [a1 a2 a3 V] and [W x1 x2 x3], x4..x7 wait.
+        first = [executor.submit(record, f"a{i}", tally) for i in (1, 2, 3)]
+        victim = executor.submit(hold, "V", tally, release)
+        other = executor.submit(hold, "W", tally, release)
+        later = [executor.submit(record, f"x{i}", tally) for i in range(1, 8)]
+        open(gate, "w").close()
+        wait_until(lambda: {"V", "W"} <= set(tally.runs()), "V and W to start")
+        assert executor.sizes == [1, 1, 4, 4]
+
+        pid = tally.pid_of("V")
+        assert pid in {p.pid for p in psutil.Process().children(recursive=True)}
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: tally.runs()["V"] == 2, "V to run again on a new pool")
+        open(release, "w").close()
+
+        assert [f.result(timeout=WAIT) for f in first] == ["a1", "a2", "a3"]
+        assert (victim.result(timeout=WAIT), other.result(timeout=WAIT)) == ("V", "W")
+        assert [f.result(timeout=WAIT) for f in later] == [f"x{i}" for i in range(1, 8)]
+        assert all(f.result(timeout=WAIT) for f in gates)
+
+    runs = tally.runs()
+    assert {label: runs[label] for label in ("a1", "a2", "a3", "V", "W")} == dict.fromkeys(
+        ("a1", "a2", "a3", "V", "W"), 2
+    ), "both batches in flight on the broken pool ran again"
+    assert all(runs[f"x{i}"] == 1 for i in range(1, 8)), "x1..x3 had not started, x4..x7 waited"
+    assert runs["g0"] == runs["g1"] == 1
+    assert executor.sizes == [1, 1, 4, 4, 4, 4, 4]

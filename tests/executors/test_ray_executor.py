@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections import Counter
 
@@ -298,3 +299,152 @@ def test_submit_after_shutdown_is_refused(executor):
     joined.shutdown()
     with pytest.raises(RuntimeError, match="after shutdown"):
         joined.submit(pow, 2, 2)
+
+
+# The executor on its own (no fan-out): batching over the cluster's two CPU slots.
+
+WAIT = 60.0
+"""Seconds to wait for Ray tasks (a worker may have to start first)."""
+
+
+class CountingRayExecutor(RayExecutor):
+    """Joins the running Ray; records the size of every batch task it sends, in order."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sizes = []
+
+    def _send_batch(self, batch):
+        self.sizes.append(len(batch.calls))
+        super()._send_batch(batch)
+
+
+class Failing(Exception):
+    """A call's own exception type, with an attribute that must survive the trip back."""
+
+    def __init__(self, code):
+        super().__init__(f"failed with code {code}")
+        self.code = code
+
+
+def note(log, label):
+    with open(log, "a") as f:
+        f.write(f"{label}\n")
+
+
+def runs(log) -> Counter:
+    return Counter(open(log).read().split()) if os.path.exists(log) else Counter()
+
+
+def hold(label, log, release):
+    """Notes `label`, then keeps its CPU slot busy until the file `release` exists."""
+    note(log, label)
+    deadline = time.monotonic() + WAIT
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never released this call")
+        time.sleep(0.005)
+    return label
+
+
+def record(label, log):
+    note(log, label)
+    if label == "fail":
+        raise Failing(7)
+    return label
+
+
+def wait_until(predicate, what):
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def occupy_both_slots(joined, log, release):
+    held = [joined.submit(hold, f"h{i}", log, release) for i in range(2)]
+    wait_until(lambda: {"h0", "h1"} <= set(runs(log)), "both held calls to start")
+    return held
+
+
+def test_calls_beyond_the_slots_wait_and_go_out_together_capped_by_chunk_size(
+    executor, tmp_path
+):
+    log, release = str(tmp_path / "log"), str(tmp_path / "release")
+    joined = CountingRayExecutor(chunk_size=8)
+    try:
+        assert joined.max_concurrency == 2
+        held = occupy_both_slots(joined, log, release)
+        waiting = [joined.submit(record, f"c{i}", log) for i in range(20)]
+        assert joined.sizes == [1, 1], "while both slots are busy, calls wait"
+        open(release, "w").close()
+
+        assert [f.result(timeout=WAIT) for f in waiting] == [f"c{i}" for i in range(20)]
+        assert [f.result(timeout=WAIT) for f in held] == ["h0", "h1"]
+    finally:
+        joined.shutdown()
+    assert joined.sizes == [1, 1, 8, 8, 4]
+    assert ray.is_initialized()
+
+
+def test_a_call_that_raises_fails_alone_with_its_own_exception(executor, tmp_path):
+    log, release = str(tmp_path / "log"), str(tmp_path / "release")
+    joined = CountingRayExecutor(chunk_size=8)
+    try:
+        occupy_both_slots(joined, log, release)
+        before, failing, after = [joined.submit(record, x, log) for x in ("a", "fail", "b")]
+        open(release, "w").close()
+
+        error = failing.exception(timeout=WAIT)
+        assert type(error) is Failing and error.code == 7
+        assert any("failed with code 7" in line for line in error.__notes__)
+        assert (before.result(timeout=WAIT), after.result(timeout=WAIT)) == ("a", "b")
+    finally:
+        joined.shutdown()
+    assert joined.sizes == [1, 1, 3]
+
+
+def test_buffered_calls_can_be_cancelled_and_shutdown_cancels_the_others(executor, tmp_path):
+    log, release = str(tmp_path / "log"), str(tmp_path / "release")
+    joined = CountingRayExecutor(chunk_size=8)
+    try:
+        held = occupy_both_slots(joined, log, release)
+        waiting = [joined.submit(record, f"c{i}", log) for i in range(4)]
+
+        assert waiting[1].cancel() is True
+        assert held[0].cancel() is False, "a sent call counts as running"
+        joined.shutdown(wait=False, cancel_futures=True)
+        assert all(future.cancelled() for future in waiting)
+    finally:
+        open(release, "w").close()
+        joined.shutdown()
+    for future in held:
+        future.exception(timeout=WAIT)  # cancelled on Ray, or finished: either way, done
+    assert joined.sizes == [1, 1]
+    assert not any(label.startswith("c") for label in runs(log))
+
+
+def test_many_tiny_calls_share_few_tasks(executor):
+    joined = CountingRayExecutor()
+    try:
+        futures = [joined.submit(pow, x, 2) for x in range(2000)]
+        assert [f.result(timeout=WAIT) for f in futures] == [x * x for x in range(2000)]
+    finally:
+        joined.shutdown()
+    assert sum(joined.sizes) == 2000
+    assert max(joined.sizes) <= 512
+    assert len(joined.sizes) < 2000 / 4
+
+
+def test_a_fan_out_window_wider_than_the_slots_batches_children(executor):
+    joined = CountingRayExecutor()
+    parallel = Squares()
+    parallel.max_concurrency = 200
+    try:
+        state = _run(parallel, list(range(100)), executor=joined)
+    finally:
+        joined.shutdown()
+    assert state["ys"] == [x * x for x in range(100)]
+    assert sum(joined.sizes) == 100
+    assert len(joined.sizes) < 100
