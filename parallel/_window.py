@@ -115,6 +115,10 @@ class Window:
     def free_slots(self) -> int:
         return 0 if self.stopping else self.capacity - len(self.inflight)
 
+    def has_finished(self) -> bool:
+        """Whether any finished child waits to be handed out."""
+        return bool(self.held) or bool(self.parked)
+
     def may_pull(self) -> bool:
         """Whether to pull more tasks: some are left and held states are within budget."""
         return not self.exhausted and not self.stopping and (

@@ -210,32 +210,27 @@ def _watch_nested(app: Application, spec: ChildSpec) -> None:
 
 
 def _run_to_halt(app: Application, spec: ChildSpec, items: _Items) -> None:
-    """Run the child to its halt; with `items` wanted, step by step to catch its items."""
-    halt_after = list(spec.runnable.halt_after)
-    if not items.wanted():
-        app.run(halt_after=halt_after, inputs=spec.inputs)
-        return
+    """Run the child step by step to its halt, handing streamed items on when wanted."""
+    halt_after = spec.runnable.halt_after
+    wanted = items.wanted()
     while app.get_next_action() is not None:
         driver = _runner.Driver(_runner.step(app, spec.inputs, async_run=False))
         for item in driver:
-            items.emit(item)
+            if wanted:
+                items.emit(item)
         if driver.result.action.name in halt_after:
             return
 
 
 async def _arun_to_halt(app: Application, spec: ChildSpec, items: _Items) -> None:
-    halt_after = list(spec.runnable.halt_after)
-    if not items.wanted():
-        await app.arun(halt_after=halt_after, inputs=spec.inputs)
-        return
+    halt_after = spec.runnable.halt_after
     while app.get_next_action() is not None:
         driver = _runner.Driver(_runner.step(app, spec.inputs, async_run=True))
         async for item in driver:
-            event = items.event(item)
             if items.kept is not None:
-                items.kept.append(event)
-            else:
-                await spec.events.aput(event)
+                items.kept.append(items.event(item))
+            elif spec.events is not None:
+                await spec.events.aput(items.event(item))
         if driver.result.action.name in halt_after:
             return
 

@@ -103,10 +103,12 @@ class Fanout:
         window = self._window
         try:
             while True:
-                yield from self._refill()
-                if (yield from self._gather()):
+                # (each step is guarded here: most turns of a busy loop need few of them)
+                if window.free_slots() > 0:
+                    yield from self._refill()
+                if self._commit.has_rows() and (yield from self._gather()):
                     continue
-                handed = yield from self._hand_out()
+                handed = (yield from self._hand_out()) if window.has_finished() else 0
                 if window.stopping and not window.inflight:
                     yield from self._commit.commit()
                     self._raise_stop()
