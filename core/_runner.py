@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fanwise.core.errors import AsyncMismatchError, GraphError, InputError
 from fanwise.core.hooks import PostRunStepHookAsync, PreRunStepHookAsync
+from fanwise.core.protocols import MaybeAsync
 from fanwise.core.state import State
 
 if TYPE_CHECKING:
@@ -77,8 +78,7 @@ def apply_writes(action: Action, before: State, after: State) -> State:
 
 def is_async_adapter(adapter: Any) -> bool:
     """Whether a persister, loader or tracker says it is async (`is_async()`)."""
-    is_async = getattr(adapter, "is_async", None)
-    return bool(is_async()) if callable(is_async) else False
+    return isinstance(adapter, MaybeAsync) and bool(adapter.is_async())
 
 
 def async_only_reason(hooks: list[Any], saver: Any) -> str | None:

@@ -15,6 +15,13 @@ if TYPE_CHECKING:
 
 
 @runtime_checkable
+class MaybeAsync(Protocol):
+    """An adapter that says whether it must be awaited (async persisters and loaders)."""
+
+    def is_async(self) -> bool: ...
+
+
+@runtime_checkable
 class StateSaver(Protocol):
     """Writes one row per step; `save_many` writes several in one transaction."""
 

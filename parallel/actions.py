@@ -338,7 +338,7 @@ async def _astates_of(driver: Driver, outcomes: list[ChildOutcome] | None) -> As
 
 
 def _as_iterator(items: Any) -> Any:
-    return items if hasattr(items, "__anext__") else iter(items)
+    return items if isinstance(items, AsyncIterator) else iter(items)
 
 
 def _split(item: Any, inputs: dict[str, Any], owner: str) -> tuple[State, dict[str, Any]]:
@@ -437,7 +437,7 @@ def _split_action(item: Any, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any
 async def _aiter(items: Any) -> AsyncIterator[Any]:
     if inspect.iscoroutine(items):
         items = await items
-    if hasattr(items, "__anext__"):
+    if isinstance(items, AsyncIterator):
         async for item in items:
             yield item
     else:

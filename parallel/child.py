@@ -20,8 +20,10 @@ from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData, SaveRow
+from fanwise.core.protocols import StateLoader, StateSaver
 from fanwise.core.state import State
 from fanwise.core.tracking.local import RecordingTracker
+from fanwise.executors.protocols import NestedChoice
 from fanwise.parallel._retry import RetryPolicy
 from fanwise.parallel.cascade import copy_of
 from fanwise.parallel.events import EventSink, FanoutEvent
@@ -45,10 +47,11 @@ class ChildSpec:
     partition_key: str | None
     spawning_parent: ParentPointer
     fingerprint: str | None = None
-    saver: Any = None
-    loader: Any = None
+    saver: StateSaver | None = None
+    loader: StateLoader | None = None
     tracker: Any = None
-    executor: Any = None
+    """The child's tracker: any object with lifecycle hook methods."""
+    executor: NestedChoice = None
     resume_from: PersistedStateData | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float | None = None

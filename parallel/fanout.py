@@ -21,7 +21,7 @@ row is durable, and then in its stored form (as a resumed child's would).
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
@@ -398,7 +398,7 @@ class AsyncSource:
     def __init__(self, tasks: Any) -> None:
         self._tasks = tasks
         self._position = 0
-        self._is_async = hasattr(tasks, "__anext__")
+        self._is_async = isinstance(tasks, AsyncIterator)
 
     async def take(self, n: int) -> list[tuple[int, SubGraphTask]]:
         batch = []
