@@ -177,7 +177,9 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
 
 
 _PLAIN = frozenset({type(None), list, dict, tuple, bool, int, str})
-"""Types of effects that are never awaitable (checked before the slower protocol tests)."""
+"""Types of effects that are never awaitable, checked before the slower protocol tests (a
+fan-out sends several such effects per child: the trivial-children row of
+`benchmarks/workloads.py`)."""
 
 
 class Driver:

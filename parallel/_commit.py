@@ -12,7 +12,8 @@ from fanwise.core.persistence.base import SaveRow
 from fanwise.core.protocols import RecordingTracker, StateSaver
 
 MAX_GATHER_SECONDS = 0.05
-"""The longest a finished child's row waits for others to share its commit."""
+"""The longest a finished child's row waits for others to share its commit (group commit:
+the fan-out rows of `benchmarks/durability.py`, SQLite and PostgreSQL)."""
 
 
 class GroupCommit:

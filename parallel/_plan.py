@@ -17,7 +17,8 @@ from fanwise.parallel.events import EventSink
 from fanwise.parallel.tasks import SubGraphTask
 
 READ_AHEAD = 512
-"""Default child ids read from the store per query once a fan-out is seen to be fresh."""
+"""Default child ids read from the store per query once a fan-out is seen to be fresh (the
+fan-out rows of `benchmarks/durability.py`: no query per few children)."""
 
 
 @dataclass

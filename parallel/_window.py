@@ -24,7 +24,9 @@ from fanwise.parallel.child import ChildResult, ChildSpec
 HELD_BYTES_BUDGET = 64 * 1024 * 1024
 """Default bound of states held for task order without a store to re-read them from."""
 HOLD_AT_LEAST = 512
-"""Finished children kept whole at least (a resume reads this many per batch)."""
+"""Finished children kept whole at least (a resume reads this many per batch, and a child
+only a little out of order is not re-read: the stragglers rows of
+`benchmarks/workloads.py`)."""
 _RESULT_OVERHEAD = 512
 """Bytes counted per held result on top of its state's estimate (the result, its row)."""
 

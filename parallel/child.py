@@ -246,7 +246,9 @@ def run_child(spec: ChildSpec) -> ChildResult:
     items = _Items(spec)
     attempts = 1
     try:
-        if not spec.retry.retries:  # one attempt: no retry machinery on the common path
+        # one attempt needs no retry machinery (tenacity's costs a trivial child a third:
+        # the trivial-children row of benchmarks/workloads.py)
+        if not spec.retry.retries:
             app, saver = _attempt(spec, items, again=False)
         else:
             retrying = spec.retry.attempts()

@@ -43,9 +43,11 @@ from fanwise.parallel.progress import Progress
 from fanwise.parallel.tasks import SubGraphTask
 
 RESUME_BATCH = 512
-"""Tasks pulled at once after a batch whose children had all finished (cheap resume)."""
+"""Tasks pulled at once after a batch whose children had all finished (the resume rows of
+`benchmarks/durability.py`)."""
 REREAD_BATCH = 512
-"""Parked children's states read back per query."""
+"""Parked children's states read back per query (the "task + SQLite" stragglers row of
+`benchmarks/workloads.py`)."""
 
 Effects = Generator[Any, Any, None]
 
