@@ -16,7 +16,6 @@ import bisect
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from fanwise.parallel.child import ChildResult, ChildSpec
@@ -29,14 +28,6 @@ only a little out of order is not re-read: the stragglers rows of
 `benchmarks/workloads.py`)."""
 _RESULT_OVERHEAD = 512
 """Bytes counted per held result on top of its state's estimate (the result, its row)."""
-
-
-@dataclass
-class InFlight:
-    """A submitted child and when it must be done by (its `child_timeout`), if ever."""
-
-    spec: ChildSpec
-    deadline: float | None
 
 
 class Positions:
@@ -96,7 +87,9 @@ class Window:
         self.capacity = capacity
         self.ordered = ordered
         self.held_bytes_budget = held_bytes_budget
-        self.inflight: dict[int, InFlight] = {}
+        self.inflight: dict[int, ChildSpec] = {}
+        self.deadlines: dict[int, float] = {}
+        """When children with a `child_timeout` must be done by (monotonic seconds)."""
         self.queued: deque[ChildSpec] = deque()
         self.held: dict[int, ChildResult] = {}
         self.held_bytes = 0
@@ -108,8 +101,6 @@ class Window:
         self.parked_ids: dict[int, tuple[str, Any]] = {}
         """Parked children whose id or loader is not the default: (app id, loader)."""
         self.next_position = 0
-        self.timed = 0
-        """Children started with a deadline that may still be in flight."""
         self.exhausted = False
         self.stopping = False
         """No more children are submitted (a failure under fail-fast, or a stop)."""
@@ -128,21 +119,25 @@ class Window:
         )
 
     def start(self, spec: ChildSpec, timeout: float | None) -> None:
-        deadline = None
+        self.inflight[spec.position] = spec
         if timeout is not None:
-            deadline = time.monotonic() + timeout
-            self.timed += 1
-        self.inflight[spec.position] = InFlight(spec, deadline)
+            self.deadlines[spec.position] = time.monotonic() + timeout
+
+    def land(self, position: int) -> ChildSpec | None:
+        """The spec of a child that came back; None if it is no longer in flight."""
+        if self.deadlines:
+            self.deadlines.pop(position, None)
+        return self.inflight.pop(position, None)
 
     def next_deadline(self) -> float | None:
-        if not self.timed:
-            return None
-        deadlines = [f.deadline for f in self.inflight.values() if f.deadline is not None]
-        self.timed = len(deadlines)
-        return min(deadlines) if deadlines else None
+        return min(self.deadlines.values()) if self.deadlines else None
 
-    def expired(self, now: float) -> list[InFlight]:
-        return [f for f in self.inflight.values() if f.deadline is not None and f.deadline <= now]
+    def expired(self, now: float) -> list[ChildSpec]:
+        """Children past their deadline, taken out of flight."""
+        late = [p for p, deadline in self.deadlines.items() if deadline <= now]
+        for position in late:
+            del self.deadlines[position]
+        return [self.inflight.pop(position) for position in late]
 
     def finish(self, result: ChildResult, parkable: bool) -> bool:
         """Keep a finished child until its turn; True if it is due now (no need to keep)."""

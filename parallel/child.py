@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fanwise.core import _runner
+from fanwise.core.actions import Action
 from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
@@ -30,7 +31,7 @@ from fanwise.parallel.events import EventSink, FanoutEvent
 from fanwise.parallel.graphs import RunnableGraph
 
 
-@dataclass
+@dataclass(slots=True)
 class ChildSpec:
     """Everything a worker needs to run one child; shipped with cloudpickle.
 
@@ -66,7 +67,7 @@ class ChildSpec:
         return shipping_problem(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class ChildResult:
     """What a child run hands back to the driver: its state and final row, or its error.
 
@@ -159,6 +160,8 @@ class _Preloaded(BaseStateLoader):
 class _Items:
     """Numbers a child's streamed items and hands them to the sink, or keeps them."""
 
+    __slots__ = ("_spec", "seq", "kept")
+
     def __init__(self, spec: ChildSpec) -> None:
         self._spec = spec
         self.seq = 1
@@ -249,27 +252,42 @@ def run_child(spec: ChildSpec) -> ChildResult:
         # one attempt needs no retry machinery (tenacity's costs a trivial child a third:
         # the trivial-children row of benchmarks/workloads.py)
         if not spec.retry.retries:
-            app, saver = _attempt(spec, items, again=False)
+            state, saver = _attempt(spec, items, again=False)
         else:
             retrying = spec.retry.attempts()
             for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    app, saver = _attempt(spec, items, again=attempts > 1)
+                    state, saver = _attempt(spec, items, again=attempts > 1)
     except Exception as exc:
         return _result(spec, None, None, attempts, started, items, exc)
-    return _result(spec, app.state, saver, attempts, started, items)
+    return _result(spec, state, saver, attempts, started, items)
 
 
-def _attempt(spec: ChildSpec, items: _Items, again: bool) -> tuple[Application, Any]:
-    """One try: a retry continues from the child's last saved step."""
+def _attempt(spec: ChildSpec, items: _Items, again: bool) -> tuple[State, Any]:
+    """One try (a retry continues from the child's last saved step): the final state and
+    the saver holding the final row."""
     if again:
         spec.resume_from = _reload(spec)
+    direct = spec.runnable.direct_action
+    if direct is not None and spec.saver is None and spec.tracker is None and (
+        not items.wanted()
+    ):
+        return _run_direct(direct, spec.state, spec.inputs), None
     saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver is not None else None
     app = _builder(spec, saver).build()
     _watch_nested(app, spec)
     _run_to_halt(app, spec, items)
-    return app, saver
+    return app.state, saver
+
+
+def _run_direct(action: Action, state: State, inputs: dict[str, Any]) -> State:
+    """A child that is one plain action with nothing observing it (no persister, tracker,
+    hooks or context): what its one step would do, without building an application for it
+    (building one is half a trivial child's cost: the small-I/O and trivial-children rows
+    of benchmarks/workloads.py)."""
+    _, returned = action.execute(state, _runner.select_inputs(action, inputs))
+    return _runner.apply_writes(action, state, returned)
 
 
 async def arun_child(spec: ChildSpec) -> ChildResult:

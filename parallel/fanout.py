@@ -20,8 +20,10 @@ row is durable, and then in its stored form (as a resumed child's would).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
@@ -69,7 +71,7 @@ class FanoutConfig:
     """Where this fan-out's events go (a watched run), wherever its children run."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Handout:
     """One child handed to `reduce`: its state (None if it failed) and its outcome."""
 
@@ -215,15 +217,15 @@ class Fanout:
     # -- children coming back ---------------------------------------------------------
 
     def _receive(self, position: int, future: Any) -> Effects:
-        flight = self._window.inflight.pop(position, None)
-        if flight is None or future.cancelled():  # timed out already, or never started
+        spec = self._window.land(position)
+        if spec is None:  # timed out already
             return
-        spec = flight.spec
-        exc = future.exception()
-        if exc is not None:  # the executor failed, not the child (a lost worker, pickling)
-            result = ChildResult(position, spec.app_id, None, error=exc)
-        else:
+        try:
             result = future.result()
+        except (CancelledError, asyncio.CancelledError):  # never started
+            return
+        except Exception as exc:  # the executor failed, not the child (a lost worker, pickling)
+            result = ChildResult(position, spec.app_id, None, error=exc)
         if result.items and self._sink is not None:
             for event in result.items:
                 yield self._sink.offer(event)
@@ -231,7 +233,8 @@ class Fanout:
             self._commit.add(None, None, position, result.records)
             yield from self._failed(result)
             return
-        self._commit.add(spec.saver, result.final_row, position, result.records)
+        if result.final_row is not None or result.records is not None:
+            self._commit.add(spec.saver, result.final_row, position, result.records)
         if self._listening:
             yield from self._emit("child_done", position, spec.app_id, result.next_seq,
                                   {"attempts": result.attempts, "seconds": result.seconds})
@@ -265,9 +268,7 @@ class Fanout:
 
     def _expire(self) -> Effects:
         """Fail the children past their `child_timeout` (their late results are dropped)."""
-        for flight in self._window.expired(time.monotonic()):
-            spec = flight.spec
-            del self._window.inflight[spec.position]
+        for spec in self._window.expired(time.monotonic()):
             self._channel.cancel(spec.position)
             self.abandoned += 1
             error = ChildTimeoutError(
