@@ -438,3 +438,12 @@ def test_a_fan_out_window_wider_than_the_threads_batches_children(client, tmp_pa
     assert final["ys"] == [x * x for x in range(100)]
     assert sum(executor.sizes) == 100
     assert len(executor.sizes) < 100
+
+
+def test_stream_fanout_on_dask_reports_every_child_in_order_of_positions(executor, tmp_path):
+    app = squares_app(executor, tmp_path, range(8), delay=0.01)
+    events = list(app.stream_fanout(halt_after=["fan"]))
+    done = [e for e in events if e.kind == "child_done"]
+    assert sorted(e.position for e in done) == list(range(8))
+    assert all(e.path == (e.position,) and e.seq == 1 for e in done)
+    assert events[-1].kind == "done" and events[-1].data[2]["ys"] == [x * x for x in range(8)]

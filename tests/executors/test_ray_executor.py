@@ -448,3 +448,20 @@ def test_a_fan_out_window_wider_than_the_slots_batches_children(executor):
     assert state["ys"] == [x * x for x in range(100)]
     assert sum(joined.sizes) == 100
     assert len(joined.sizes) < 100
+
+
+def test_stream_fanout_on_ray_reports_every_child_and_brings_their_items_back(executor):
+    from fanwise.core import streaming_action
+
+    @streaming_action(reads=["x"], writes=["y", "pid"])
+    def chatty(state: State):
+        for token in range(2):
+            yield {"token": f"{state['x']}.{token}"}, None
+        yield {}, state.update(y=state["x"] * state["x"], pid=os.getpid())
+
+    app = _app(Squares(child=chatty), list(range(6)), executor=executor)
+    events = list(app.stream_fanout(halt_after=["done"]))
+    assert sorted(e.position for e in events if e.kind == "child_done") == list(range(6))
+    items = sorted(e.data["token"] for e in events if e.kind == "child_item")
+    assert items == sorted(f"{x}.{t}" for x in range(6) for t in range(2))
+    assert app.state["ys"] == [x * x for x in range(6)]
