@@ -9,7 +9,7 @@ from fanwise.executors import InlineExecutor, MultiThreadedExecutor
 from fanwise.executors.threads import default_concurrency
 from fanwise.parallel import MapStates
 
-from conftest import WAIT, Peak, run_fan
+from conftest import WAIT, Peak, fan_app, run_fan
 
 
 def fan_of(child_fn, n, reduce_fn=None, **settings):
@@ -242,3 +242,41 @@ def test_a_window_larger_than_a_given_pool_is_a_clear_error():
     with MultiThreadedExecutor(4) as executor:
         with pytest.raises(GraphError, match="asks for max_concurrency=16.*at most 4"):
             run_fan(fan_of(lambda x: x, 3, max_concurrency=16), executor=executor)
+
+
+def test_the_default_async_executor_runs_exactly_the_window_the_action_asks_for():
+    import asyncio
+
+    from fanwise.executors.asyncio import AsyncExecutor
+
+    n = 4 * default_concurrency() + 10
+    running, most = [0], [0]
+
+    @action(reads=["x"], writes=["y"])
+    async def child(state):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await asyncio.sleep(0.05)
+        running[0] -= 1
+        return state.update(y=state["x"])
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = n
+
+        def action(self):
+            return child
+
+        def states(self):
+            return [State({"x": x}) for x in range(2 * n)]
+
+        async def reduce(self, state, states):
+            return state.update(ys=[s["y"] async for s in states])
+
+    app = fan_app(Fan())
+    final = asyncio.run(app.arun(halt_after=["done"]))[2]
+    assert final["ys"] == list(range(2 * n))
+    assert most[0] == n
+    with pytest.raises(GraphError, match=f"max_concurrency={n}.*at most 3"):
+        asyncio.run(fan_app(Fan(), executor=AsyncExecutor(3)).arun(halt_after=["done"]))
