@@ -357,6 +357,22 @@ def test_fork_from_a_missing_app_id_names_it_and_writes_nothing(store):
     assert store.rows() == before
 
 
+@pytest.mark.parametrize("how", ["persister", "initialize_from"])
+def test_empty_partition_key_names_the_store_and_app_and_keeps_the_app_without_one(store, how):
+    before = saved_first_step(store)
+    builder = two_step_builder().with_identifiers(partition_key="")
+    if how == "persister":
+        builder.with_state_persister(store.persister()).with_entrypoint("start")
+    else:
+        builder.initialize_from(store.persister(), default_entrypoint="start")
+
+    with pytest.raises(ValueError, match=rf"partition key '' of app '{APP}'.*pass None"):
+        with builder.build() as app:
+            app.run(halt_after=["second"])
+
+    assert store.rows() == before
+
+
 # -- graph, builder, run --------------------------------------------------------------------
 
 

@@ -32,25 +32,60 @@ CREATE_TABLE = (
 )
 """The table of every SQL persister (the same DDL works for SQLite and PostgreSQL)."""
 NO_PARTITION_KEY = ""
-"""What a `None` partition key is stored as (primary-key columns cannot hold NULL)."""
+"""What a `None` partition key is stored as (primary-key columns cannot hold NULL). A real
+partition key is never `""` (`stored_partition_key` refuses it), so the two never share a row;
+rows an earlier version saved with `""` read back as apps without a partition key."""
+
+LEASE_SUFFIX = "_lease"
+"""The lease table of table `t` is `t_lease`."""
 
 Row = tuple[str, str, int, str, str, str, str, str | None]
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def check_table_name(name: str) -> str:
-    """`name` if it is a plain SQL identifier, else a `ValueError` naming it."""
+def check_table_name(name: str, max_bytes: int | None = None) -> str:
+    """`name` if it is a plain SQL identifier that is not another table's lease table and,
+    with `max_bytes`, whose lease table name fits in that many bytes; else a `ValueError`."""
     if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise ValueError(f"invalid table name {name!r}: it must match [A-Za-z_][A-Za-z0-9_]*")
+    if name.lower().endswith(LEASE_SUFFIX):  # SQLite's names ignore case
+        raise ValueError(
+            f"table name {name!r} ends in {LEASE_SUFFIX!r}, which names the lease table of "
+            f"{name[: -len(LEASE_SUFFIX)]!r}: choose a name that does not end in {LEASE_SUFFIX!r}"
+        )
+    limit = None if max_bytes is None else max_bytes - len(LEASE_SUFFIX)
+    if limit is not None and len(name.encode()) > limit:
+        raise ValueError(
+            f"table name {name!r} is {len(name.encode())} bytes: the store keeps only the first "
+            f"{max_bytes} bytes of a name, and its lease table {name + LEASE_SUFFIX!r} needs "
+            f"{len(LEASE_SUFFIX)} more, so names that differ later would share a table; use at "
+            f"most {limit} bytes"
+        )
     return name
 
 
-def stored_partition_key(partition_key: str | None) -> str:
-    return NO_PARTITION_KEY if partition_key is None else partition_key
+def lease_table_name(name: str) -> str:
+    return name + LEASE_SUFFIX
+
+
+def stored_partition_key(
+    partition_key: str | None, source: str, app_id: str | None = None
+) -> str:
+    """The partition key column's value; `""` is refused, naming `source` and the app."""
+    if partition_key is None:
+        return NO_PARTITION_KEY
+    if partition_key == NO_PARTITION_KEY:
+        of_app = "" if app_id is None else f" of app {app_id!r}"
+        raise ValueError(
+            f"partition key ''{of_app} cannot be used with {source}: it would share the slot "
+            "of apps without a partition key; pass None for no partition key, or a non-empty key"
+        )
+    return partition_key
 
 
 def encode_row(
+    source: str,
     partition_key: str | None,
     app_id: str,
     sequence_id: int,
@@ -59,7 +94,9 @@ def encode_row(
     status: str,
     meta: dict[str, Any] | None = None,
 ) -> Row:
-    """Validate and serialise one save; raises before anything is written."""
+    """Validate and serialise one save for the store `source`; raises before anything is
+    written."""
+    stored_key = stored_partition_key(partition_key, source, app_id)
     if status not in STATUSES:
         raise ValueError(
             f"status of app {app_id!r} step {sequence_id} must be one of {STATUSES}, got {status!r}"
@@ -76,7 +113,7 @@ def encode_row(
             f"cannot save app {app_id!r} step {sequence_id}: meta is not JSON-serialisable: {exc}"
         ) from None
     return (
-        stored_partition_key(partition_key),
+        stored_key,
         app_id,
         sequence_id,
         position,
@@ -87,10 +124,11 @@ def encode_row(
     )
 
 
-def encode_rows(rows: Iterable[SaveRow]) -> list[Row]:
+def encode_rows(source: str, rows: Iterable[SaveRow]) -> list[Row]:
     """`encode_row` for each row of a `save_many` call."""
     return [
         encode_row(
+            source,
             row["partition_key"],
             row["app_id"],
             row["sequence_id"],
@@ -105,7 +143,8 @@ def encode_rows(rows: Iterable[SaveRow]) -> list[Row]:
 
 class RowSaver:
     """`save` and `save_many` for persisters that store encoded rows: they implement
-    `_write(rows)`, which must write all of them in one transaction."""
+    `_write(rows)`, which must write all of them in one transaction, and `_source()`, the
+    store's name in errors."""
 
     def save(
         self,
@@ -119,15 +158,23 @@ class RowSaver:
         **kwargs: Any,
     ) -> None:
         self._write(
-            [encode_row(partition_key, app_id, sequence_id, position, state, status, meta)]
+            [
+                encode_row(
+                    self._source(), partition_key, app_id, sequence_id, position, state,
+                    status, meta,
+                )
+            ]
         )
 
     def save_many(self, rows: Iterable[SaveRow]) -> None:
-        encoded = encode_rows(rows)
+        encoded = encode_rows(self._source(), rows)
         if encoded:
             self._write(encoded)
 
     def _write(self, rows: list[Row]) -> None:
+        raise NotImplementedError
+
+    def _source(self) -> str:
         raise NotImplementedError
 
 

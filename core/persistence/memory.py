@@ -51,7 +51,7 @@ class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
         """A lease kept in the store (a pickled copy carries its holder); re-entrant on one
         thread, while another thread of this process is another driver."""
-        slot = (_rows.stored_partition_key(partition_key), app_id)
+        slot = (_rows.stored_partition_key(partition_key, self._source(), app_id), app_id)
         return _leases.acquire(
             ("memory", id(self._store), *slot),
             app_id,
@@ -77,26 +77,29 @@ class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
     def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None
     ) -> PersistedStateData | None:
+        stored_key = _rows.stored_partition_key(partition_key, self._source(), app_id)
         with self._store.lock:
-            steps = self._store.apps.get(_rows.stored_partition_key(partition_key), {}).get(app_id)
+            steps = self._store.apps.get(stored_key, {}).get(app_id)
             if not steps:
                 return None
             row = steps.get(max(steps) if sequence_id is None else sequence_id)
-        return None if row is None else _rows.decode_row(row, "memory")
+        return None if row is None else _rows.decode_row(row, self._source())
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:
+        stored_key = _rows.stored_partition_key(partition_key, self._source())
         with self._store.lock:
-            return sorted(self._store.apps.get(_rows.stored_partition_key(partition_key), {}))
+            return sorted(self._store.apps.get(stored_key, {}))
 
     def load_many(
         self, partition_key: str | None, app_ids: Sequence[str]
     ) -> dict[str, PersistedStateData]:
+        stored_key = _rows.stored_partition_key(partition_key, self._source())
         with self._store.lock:
-            apps = self._store.apps.get(_rows.stored_partition_key(partition_key), {})
+            apps = self._store.apps.get(stored_key, {})
             latest = {
                 app_id: apps[app_id][max(apps[app_id])] for app_id in app_ids if apps.get(app_id)
             }
-        return {app_id: _rows.decode_row(row, "memory") for app_id, row in latest.items()}
+        return {app_id: _rows.decode_row(row, self._source()) for app_id, row in latest.items()}
 
     def _write(self, rows: list[_rows.Row]) -> None:
         with self._store.lock:
@@ -105,3 +108,6 @@ class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
                 self._store.apps.setdefault(partition_key, {}).setdefault(app_id, {})[
                     sequence_id
                 ] = row
+
+    def _source(self) -> str:
+        return "InMemoryPersister"

@@ -26,6 +26,9 @@ _COLUMNS = ", ".join(_rows.COLUMNS)
 
 _LOG = logging.getLogger(__name__)
 
+MAX_IDENTIFIER_BYTES = 63
+"""PostgreSQL keeps the first 63 bytes of an identifier (NAMEDATALEN - 1) and drops the rest."""
+
 _ONE_STATEMENT_ROWS = 256
 """Writes of up to this many rows are a single INSERT of arrays (see `_write`)."""
 
@@ -54,8 +57,14 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         max_connections: int = 10,
         timeout: float = 30.0,
     ) -> None:
-        """`timeout`: seconds to wait for a free (or new) connection before failing."""
-        self._table_name = _rows.check_table_name(table_name)
+        """`timeout`: seconds to wait for a free (or new) connection before failing.
+
+        `table_name` and its lease table `<table_name>_lease` must both fit in PostgreSQL's 63
+        bytes (so at most 57 bytes): a longer name is refused, as PostgreSQL would silently
+        truncate it and names that differ after byte 63 would share one table. The table is
+        the one of that name in the connection's schema (`current_schema()`, set by the dsn's
+        `search_path`): the same name in two schemas is two stores, with separate leases."""
+        self._table_name = _rows.check_table_name(table_name, MAX_IDENTIFIER_BYTES)
         try:
             import psycopg  # noqa: F401
             import psycopg_pool  # noqa: F401
@@ -89,7 +98,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         self._sql_app_ids = (
             f"SELECT DISTINCT app_id FROM {table} WHERE partition_key = %s ORDER BY app_id"
         )
-        lease = f'"{_rows.check_table_name(f"{table_name}_lease")}"'
+        lease = f'"{_rows.lease_table_name(table_name)}"'
         self._sql_lease_create = (
             f"CREATE TABLE IF NOT EXISTS {lease} (partition_key TEXT NOT NULL,"
             " app_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, since TEXT NOT NULL,"
@@ -160,7 +169,10 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None
     ) -> PersistedStateData | None:
         sql = f"{self._sql_select} WHERE partition_key = %s AND app_id = %s"
-        params: list[Any] = [_rows.stored_partition_key(partition_key), app_id]
+        params: list[Any] = [
+            _rows.stored_partition_key(partition_key, self._source(), app_id),
+            app_id,
+        ]
         if sequence_id is not None:
             sql += " AND sequence_id = %s"
             params.append(sequence_id)
@@ -169,19 +181,17 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         return None if row is None else _rows.decode_row(row, self._source())
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:
+        stored_key = _rows.stored_partition_key(partition_key, self._source())
         with self._ready().connection() as connection:
-            rows = connection.execute(
-                self._sql_app_ids, [_rows.stored_partition_key(partition_key)]
-            ).fetchall()
+            rows = connection.execute(self._sql_app_ids, [stored_key]).fetchall()
         return [row[0] for row in rows]
 
     def load_many(
         self, partition_key: str | None, app_ids: Sequence[str]
     ) -> dict[str, PersistedStateData]:
+        stored_key = _rows.stored_partition_key(partition_key, self._source())
         with self._ready().connection() as connection:
-            rows = connection.execute(
-                self._sql_latest, [_rows.stored_partition_key(partition_key), list(app_ids)]
-            ).fetchall()
+            rows = connection.execute(self._sql_latest, [stored_key, list(app_ids)]).fetchall()
         source = self._source()
         return {row[1]: _rows.decode_row(row, source) for row in rows}
 
@@ -200,7 +210,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         """Hold `app_id` for this thread by a session-level advisory lock on a connection of its
         own (the lock ends with the session if this driver dies); `<table_name>_lease` names
         the holder."""
-        slot = (_rows.stored_partition_key(partition_key), app_id)
+        slot = (_rows.stored_partition_key(partition_key, self._source(), app_id), app_id)
         return _leases.acquire(
             ("postgres", self._dsn, self._table_name, *slot),
             app_id,
@@ -213,11 +223,11 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
 
         host, pid = _leases.me()
         since = _leases.now_text()
-        lock_id = _lease_lock_id(self._table_name, partition_key, app_id)
         connection = psycopg.connect(
             self._dsn, autocommit=True, connect_timeout=max(2, round(self._timeout))
         )
         try:
+            lock_id = _lease_lock_id(_schema(connection), self._table_name, partition_key, app_id)
             if not self._shared.lease_table_ready:
                 with connection.transaction():
                     self._lock_ddl(connection)
@@ -255,7 +265,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
 
     def _lock_ddl(self, connection: Connection) -> None:
         """Serialise this table's DDL across drivers until the transaction ends."""
-        lock_id = zlib.crc32(f"fanwise:{self._table_name}".encode())
+        lock_id = zlib.crc32(f"fanwise:{_schema(connection)}.{self._table_name}".encode())
         connection.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
 
     def _ready(self) -> ConnectionPool:
@@ -309,6 +319,12 @@ def _check_reachable(dsn: str, timeout: float) -> None:
         ) from exc
 
 
+def _schema(connection: Connection) -> str:
+    """The schema the unqualified table names of `connection` resolve to (advisory locks are
+    per database, so their keys must name the schema)."""
+    return connection.execute("SELECT current_schema()").fetchone()[0] or ""
+
+
 def _registration_id(lock_id: int) -> int:
     """The transaction lock that serialises taking `lock_id` with recording its holder (the
     lease's own key would wait for the holder's whole session)."""
@@ -316,7 +332,7 @@ def _registration_id(lock_id: int) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
-def _lease_lock_id(table_name: str, partition_key: str, app_id: str) -> int:
-    """The 64-bit advisory lock key of one app id of one table."""
-    key = repr(("fanwise-lease", table_name, partition_key, app_id)).encode()
+def _lease_lock_id(schema: str, table_name: str, partition_key: str, app_id: str) -> int:
+    """The 64-bit advisory lock key of one app id of one table of one schema."""
+    key = repr(("fanwise-lease", schema, table_name, partition_key, app_id)).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)

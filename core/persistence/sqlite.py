@@ -81,7 +81,7 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         self._sql_app_ids = (
             f"SELECT DISTINCT app_id FROM {table} WHERE partition_key = ? ORDER BY app_id"
         )
-        lease = f'"{_rows.check_table_name(f"{table_name}_lease")}"'
+        lease = f'"{_rows.lease_table_name(table_name)}"'
         self._sql_lease_create = (
             f"CREATE TABLE IF NOT EXISTS {lease} (partition_key TEXT NOT NULL,"
             " app_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, since TEXT NOT NULL,"
@@ -134,7 +134,10 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None
     ) -> PersistedStateData | None:
         sql = f"{self._sql_select} WHERE partition_key = ? AND app_id = ?"
-        params: list[Any] = [_rows.stored_partition_key(partition_key), app_id]
+        params: list[Any] = [
+            _rows.stored_partition_key(partition_key, self._source(), app_id),
+            app_id,
+        ]
         if sequence_id is not None:
             sql += " AND sequence_id = ?"
             params.append(sequence_id)
@@ -142,14 +145,15 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         return None if row is None else _rows.decode_row(row, self._source())
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:
-        rows = self._ready().execute(self._sql_app_ids, [_rows.stored_partition_key(partition_key)])
+        stored_key = _rows.stored_partition_key(partition_key, self._source())
+        rows = self._ready().execute(self._sql_app_ids, [stored_key])
         return [row[0] for row in rows]
 
     def load_many(
         self, partition_key: str | None, app_ids: Sequence[str]
     ) -> dict[str, PersistedStateData]:
+        stored_key = _rows.stored_partition_key(partition_key, self._source())
         connection = self._ready()
-        stored_key = _rows.stored_partition_key(partition_key)
         unique_ids = list(dict.fromkeys(app_ids))
         source = self._source()
         found = {}
@@ -181,7 +185,7 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         self, owner: threading.Thread, partition_key: str | None, app_id: str, wait: float
     ) -> Lease:
         """`acquire_lease` for the runner thread `owner`, which need not be this thread."""
-        slot = (_rows.stored_partition_key(partition_key), app_id)
+        slot = (_rows.stored_partition_key(partition_key, self._source(), app_id), app_id)
         return _leases.acquire(
             ("sqlite", self._db_path, self._table_name, *slot),
             app_id,

@@ -84,3 +84,20 @@ def test_copy_and_cloudpickle_round_trip_keep_the_same_file(tmp_path):
     revived = cloudpickle.loads(cloudpickle.dumps(persister.copy()))
 
     assert asyncio.run(revived.load("pk", "app"))["state"] == State({"a": 1})
+
+
+def test_empty_partition_key_is_refused_and_the_app_without_one_is_kept(tmp_path):
+    persister = AsyncSQLitePersister(tmp_path / "state.db")
+
+    async def scenario() -> None:
+        await persister.save(None, "app", 0, "start", State({"who": "no key"}), "completed")
+        with pytest.raises(ValueError, match=r"partition key '' of app 'app'.*state\.db"):
+            await persister.save("", "app", 0, "start", State({"who": "empty"}), "completed")
+        with pytest.raises(ValueError, match=r"partition key '' of app 'app'"):
+            await persister.load("", "app")
+        with pytest.raises(ValueError, match=r"partition key '' of app 'app'"):
+            await persister.acquire_lease("", "app")
+
+    asyncio.run(scenario())
+
+    assert SQLitePersister(tmp_path / "state.db").load(None, "app")["state"]["who"] == "no key"

@@ -219,3 +219,24 @@ def test_cloudpickle_round_trip_after_use_then_save_and_load(persister):
 
     assert revived.load("pk", "app", 0)["state"] == State({"a": 1})
     assert revived.load("pk", "app")["state"] == State({"a": 2})
+
+
+def test_empty_partition_key_is_refused_naming_the_store_and_app_and_writes_nothing(persister):
+    persister.save(None, "app", 0, "start", State({"who": "no key"}), "completed")
+    message = r"partition key '' of app 'app'.*pass None"
+
+    with pytest.raises(ValueError, match=message):
+        persister.save("", "app", 0, "start", State({"who": "empty key"}), "completed")
+    with pytest.raises(ValueError, match=message):
+        persister.save_many([row("app", partition_key="")])
+    with pytest.raises(ValueError, match=message):
+        persister.load("", "app")
+    with pytest.raises(ValueError, match=r"partition key ''.*pass None"):
+        persister.load_many("", ["app"])
+    with pytest.raises(ValueError, match=r"partition key ''.*pass None"):
+        persister.list_app_ids("")
+    with pytest.raises(ValueError, match=message):
+        persister.acquire_lease("", "app")
+
+    assert persister.load(None, "app")["state"] == State({"who": "no key"})
+    assert persister.list_app_ids(None) == ["app"]

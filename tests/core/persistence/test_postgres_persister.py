@@ -132,3 +132,59 @@ def test_table_with_wrong_schema_names_table_and_missing_columns(table):
 
     with pytest.raises(ValueError, match=rf"'{table}'.*'partition_key'.*'meta'"):
         PostgreSQLPersister(POSTGRES_DSN, table_name=table).initialize()
+
+
+@pytest.mark.parametrize("length", [58, 63, 64, 80])
+def test_table_names_postgres_would_truncate_are_refused_before_connecting(length):
+    name = "t" * length
+    message = rf"table name '{name}' is {length} bytes.*at most 57"
+
+    with pytest.raises(ValueError, match=message):
+        PostgreSQLPersister("postgresql://nobody@127.0.0.1:1/none", table_name=name)
+
+
+def test_the_longest_table_name_allowed_keeps_its_state_and_lease_tables_apart(table):
+    import psycopg
+
+    name = (table + "_" + "x" * 57)[:57]
+    persister = PostgreSQLPersister(POSTGRES_DSN, table_name=name)
+    try:
+        persister.save(None, "app", 0, "start", State({"a": 1}), "completed")
+        persister.acquire_lease(None, "app").release()
+        assert persister.load(None, "app")["state"] == State({"a": 1})
+    finally:
+        persister.close()
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
+            for suffix in ("", "_lease"):
+                connection.execute(f'DROP TABLE IF EXISTS "{name}{suffix}"')
+
+
+def test_a_table_name_that_names_another_tables_lease_table_is_refused_for_postgres():
+    with pytest.raises(ValueError, match=r"table name 'runs_lease'.*lease table of 'runs'"):
+        PostgreSQLPersister(POSTGRES_DSN, table_name="runs_lease")
+
+
+@pytest.fixture
+def two_schemas(table) -> Iterator[tuple[str, str]]:
+    schemas = [f"{table}_s{i}" for i in (1, 2)]
+    for schema in schemas:
+        execute(f'CREATE SCHEMA "{schema}"')
+    yield tuple(f"{POSTGRES_DSN}?options=-csearch_path%3D{schema}" for schema in schemas)
+    for schema in schemas:
+        execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_one_table_name_in_two_schemas_is_two_stores_with_their_own_leases(two_schemas):
+    first, second = (PostgreSQLPersister(dsn, table_name="runs") for dsn in two_schemas)
+    try:
+        first.save(None, "app", 0, "start", State({"schema": 1}), "completed")
+        second.save(None, "app", 0, "start", State({"schema": 2}), "completed")
+        held = first.acquire_lease(None, "app")
+        other = second.acquire_lease(None, "app")  # not the same app: another schema's table
+        other.release()
+        held.release()
+        assert first.load(None, "app")["state"] == State({"schema": 1})
+        assert second.load(None, "app")["state"] == State({"schema": 2})
+    finally:
+        first.close()
+        second.close()

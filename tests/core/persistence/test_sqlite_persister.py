@@ -116,3 +116,25 @@ def test_relative_path_is_resolved_at_construction(tmp_path, monkeypatch):
 
 def test_old_alias_is_the_same_class():
     assert SQLLitePersister is SQLitePersister
+
+
+def test_rows_an_earlier_version_saved_with_an_empty_partition_key_read_as_no_key(tmp_path):
+    path = tmp_path / "state.db"
+    persister = SQLitePersister(path)
+    persister.initialize()
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO fanwise_state VALUES ('', 'old', 0, 'start', '{\"n\": 1}', 'completed',"
+            " '2024-01-01T00:00:00+00:00', NULL)"
+        )
+
+    loaded = persister.load(None, "old")
+
+    assert (loaded["partition_key"], loaded["state"]) == (None, State({"n": 1}))
+    assert persister.list_app_ids(None) == ["old"]
+
+
+@pytest.mark.parametrize("name", ["fanwise_state_lease", "runs_lease"])
+def test_a_table_name_that_names_another_tables_lease_table_is_refused(tmp_path, name):
+    with pytest.raises(ValueError, match=rf"table name '{name}'.*lease table of '{name[:-6]}'"):
+        SQLitePersister(tmp_path / "state.db", table_name=name)
