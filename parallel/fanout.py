@@ -179,9 +179,12 @@ class Fanout:
 
     def _gather(self) -> Generator[Any, Any, bool]:
         """Group commit: while rows of finished children wait and others still run, wait
-        (about as long as the last commit took) for one more to finish. True if one did."""
+        (about as long as the last commit took) for one more to finish. True if one did.
+        A group holds at most `hold_limit` rows (their states are in memory until then)."""
         window = self._window
         if not self._commit.has_rows() or not window.inflight or window.stopping:
+            return False
+        if self._commit.pending() >= window.hold_limit:
             return False
         if not window.may_pull() and not window.exhausted:
             return False

@@ -114,3 +114,37 @@ def test_reduce_sees_the_stored_form_of_a_child_whether_it_ran_or_resumed(tmp_pa
     resumed = fan_app(Fan(), app_id="b", persister=persister, resume=True).run(
         halt_after=["done"])[2]
     assert resumed["ys"] == uninterrupted["ys"]
+
+
+def test_fast_durable_children_are_committed_and_reduced_in_bounded_groups(tmp_path):
+    """Group commit must not gather for ever while children keep finishing: the first state
+    reaches reduce (committed) while most children have not run yet."""
+    ran, seen_at_first = [], []
+
+    @action(reads=["x"], writes=["y"])
+    def child(state):
+        ran.append(state["x"])
+        return state.update(y=state["x"])
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 4
+
+        def action(self):
+            return child
+
+        def states(self):
+            return (State({"x": x}) for x in range(5000))
+
+        def reduce(self, state, states):
+            ys = []
+            for s in states:
+                if not ys:
+                    seen_at_first.append(len(ran))
+                ys.append(s["y"])
+            return state.update(ys=ys)
+
+    final = run_fan(Fan(), persister=SQLitePersister(tmp_path / "s.db"))
+    assert final["ys"] == list(range(5000))
+    assert seen_at_first[0] < 1000
