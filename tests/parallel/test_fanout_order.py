@@ -2,6 +2,7 @@
 stays bounded, and reduce sees stored states the same whether a child ran or resumed."""
 
 import threading
+import time
 
 import pytest
 from fanwise.core import State, action
@@ -117,9 +118,9 @@ def test_reduce_sees_the_stored_form_of_a_child_whether_it_ran_or_resumed(tmp_pa
 
 
 def test_fast_durable_children_are_committed_and_reduced_in_bounded_groups(tmp_path):
-    """Group commit must not gather for ever while children keep finishing: the first state
+    """Group commit must not gather for ever while children keep finishing: the 1000th state
     reaches reduce (committed) while most children have not run yet."""
-    ran, seen_at_first = [], []
+    ran, seen_at_1000 = [], []
 
     @action(reads=["x"], writes=["y"])
     def child(state):
@@ -140,11 +141,21 @@ def test_fast_durable_children_are_committed_and_reduced_in_bounded_groups(tmp_p
         def reduce(self, state, states):
             ys = []
             for s in states:
-                if not ys:
-                    seen_at_first.append(len(ran))
+                if len(ys) == 1000:
+                    seen_at_1000.append(len(ran))
                 ys.append(s["y"])
             return state.update(ys=ys)
 
-    final = run_fan(Fan(), persister=SQLitePersister(tmp_path / "s.db"))
+    class SlowStore(SQLitePersister):
+        """Commits take 20 ms, so group commit would keep waiting for more children."""
+
+        def save_many(self, rows):
+            time.sleep(0.02)
+            return super().save_many(rows)
+
+        def copy(self):
+            return SlowStore(self._db_path)
+
+    final = run_fan(Fan(), persister=SlowStore(tmp_path / "s.db"))
     assert final["ys"] == list(range(5000))
-    assert seen_at_first[0] < 1000
+    assert seen_at_1000[0] < 2500
