@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a program that its reader stopped (`| head`)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,7 +22,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return args.run(args)
+    try:
+        code = args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader left: stop quietly, and let nothing flush into the closed pipe at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,14 +67,21 @@ def _executors(args: argparse.Namespace) -> int:
 def _apps(args: argparse.Namespace) -> int:
     from fanwise.core.tracking import LocalTrackingClient
 
+    unreadable = []
+
+    def report(path: str, error: Exception) -> None:
+        unreadable.append(path)
+        print(f"fanwise apps: skipped {path}: {error}", file=sys.stderr)
+
     try:
         tracker = LocalTrackingClient(args.project, storage_dir=args.storage_dir)
+        app_ids = tracker.list_app_ids(args.partition_key, on_unreadable=report)
     except ValueError as exc:
         print(f"fanwise apps: {exc}", file=sys.stderr)
         return 2
-    for app_id in tracker.list_app_ids(args.partition_key):
+    for app_id in app_ids:
         print(app_id)
-    return 0
+    return 1 if unreadable else 0
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from fanwise.core.errors import (
     StateSerialisationError,
 )
 from fanwise.core.graph import Graph, GraphBuilder
+from fanwise.core.secret import Secret
 from fanwise.core.state import State
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "InputError",
     "ParentPointer",
     "Result",
+    "Secret",
     "State",
     "StateSerialisationError",
     "action",

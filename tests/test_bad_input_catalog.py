@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from fanwise.core import (
+    Action,
     ApplicationBuilder,
     AsyncMismatchError,
     CorruptStateError,
@@ -25,9 +26,11 @@ from fanwise.core import (
     GraphError,
     InputError,
     Result,
+    Secret,
     State,
     StateSerialisationError,
     action,
+    serde,
     streaming_action,
 )
 from fanwise.core.hooks import PostRunStepHookAsync, PreRunStepHookAsync
@@ -217,6 +220,103 @@ def test_step_producing_a_non_serialisable_field_names_it_and_saves_no_such_stat
         assert "obj" not in row[4]
     # What was added is the failure marker of `second`, holding the state it started from.
     assert [(row[3], row[5]) for row in after if row not in before] == [("second", "failed")]
+
+
+def nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"child": value}
+    return value
+
+
+def depth(value: dict) -> int:
+    """How deep `nested` went (counted without recursion, which such a value exceeds)."""
+    levels = 0
+    while value:
+        value, levels = value["child"], levels + 1
+    return levels
+
+
+@action(reads=["n"], writes=["tree"])
+def grows_too_deep(state):
+    return state.update(tree=nested(5000))
+
+
+def test_step_producing_a_too_deeply_nested_field_names_it_and_saves_no_such_state(store):
+    before = saved_first_step(store)
+    app = (
+        two_step_builder(second=grows_too_deep)
+        .with_state_persister(store.persister())
+        .initialize_from(store.persister(), default_entrypoint="start")
+        .build()
+    )
+
+    with app, pytest.raises(StateSerialisationError, match=r"state field 'tree' is nested too"):
+        app.run(halt_after=["second"])
+
+    after = store.rows()
+    assert_kept(before, after)
+    assert [(row[3], row[5]) for row in after if row not in before] == [("second", "failed")]
+
+
+class GrowsTooDeepQuietly(Action):
+    """Writes a too deeply nested field but returns an empty result (what the tracker
+    writes of the state, not of the result)."""
+
+    reads, writes = ["n"], ["tree"]
+
+    def run(self, state, **run_kwargs):
+        return {}
+
+    def update(self, result, state):
+        return state.update(tree=nested(5000))
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        GrowsTooDeepQuietly(),
+        pytest.param(grows_too_deep, marks=pytest.mark.xfail(
+            strict=True, raises=RecursionError,
+            reason="core/tracking/local.py _line() encodes the step's result and catches only "
+            "TypeError and ValueError: it needs the tracking owner's change (issue 10, item 10)",
+        )),
+    ],
+    ids=["in-state", "in-result"],
+)
+def test_a_tracker_never_crashes_the_app_it_observes_on_a_too_deeply_nested_field(
+    tmp_path, second
+):
+    tracker = LocalTrackingClient("catalog", storage_dir=tmp_path)
+    app = two_step_builder(second=second).with_tracker(tracker).with_entrypoint("start").build()
+
+    *_, state = app.run(halt_after=["second"])
+
+    assert depth(state["tree"]) == 5000
+    logged = tracker.load(None, APP)["state"]
+    assert logged["n"] == 1 and "nested too deeply" in logged["tree"]
+
+
+@action(reads=["n"], writes=["key"])
+def keeps_the_key(state, api_key):
+    return state.update(key=api_key)
+
+
+def test_a_secret_kept_in_state_names_the_field_and_is_never_saved(store):
+    before = saved_first_step(store)
+    app = (
+        two_step_builder(second=keeps_the_key)
+        .with_state_persister(store.persister())
+        .initialize_from(store.persister(), default_entrypoint="start")
+        .build()
+    )
+
+    with app, pytest.raises(StateSerialisationError, match=r"state field 'key' holds a Secret"):
+        app.run(halt_after=["second"], inputs={"api_key": Secret("sk-live")})
+
+    after = store.rows()
+    assert_kept(before, after)
+    assert not any("sk-live" in str(row) for row in after)
 
 
 def test_corrupt_row_names_app_id_and_sequence_id_and_stays_untouched(sql_store):
@@ -641,10 +741,21 @@ def test_max_concurrency_zero_is_refused_not_a_hang(construct):
         construct()
 
 
+class Guarded:
+    """Data to the store (a serde is registered for it), but it holds a lock, which
+    pickle cannot ship to another process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+serde.register_type(Guarded, lambda guarded: None, lambda stored: Guarded())
+
+
 class Locked(Doubler):
     def states(self, state):
         for x in range(3):
-            yield State({"x": x, "lock": threading.Lock()})
+            yield State({"x": x, "lock": Guarded()})
 
 
 @pytest.mark.timeout(60)
@@ -836,3 +947,61 @@ def test_map_states_yielding_a_non_state_names_the_action_and_item():
 def test_sub_graph_task_needs_exactly_one_of_graph_or_action(kwargs):
     with pytest.raises(TypeError, match="exactly one of graph= or action="):
         SubGraphTask(**kwargs)
+
+
+class ApiClient:
+    """Not data: its default repr holds a memory address."""
+
+
+@action(reads=["x"], writes=["y"])
+def double_with_client(state, client):
+    return state.update(y=state["x"] * 2)
+
+
+class DoublerWithClient(Doubler):
+    def action(self):
+        return double_with_client
+
+
+def test_a_non_data_input_of_a_persisted_child_names_input_child_and_action(store):
+    app = run_fan(DoublerWithClient(), store.persister())
+    before = store.rows()
+
+    with app, pytest.raises(StateSerialisationError) as error:
+        app.run(halt_after=["done"], inputs={"client": ApiClient()})
+
+    message = str(error.value)
+    assert re.search(r"parallel action 'fan', child 0 .*input 'client' holds a .*ApiClient",
+                     message), message
+    assert "resource_inputs = ('client',)" in message and ".bind(client=...)" in message
+    assert " at 0x" not in message
+    assert_kept(before, store.rows())
+
+
+class Handle(Doubler):
+    def states(self, state):
+        for x in range(3):
+            yield State({"x": x, "handle": ApiClient()})
+
+
+def test_a_non_data_state_field_of_a_persisted_child_names_field_child_and_action(store):
+    app = run_fan(Handle(), store.persister())
+    before = store.rows()
+
+    with app, pytest.raises(
+        StateSerialisationError,
+        match=r"parallel action 'fan', child 0 .*state field 'handle' holds a .*ApiClient",
+    ):
+        app.run(halt_after=["done"])
+
+    assert_kept(before, store.rows())
+
+
+class ResourceNamesAsAString(DoublerWithClient):
+    resource_inputs = "client"
+
+
+def test_resource_inputs_given_as_a_string_fails_at_build_time():
+    with pytest.raises(GraphError, match=r"ResourceNamesAsAString\.resource_inputs must be a "
+                                         r"tuple of input names, got 'client'"):
+        fan_builder(ResourceNamesAsAString()).with_entrypoint("start").build()

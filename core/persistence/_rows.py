@@ -11,6 +11,7 @@ from typing import Any
 from fanwise.core import serde
 from fanwise.core.errors import CorruptStateError, StateSerialisationError
 from fanwise.core.persistence.base import PersistedStateData, SaveRow
+from fanwise.core.secret import find_secret
 from fanwise.core.state import State
 
 COLUMNS = (
@@ -106,7 +107,8 @@ def encode_row(
         meta_text = None if meta is None else json.dumps(meta, separators=(",", ":"))
     except StateSerialisationError as exc:
         raise StateSerialisationError(
-            f"cannot save app {app_id!r} step {sequence_id}: {exc}"
+            f"cannot save app {app_id!r} step {sequence_id} to {source}: "
+            f"{_secret_problem(state) or exc}"
         ) from None
     except (TypeError, ValueError) as exc:
         raise StateSerialisationError(
@@ -122,6 +124,22 @@ def encode_row(
         datetime.now(UTC).isoformat(),
         meta_text,
     )
+
+
+def _secret_problem(state: State) -> str | None:
+    """Why `state` cannot be saved if it holds a `Secret` (which is never persisted)."""
+    fields = state.get_all() if isinstance(state, State) else dict(state)
+    for field, value in fields.items():
+        try:
+            where = find_secret(value, field)
+        except RecursionError:
+            continue
+        if where is not None:
+            return (
+                f"state field {field!r} holds a Secret (at {where}), and secrets are never "
+                "persisted: pass it to the actions as an input instead of keeping it in state"
+            )
+    return None
 
 
 def encode_rows(source: str, rows: Iterable[SaveRow]) -> list[Row]:

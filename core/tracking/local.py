@@ -1,18 +1,41 @@
 """`LocalTrackingClient`: one folder per application, one JSON line per step start and end.
 
-Layout: `<storage_dir>/<project>/<app_id>/` holds `graph.json`, `metadata.json`, `log.jsonl`
-(appended, never rewritten) and, for a fan-out parent, `children.jsonl`.
+An application is identified by its partition key and its app id. Under
+`<storage_dir>/<project>/`:
+
+- an app without a partition key lives in `<app_id>/` (Burr's layout);
+- an app with partition key `k` lives in `<partition_folder(k)>/<app_id>/`, where
+  `partition_folder(k)` is `partition=<k, lowercased, other characters as '_', cut to 40>-
+  <24 hex digits of sha256(k)>`: readable, safe on any filesystem (no separator, no case
+  collision, bounded length), and distinct for two keys. Apps of two partition keys may
+  share an app id, and so may the children of their fan-outs.
+
+An app folder holds `graph.json`, `metadata.json` (whose `partition_key` is checked on every
+read), `log.jsonl` (appended, never rewritten) and, for a fan-out parent, `children.jsonl`.
+
+A line is written with one `write`; a crash or a full disk can still leave a torn last line.
+Readers skip it; writers repair it (drop it, or end it if it is a whole record) under an
+exclusive `flock` before appending, so it never becomes a corrupt middle line.
+
+Earlier versions put every app in `<app_id>/`. Such a folder of an app with a partition key
+is still read (`load`, `list_app_ids`, `children`, `app_log_exists`), and moved to its
+partition's folder the next time that app is created (resumed), or when an app without a
+partition key takes the id.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import re
 import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,28 +52,61 @@ GRAPH_FILE = "graph.json"
 METADATA_FILE = "metadata.json"
 LOG_FILE = "log.jsonl"
 CHILDREN_FILE = "children.jsonl"
+PARTITION_PREFIX = "partition="
+REDACTED = "***"
+"""What `redact=` names are recorded as instead of their values."""
+
+Redact = Callable[[str, dict[str, Any]], dict[str, Any]]
+"""`redact(action_name, inputs)`: the inputs of one step as they should be recorded."""
+OnUnreadable = Callable[[str, Exception], None]
+"""`on_unreadable(path, error)`: an app folder that listing had to skip, and why."""
 
 _SAFE_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_PARTITION_FOLDER = re.compile(re.escape(PARTITION_PREFIX) + r"[a-z0-9_.-]*-[0-9a-f]{24}")
+_UNREADABLE_CHARS = re.compile(r"[^a-z0-9_.-]")
 _SEQUENCE_ID = re.compile(rb'"sequence_id"\s*:\s*(\d+)')
 _MAX_OPEN_LOGS = 128
+_LOG = logging.getLogger(__name__)
+
+AppKey = tuple[str | None, str]
+"""(partition key, app id): what identifies an application."""
+
+
+def partition_folder(partition_key: str) -> str:
+    """The folder, inside a project, of the apps with `partition_key`."""
+    readable = _UNREADABLE_CHARS.sub("_", partition_key.lower())[:40]
+    digest = hashlib.sha256(partition_key.encode()).hexdigest()[:24]
+    return f"{PARTITION_PREFIX}{readable}-{digest}"
 
 
 class LocalTrackingClient(
     PostApplicationCreateHook, PreRunStepHook, PostRunStepHook, BaseStateLoader
 ):
-    """Records every step of every application of `project` under `storage_dir`."""
+    """Records every step of every application of `project` under `storage_dir`.
 
-    def __init__(self, project: str, storage_dir: str = "~/.fanwise") -> None:
+    `redact` keeps inputs out of the step log (`begin_entry` records them): an iterable of
+    input names, recorded as `"***"`, or a callable `redact(action_name, inputs) -> dict`
+    returning what to record (drop a large shared resource, mask a token). A `Secret` input
+    is always recorded as `"Secret(***)"`.
+    """
+
+    def __init__(
+        self,
+        project: str,
+        storage_dir: str = "~/.fanwise",
+        redact: Iterable[str] | Redact | None = None,
+    ) -> None:
         _check_project(project)
         self.project = project
         self.storage_dir = os.path.expanduser(str(storage_dir))
+        self.redact = _redactor(redact)
         self._setup()
 
     def _setup(self) -> None:
         self._root = os.path.join(self.storage_dir, self.project)
         self._lock = threading.Lock()
-        self._logs: OrderedDict[str, _AppLog] = OrderedDict()
-        self._started: dict[tuple[str, int], tuple[str, float]] = {}
+        self._logs: OrderedDict[AppKey, _AppLog] = OrderedDict()
+        self._started: dict[tuple[str | None, str, int], tuple[str, float]] = {}
         self._graphs: dict[int, tuple[Any, bytes]] = {}
         self._graph_files: dict[bytes, str] = {}
         """A `graph.json` written per graph: new apps with the same graph hard-link to it."""
@@ -68,6 +124,7 @@ class LocalTrackingClient(
         spawning_parent_pointer: ParentPointer | None,
         **future_kwargs: Any,
     ) -> None:
+        self._check_app(partition_key, app_id)
         metadata = {
             "app_id": app_id,
             "partition_key": partition_key,
@@ -75,7 +132,9 @@ class LocalTrackingClient(
             "spawning_parent_pointer": _pointer(spawning_parent_pointer),
             "created_at": _now(),
         }
-        created_at = self._write_app(app_id, self._graph_bytes(application_graph), metadata)
+        created_at = self._write_app(
+            partition_key, app_id, self._graph_bytes(application_graph), metadata
+        )
         if spawning_parent_pointer is not None:
             entry = {
                 "child_app_id": app_id,
@@ -83,7 +142,8 @@ class LocalTrackingClient(
                 "partition_key": partition_key,
                 "created_at": created_at,
             }
-            self._append_children(spawning_parent_pointer.app_id, app_id, _line(entry))
+            parent = (spawning_parent_pointer.partition_key, spawning_parent_pointer.app_id)
+            self._append_children(parent, (partition_key, app_id), _line(entry))
 
     def pre_run_step(
         self,
@@ -98,8 +158,10 @@ class LocalTrackingClient(
     ) -> None:
         start_time = _now()
         with self._lock:
-            self._started[(app_id, sequence_id)] = (start_time, time.perf_counter())
+            self._started[(partition_key, app_id, sequence_id)] = (start_time, time.perf_counter())
         user_inputs = {k: v for k, v in (inputs or {}).items() if not k.startswith("__")}
+        if self.redact is not None:
+            user_inputs = self._redacted(action.name, user_inputs)
         record = {
             "type": "begin_entry",
             "sequence_id": sequence_id,
@@ -107,7 +169,7 @@ class LocalTrackingClient(
             "inputs": user_inputs,
             "start_time": start_time,
         }
-        self._append_log(app_id, _line(record, lenient=("inputs",)))
+        self._append_log((partition_key, app_id), _line(record, lenient=("inputs",)))
 
     def post_run_step(
         self,
@@ -123,7 +185,9 @@ class LocalTrackingClient(
     ) -> None:
         end_time, end_clock = _now(), time.perf_counter()
         with self._lock:
-            start_time, start_clock = self._started.pop((app_id, sequence_id), (None, None))
+            start_time, start_clock = self._started.pop(
+                (partition_key, app_id, sequence_id), (None, None)
+            )
         duration_ms = None if start_clock is None else (end_clock - start_clock) * 1000.0
         record = {
             "type": "end_entry",
@@ -141,7 +205,18 @@ class LocalTrackingClient(
         line = _line(record, lenient=("result",))
         # the state, encoded once, goes in as it is (not decoded to be encoded again)
         state_text = dumps_state(state, strict=False)
-        self._append_log(app_id, line[:-2] + b', "state": ' + state_text.encode() + b"}\n")
+        self._append_log(
+            (partition_key, app_id), line[:-2] + b', "state": ' + state_text.encode() + b"}\n"
+        )
+
+    def _redacted(self, action_name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        recorded = self.redact(action_name, inputs)
+        if not isinstance(recorded, dict):
+            raise TypeError(
+                f"redact= of {self!r} returned a {type(recorded).__name__} for the inputs of "
+                f"action {action_name!r}: it must return a dict of the inputs to record"
+            )
+        return recorded
 
     # -- writes (a `RecordingTracker` captures these instead) ---------------------------
 
@@ -160,17 +235,32 @@ class LocalTrackingClient(
             self._graphs[id(graph)] = (graph, encoded)
         return encoded
 
-    def _write_app(self, app_id: str, graph: bytes, metadata: dict[str, Any]) -> str:
+    def _write_app(
+        self, partition_key: str | None, app_id: str, graph: bytes, metadata: dict[str, Any]
+    ) -> str:
         """Create the app folder with graph and metadata; keeps and returns `created_at`.
 
         A new folder gets its files directly (an empty metadata file, left by a crash between
         create and write, reads as "not created yet"); an existing one (a resume) has them
         replaced, never rewritten in place, since its graph may be a hard link.
         """
-        app_dir = self._app_dir(app_id)
+        app_dir = self._app_dir(partition_key, app_id)
         fresh, existing = _make_dir(app_dir)
-        if existing:
-            metadata = {**metadata, "created_at": existing}
+        if fresh and partition_key is not None and self._adopt_earlier_layout(
+            partition_key, app_id, app_dir
+        ):
+            fresh, existing = False, _read_metadata_if_sound(app_dir)
+        elif existing is not None and partition_key is None and _partition_key_of(existing):
+            self._move_out_of_the_way(_partition_key_of(existing), app_id, app_dir)
+            fresh, existing = _make_dir(app_dir)
+        if existing is not None and _partition_key_of(existing) != partition_key:
+            raise CorruptStateError(
+                f"{app_dir} holds app {app_id!r} of partition key "
+                f"{_partition_key_of(existing)!r}, not of {partition_key!r}: move that folder "
+                "away before tracking this app"
+            )
+        if existing is not None and existing.get("created_at"):
+            metadata = {**metadata, "created_at": existing["created_at"]}
         graph_path = os.path.join(app_dir, GRAPH_FILE)
         metadata_path = os.path.join(app_dir, METADATA_FILE)
         if fresh:
@@ -183,6 +273,50 @@ class LocalTrackingClient(
             self._graph_files = {g: p for g, p in self._graph_files.items() if p != graph_path}
             self._graph_files[graph] = graph_path
         return metadata["created_at"]
+
+    def _adopt_earlier_layout(self, partition_key: str, app_id: str, app_dir: str) -> bool:
+        """Move the app into its new, empty folder `app_dir` if an earlier version recorded
+        it in `<app_id>/` (a resume); whether it did."""
+        earlier = os.path.join(self._root, app_id)
+        metadata = _read_metadata_if_sound(earlier)
+        if metadata is None or _partition_key_of(metadata) != partition_key:
+            return False
+        try:
+            os.rename(earlier, app_dir)  # replaces the empty folder
+        except FileNotFoundError:  # another client moved it first
+            return False
+        except OSError as exc:  # another writer has filled `app_dir` meanwhile
+            _LOG.warning(
+                "app %r of partition key %r is recorded in %s and in %s; tracking goes on in "
+                "the second: merge or remove the first (%s)", app_id, partition_key, earlier,
+                app_dir, exc,
+            )
+            return False
+        self._forget_graph_files_in(earlier)
+        return True
+
+    def _move_out_of_the_way(self, partition_key: str, app_id: str, earlier: str) -> None:
+        """Move the app of `partition_key` that an earlier version recorded in `earlier`
+        (`<app_id>/`) to its partition's folder: an app without a partition key needs it."""
+        target = self._app_dir(partition_key, app_id)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.rename(earlier, target)
+        except FileNotFoundError:  # another client moved it first
+            return
+        except OSError as exc:
+            raise CorruptStateError(
+                f"{earlier} holds app {app_id!r} of partition key {partition_key!r} (the "
+                f"layout of earlier versions) and cannot move to {target}: {exc}. Merge or "
+                f"remove one of them before tracking app {app_id!r} without a partition key"
+            ) from exc
+        self._forget_graph_files_in(earlier)
+
+    def _forget_graph_files_in(self, folder: str) -> None:
+        """Graph files under a moved `folder` are no longer where they were linked from."""
+        self._graph_files = {
+            g: p for g, p in self._graph_files.items() if not p.startswith(folder + os.sep)
+        }
 
     def _link_or_write_graph(self, path: str, graph: bytes) -> None:
         """Hard-link the graph file of an earlier app with the same graph, else write one."""
@@ -198,31 +332,31 @@ class LocalTrackingClient(
             self._graph_files.clear()
         self._graph_files[graph] = path
 
-    def _append_children(self, parent_app_id: str, child_app_id: str, line: bytes) -> None:
-        _append_line(os.path.join(self._app_dir(parent_app_id), CHILDREN_FILE), line)
+    def _append_children(self, parent: AppKey, child: AppKey, line: bytes) -> None:
+        _append_line(os.path.join(self._app_dir(*parent), CHILDREN_FILE), line)
 
-    def _append_log(self, app_id: str, line: bytes) -> None:
-        self._log(app_id).append(line)
+    def _append_log(self, app: AppKey, line: bytes) -> None:
+        self._log(app).append(line)
 
     def recorder(self) -> RecordingTracker:
         """A tracker for children running elsewhere; their records come back to `ingest`."""
-        return RecordingTracker(self.project, self.storage_dir)
+        return RecordingTracker(self.project, self.storage_dir, self.redact)
 
     def ingest(self, records: list[dict[str, Any]]) -> None:
-        """Write what `RecordingTracker`s captured, batching the parents' children lines."""
-        children: dict[str, list[bytes]] = {}
-        for record in records:
+        """Write what `RecordingTracker`s captured (`take`), batching the parents' children
+        lines. A record names its app by `partition_key` and `app_id`."""
+        children: dict[AppKey, list[bytes]] = {}
+        for record in _flatten(records):
+            app = (record["partition_key"], record["app_id"])
             if "app" in record:
-                self._write_app(record["app_id"], *record["app"])
+                self._write_app(*app, *record["app"])
             if record.get("log"):
-                path = os.path.join(self._app_dir(record["app_id"]), LOG_FILE)
-                _append_line(path, b"".join(record["log"]))
+                _append_line(os.path.join(self._app_dir(*app), LOG_FILE), b"".join(record["log"]))
             if "child_of" in record:
-                children.setdefault(record["child_of"][0], []).append(record["child_of"][1])
-        for parent_app_id, lines in children.items():
-            _append_line(
-                os.path.join(self._app_dir(parent_app_id), CHILDREN_FILE), b"".join(lines)
-            )
+                parent_key, parent_app_id, line = record["child_of"]
+                children.setdefault((parent_key, parent_app_id), []).append(line)
+        for parent, lines in children.items():
+            _append_line(os.path.join(self._app_dir(*parent), CHILDREN_FILE), b"".join(lines))
 
     # -- loader ------------------------------------------------------------------------
 
@@ -230,9 +364,9 @@ class LocalTrackingClient(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None
     ) -> PersistedStateData | None:
         """The end entry of step `sequence_id` (latest when None); None if there is none."""
-        app_dir = self._app_dir(app_id)
-        metadata = _read_metadata(app_dir, app_id)
-        if metadata is not None and metadata.get("partition_key") != partition_key:
+        self._check_app(partition_key, app_id)
+        app_dir = self._recorded_dir(partition_key, app_id)
+        if app_dir is None:
             return None
         log_path = os.path.join(app_dir, LOG_FILE)
         try:
@@ -265,31 +399,52 @@ class LocalTrackingClient(
                 f"{record.get('sequence_id')!r} in {log_path}: {exc!r}"
             ) from exc
 
-    def list_app_ids(self, partition_key: str | None) -> list[str]:
-        """Ids (from each metadata.json) of the project's apps saved under `partition_key`."""
-        try:
-            entries = [entry for entry in os.scandir(self._root) if entry.is_dir()]
-        except FileNotFoundError:
-            return []
-        found = []
-        for entry in entries:
-            metadata = _read_metadata(entry.path, entry.name)
-            if metadata is not None and metadata.get("partition_key") == partition_key:
-                found.append((metadata.get("created_at") or "", metadata["app_id"]))
-        return [app_id for _, app_id in sorted(found)]
+    def list_app_ids(
+        self, partition_key: str | None, on_unreadable: OnUnreadable | None = None
+    ) -> list[str]:
+        """Ids (from each metadata.json) of the project's apps of `partition_key`, oldest
+        first. An app folder whose metadata cannot be read is skipped and reported:
+        `on_unreadable(path, error)`, by default a logged warning."""
+        self._check_partition_key(partition_key)
+        report = on_unreadable or _warn_unreadable
+        found: dict[str, str] = {}
+        if partition_key is not None:
+            folder = os.path.join(self._root, partition_folder(partition_key))
+            for metadata in _scan(folder, report):
+                if metadata.get("partition_key") == partition_key:
+                    found[metadata["app_id"]] = str(metadata.get("created_at") or "")
+        for metadata in _scan(self._root, report):
+            if _partition_key_of(metadata) == partition_key:
+                found.setdefault(metadata["app_id"], str(metadata.get("created_at") or ""))
+        return [app_id for app_id, _ in sorted(found.items(), key=lambda item: item[::-1])]
 
     @classmethod
-    def app_log_exists(cls, project: str, app_id: str, storage_dir: str = "~/.fanwise") -> bool:
-        """Whether `app_id` of `project` has a step log under `storage_dir`."""
-        _check_project(project)
-        _check_app_id(app_id)
-        storage_dir = os.path.expanduser(str(storage_dir))
-        return os.path.isfile(os.path.join(storage_dir, project, app_id, LOG_FILE))
-
-    def children(self, app_id: str) -> list[dict[str, Any]]:
-        """The children spawned by `app_id`, in spawn order (one entry per child id)."""
+    def app_log_exists(
+        cls,
+        project: str,
+        app_id: str,
+        storage_dir: str = "~/.fanwise",
+        partition_key: str | None = None,
+    ) -> bool:
+        """Whether `app_id` (of `partition_key`) of `project` has a step log under
+        `storage_dir`."""
+        client = cls(project, storage_dir=storage_dir)
+        client._check_app(partition_key, app_id)
         try:
-            records = _read_lines(os.path.join(self._app_dir(app_id), CHILDREN_FILE), app_id)
+            app_dir = client._recorded_dir(partition_key, app_id)
+        except CorruptStateError:  # unreadable metadata: the log may still be there
+            app_dir = client._app_dir(partition_key, app_id)
+        return app_dir is not None and os.path.isfile(os.path.join(app_dir, LOG_FILE))
+
+    def children(self, app_id: str, partition_key: str | None = None) -> list[dict[str, Any]]:
+        """The children spawned by `app_id` (of `partition_key`), in spawn order (one entry
+        per child id)."""
+        self._check_app(partition_key, app_id)
+        app_dir = self._recorded_dir(partition_key, app_id)
+        if app_dir is None:
+            return []
+        try:
+            records = _read_lines(os.path.join(app_dir, CHILDREN_FILE), app_id)
         except FileNotFoundError:
             return []
         by_child: dict[str, dict[str, Any]] = {}
@@ -301,7 +456,7 @@ class LocalTrackingClient(
 
     def copy(self) -> LocalTrackingClient:
         """A client on the same project and folder, sharing no file handles."""
-        return LocalTrackingClient(self.project, self.storage_dir)
+        return LocalTrackingClient(self.project, self.storage_dir, self.redact)
 
     def close(self) -> None:
         """Close open log files; the client stays usable and reopens them on demand."""
@@ -312,74 +467,172 @@ class LocalTrackingClient(
             log.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"project": self.project, "storage_dir": self.storage_dir}
+        return {"project": self.project, "storage_dir": self.storage_dir, "redact": self.redact}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         self.project = data["project"]
         self.storage_dir = data["storage_dir"]
+        self.redact = data.get("redact")
         self._setup()
 
     def __repr__(self) -> str:
-        return f"LocalTrackingClient(project={self.project!r}, storage_dir={self.storage_dir!r})"
+        return (
+            f"{type(self).__name__}(project={self.project!r}, storage_dir={self.storage_dir!r})"
+        )
 
-    def _app_dir(self, app_id: str) -> str:
+    # -- where an app is ---------------------------------------------------------------
+
+    def _app_dir(self, partition_key: str | None, app_id: str) -> str:
+        """The folder of the app in the current layout."""
+        if partition_key is None:
+            return os.path.join(self._root, app_id)
+        return os.path.join(self._root, partition_folder(partition_key), app_id)
+
+    def _recorded_dir(self, partition_key: str | None, app_id: str) -> str | None:
+        """The folder that holds the app's records: in the current layout, else (an app with a
+        partition key) in the layout of earlier versions; None if neither holds it."""
+        app_dir = self._app_dir(partition_key, app_id)
+        metadata = _read_metadata(app_dir, app_id)
+        if metadata is not None:
+            return app_dir if _partition_key_of(metadata) == partition_key else None
+        if partition_key is None or os.path.isdir(app_dir):
+            return app_dir  # created, metadata not yet written: what the folder holds
+        earlier = os.path.join(self._root, app_id)
+        metadata = _read_metadata(earlier, app_id)
+        if metadata is not None and _partition_key_of(metadata) == partition_key:
+            return earlier
+        return None
+
+    def _check_app(self, partition_key: str | None, app_id: str) -> None:
+        self._check_partition_key(partition_key, app_id)
         _check_app_id(app_id)
-        return os.path.join(self._root, app_id)
+        if partition_key is None and _PARTITION_FOLDER.fullmatch(app_id):
+            raise ValueError(
+                f"app id {app_id!r} without a partition key is the name of a partition folder "
+                f"of {self!r}: give the app a partition key or another id"
+            )
 
-    def _log(self, app_id: str) -> _AppLog:
+    def _check_partition_key(self, partition_key: str | None, app_id: str | None = None) -> None:
+        if partition_key == "":
+            of_app = "" if app_id is None else f" of app {app_id!r}"
+            raise ValueError(
+                f"partition key ''{of_app} cannot be used with {self!r}: it would share the "
+                "folder of apps without a partition key; pass None for no partition key, or a "
+                "non-empty key"
+            )
+        if partition_key is not None and not isinstance(partition_key, str):
+            raise TypeError(
+                f"partition key {partition_key!r} of {self!r} must be a str or None, not a "
+                f"{type(partition_key).__name__}"
+            )
+
+    def _log(self, app: AppKey) -> _AppLog:
         """The app's log writer, keeping at most `_MAX_OPEN_LOGS` files open."""
         evicted = []
         with self._lock:
-            log = self._logs.get(app_id)
+            log = self._logs.get(app)
             if log is None:
-                log = self._logs[app_id] = _AppLog(os.path.join(self._app_dir(app_id), LOG_FILE))
+                log = self._logs[app] = _AppLog(os.path.join(self._app_dir(*app), LOG_FILE))
                 while len(self._logs) > _MAX_OPEN_LOGS:
                     evicted.append(self._logs.popitem(last=False)[1])
             else:
-                self._logs.move_to_end(app_id)
+                self._logs.move_to_end(app)
         for old in evicted:
             old.close()
         return log
 
 
+_ANY = object()
+
+
 class RecordingTracker(LocalTrackingClient):
-    """Captures a child's tracking records in memory, wherever it runs (thread, process,
-    cluster node); the driver's `LocalTrackingClient.ingest` writes them."""
+    """Captures tracking records in memory, wherever its apps run (thread, process, cluster
+    node), and writes nothing: the driver's `LocalTrackingClient.ingest` writes what `take`
+    hands back. Its `copy()` is itself and its `ingest` keeps the records, so the apps of a
+    fan-out nested in a captured app are captured too, and travel with it."""
 
     def _setup(self) -> None:
         super()._setup()
-        self._records: dict[str, dict[str, Any]] = {}
+        self._records: dict[AppKey, dict[str, Any]] = {}
 
-    def _record(self, app_id: str) -> dict[str, Any]:
-        record = self._records.get(app_id)
+    def _record(self, app: AppKey) -> dict[str, Any]:
+        record = self._records.get(app)
         if record is None:
-            record = self._records[app_id] = {"app_id": app_id, "log": []}
+            record = self._records[app] = {"partition_key": app[0], "app_id": app[1], "log": []}
         return record
 
-    def _write_app(self, app_id: str, graph: bytes, metadata: dict[str, Any]) -> str:
+    def _write_app(
+        self, partition_key: str | None, app_id: str, graph: bytes, metadata: dict[str, Any]
+    ) -> str:
         with self._lock:
-            self._record(app_id)["app"] = (graph, metadata)
+            self._record((partition_key, app_id))["app"] = (graph, metadata)
         return metadata["created_at"]
 
-    def _append_children(self, parent_app_id: str, child_app_id: str, line: bytes) -> None:
+    def _append_children(self, parent: AppKey, child: AppKey, line: bytes) -> None:
         with self._lock:
-            self._record(child_app_id)["child_of"] = (parent_app_id, line)
+            self._record(child)["child_of"] = (*parent, line)
 
-    def _append_log(self, app_id: str, line: bytes) -> None:
+    def _append_log(self, app: AppKey, line: bytes) -> None:
         with self._lock:
-            self._record(app_id)["log"].append(line)
+            self._record(app)["log"].append(line)
 
-    def take(self, app_id: str) -> dict[str, Any] | None:
-        """The records captured for `app_id`, forgetting them here."""
+    def copy(self) -> RecordingTracker:
+        """This recorder: a nested fan-out's in-process children record into it."""
+        return self
+
+    def ingest(self, records: list[dict[str, Any]]) -> None:
+        """Keep the records a nested fan-out's children brought back (see `take`)."""
         with self._lock:
-            return self._records.pop(app_id, None)
+            for record in _flatten(records):
+                kept = self._record((record["partition_key"], record["app_id"]))
+                kept["log"].extend(record.get("log") or ())
+                kept.update({k: record[k] for k in ("app", "child_of") if k in record})
+
+    def take(self, app_id: str, partition_key: Any = _ANY) -> dict[str, Any] | None:
+        """The records captured for `app_id` of `partition_key`, with those of the apps it
+        spawned (under `"nested"`), forgetting them here; None if there are none.
+
+        Without `partition_key`: the app id's records whatever its partition key (a
+        `ValueError` if apps of several partition keys used it)."""
+        with self._lock:
+            if partition_key is _ANY:
+                keys = [key for key in self._records if key[1] == app_id]
+                if len(keys) > 1:
+                    raise ValueError(
+                        f"{self!r} recorded app {app_id!r} under the partition keys "
+                        f"{sorted((key[0] for key in keys), key=repr)}: pass partition_key="
+                    )
+                if not keys:
+                    return None
+                partition_key = keys[0][0]
+            record = self._records.pop((partition_key, app_id), None)
+            if record is None:
+                return None
+            nested = self._take_spawned((partition_key, app_id))
+        if nested:
+            record["nested"] = nested
+        return record
+
+    def _take_spawned(self, parent: AppKey) -> list[dict[str, Any]]:
+        """Pop the records of every app spawned, directly or not, by `parent` (lock held)."""
+        taken, parents = [], {parent}
+        while True:
+            spawned = [
+                key for key, record in self._records.items()
+                if "child_of" in record and tuple(record["child_of"][:2]) in parents
+            ]
+            if not spawned:
+                return taken
+            taken.extend(self._records.pop(key) for key in spawned)
+            parents = set(spawned)
 
 
 class _AppLog:
     """One app's `log.jsonl`, opened lazily in append mode; one lock serialises its writes.
 
     Each line goes out in one unbuffered `write`, so it is on disk (flushed) when the hook
-    returns.
+    returns. A write that fails part way (a full disk) has its torn line repaired and the
+    file closed, so the next append starts on a line boundary.
     """
 
     def __init__(self, path: str) -> None:
@@ -391,7 +644,12 @@ class _AppLog:
         with self._lock:
             if self._fd is None:
                 self._fd = _open_for_append(self.path)
-            _write_all(self._fd, line)
+            try:
+                _write_all(self._fd, line)
+            except BaseException:
+                fd, self._fd = self._fd, None
+                _close_after_failed_write(fd)
+                raise
 
     def close(self) -> None:
         with self._lock:
@@ -402,6 +660,39 @@ class _AppLog:
     def __del__(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
+
+
+def _redactor(redact: Iterable[str] | Redact | None) -> Redact | None:
+    if redact is None or callable(redact):
+        return redact
+    names = frozenset([redact] if isinstance(redact, str) else redact)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"redact= names inputs to keep out of the tracking log: {name!r} is not an "
+                "input name (or pass a callable redact(action_name, inputs) -> dict)"
+            )
+    return _RedactNames(names)
+
+
+class _RedactNames:
+    """`redact=` given as input names: their values are recorded as `REDACTED`."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def __call__(self, action_name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {k: REDACTED if k in self.names else v for k, v in inputs.items()}
+
+    def __repr__(self) -> str:
+        return f"redact={sorted(self.names)}"
+
+
+def _flatten(records: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """Each record, then the records of the apps it spawned (`RecordingTracker.take`)."""
+    for record in records:
+        yield record
+        yield from _flatten(record.get("nested") or ())
 
 
 def _check_project(project: object) -> None:
@@ -419,6 +710,11 @@ def _check_app_id(app_id: object) -> None:
         or any(c in app_id for c in ("/", "\\", "\0"))
     ):
         raise ValueError(f"app id {app_id!r} cannot be used as a folder name")
+
+
+def _partition_key_of(metadata: dict[str, Any]) -> str | None:
+    """The metadata's partition key; `""` (written by earlier versions) is no key."""
+    return metadata.get("partition_key") or None
 
 
 def _now() -> str:
@@ -439,8 +735,9 @@ def _line(record: dict[str, Any], lenient: tuple[str, ...] = ()) -> bytes:
     return (text + "\n").encode()
 
 
-def _make_dir(app_dir: str) -> tuple[bool, str | None]:
-    """Create the app folder: (whether it is new, the `created_at` recorded if it existed)."""
+def _make_dir(app_dir: str) -> tuple[bool, dict[str, Any] | None]:
+    """Create the app folder: (whether it is new, the metadata recorded if it existed and is
+    readable)."""
     try:
         os.mkdir(app_dir)
         return True, None
@@ -452,11 +749,7 @@ def _make_dir(app_dir: str) -> tuple[bool, str | None]:
             pass
     except FileExistsError:
         pass
-    try:
-        metadata = json.loads(_read_bytes(os.path.join(app_dir, METADATA_FILE)))
-        return False, metadata.get("created_at")
-    except (OSError, ValueError, AttributeError):
-        return False, None
+    return False, _read_metadata_if_sound(app_dir)
 
 
 def _write_file(path: str, data: str | bytes) -> None:
@@ -481,8 +774,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _open_append_fd(path: str, flags: int) -> int:
-    flags |= os.O_APPEND | os.O_CREAT
+def _open_append_fd(path: str) -> int:
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
     try:
         return os.open(path, flags, 0o644)
     except FileNotFoundError:
@@ -490,26 +783,69 @@ def _open_append_fd(path: str, flags: int) -> int:
         return os.open(path, flags, 0o644)
 
 
-def _append_line(path: str, line: bytes) -> None:
-    """Append one whole line with a single write (safe across processes on a local disk)."""
-    fd = _open_append_fd(path, os.O_WRONLY)
+def _append_line(path: str, lines: bytes) -> None:
+    """Append whole lines with a single write, on a line boundary: under an exclusive lock
+    (other writers of the file, in this process or another, take it too), a torn last line
+    is repaired first, and a write that fails part way is cut back."""
+    fd = _open_append_fd(path)
     try:
-        _write_all(fd, line)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = _repair_tail(fd)
+        try:
+            _write_all(fd, lines)
+        except BaseException:
+            _cut_back(fd, size)
+            raise
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock
 
 
 def _open_for_append(path: str) -> int:
-    """Open a log for appending, first dropping a partial last line left by a crash."""
-    fd = _open_append_fd(path, os.O_RDWR)
+    """Open a log for appending, first repairing a torn last line left by a crash."""
+    fd = _open_append_fd(path)
     try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            os.ftruncate(fd, _end_of_last_line(fd, size))
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            _repair_tail(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _repair_tail(fd: int) -> int:
+    """End the file on a line boundary; its size then. A last line without its newline is
+    ended if it is a whole record (readers take it), else dropped (readers skip it)."""
+    size = os.fstat(fd).st_size
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    start = _end_of_last_line(fd, size)
+    if _is_record(os.pread(fd, size - start, start)):
+        _write_all(fd, b"\n")
+        return size + 1
+    os.ftruncate(fd, start)
+    return start
+
+
+def _cut_back(fd: int, size: int) -> None:
+    """Drop what a failed write left after `size` bytes (best effort: the disk may be gone;
+    the next writer repairs the tail anyway)."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        _LOG.warning("cannot cut back a torn tracking line (the next append repairs it): %s", exc)
+
+
+def _close_after_failed_write(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _repair_tail(fd)
+    except OSError as exc:
+        _LOG.warning("cannot repair a torn tracking line (the next append repairs it): %s", exc)
+    finally:
+        os.close(fd)
 
 
 def _end_of_last_line(fd: int, size: int) -> int:
@@ -523,6 +859,33 @@ def _end_of_last_line(fd: int, size: int) -> int:
     return 0
 
 
+def _is_record(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw), dict)
+    except ValueError:
+        return False
+
+
+def _scan(folder: str, report: OnUnreadable) -> Iterable[dict[str, Any]]:
+    """The readable metadata of the app folders in `folder`; the others go to `report`."""
+    try:
+        entries = [entry for entry in os.scandir(folder) if entry.is_dir()]
+    except FileNotFoundError:
+        return
+    for entry in entries:  # partition folders have no metadata: skipped like unwritten apps
+        try:
+            metadata = _read_metadata(entry.path, entry.name)
+        except (CorruptStateError, OSError) as exc:
+            report(entry.path, exc)
+            continue
+        if metadata is not None:
+            yield metadata
+
+
+def _warn_unreadable(path: str, error: Exception) -> None:
+    _LOG.warning("skipped the tracked app in %s: %s", path, error)
+
+
 def _read_metadata(app_dir: str, app_id: str) -> dict[str, Any] | None:
     try:
         raw = _read_bytes(os.path.join(app_dir, METADATA_FILE))
@@ -532,7 +895,7 @@ def _read_metadata(app_dir: str, app_id: str) -> dict[str, Any] | None:
         return None
     try:
         metadata = json.loads(raw)
-        if not isinstance(metadata, dict) or "app_id" not in metadata:
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("app_id"), str):
             raise ValueError("not an object with an app_id")
     except ValueError as exc:
         raise CorruptStateError(
@@ -541,8 +904,16 @@ def _read_metadata(app_dir: str, app_id: str) -> dict[str, Any] | None:
     return metadata
 
 
+def _read_metadata_if_sound(app_dir: str) -> dict[str, Any] | None:
+    """The folder's metadata, or None if it has none or none that can be read."""
+    try:
+        return _read_metadata(app_dir, os.path.basename(app_dir))
+    except (CorruptStateError, OSError):
+        return None
+
+
 def _read_lines(path: str, app_id: str) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file; a partial last line (crash mid-write) is skipped."""
+    """The JSON objects of a .jsonl file; a torn last line (crash mid-write) is skipped."""
     lines = _read_bytes(path).split(b"\n")
     partial = lines.pop()
     records = []

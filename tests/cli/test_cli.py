@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 from importlib.metadata import version
 
 import pytest
@@ -82,3 +85,56 @@ def test_no_command_prints_usage_and_fails(capsys):
 def test_help_exits_zero(argv, capsys):
     assert main(argv) == 0
     assert "usage: fanwise" in capsys.readouterr().out
+
+
+def test_apps_lists_the_readable_apps_and_names_the_unreadable_ones_on_stderr(tmp_path, capsys):
+    run_tracked_app(tmp_path, "shop", "first")
+    run_tracked_app(tmp_path, "shop", "broken")
+    run_tracked_app(tmp_path, "shop", "second")
+    broken = tmp_path / "shop" / "broken"
+    (broken / "metadata.json").write_text("{not json")
+
+    assert main(["apps", "--project", "shop", "--storage-dir", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out.split() == ["first", "second"]
+    assert str(broken) in err and "Traceback" not in err
+
+
+def test_apps_of_one_partition_key_ignore_another_keys_app_with_the_same_id(tmp_path, capsys):
+    run_tracked_app(tmp_path, "shop", "cart", partition_key="alice")
+    run_tracked_app(tmp_path, "shop", "cart", partition_key="bob")
+    run_tracked_app(tmp_path, "shop", "wishlist", partition_key="bob")
+
+    args = ["apps", "--project", "shop", "--storage-dir", str(tmp_path), "--partition-key"]
+    assert main([*args, "alice"]) == 0
+    assert capsys.readouterr().out.split() == ["cart"]
+    assert main([*args, "bob"]) == 0
+    assert capsys.readouterr().out.split() == ["cart", "wishlist"]
+
+
+def test_apps_with_an_empty_partition_key_is_a_usage_error(tmp_path, capsys):
+    args = ["apps", "--project", "shop", "--storage-dir", str(tmp_path), "--partition-key", ""]
+    assert main(args) == 2
+    assert "partition key ''" in capsys.readouterr().err
+
+
+def test_apps_piped_into_a_reader_that_stops_early_exits_quietly(tmp_path):
+    apps = tmp_path / "shop"
+    for index in range(3000):  # more than a pipe buffer of ids
+        folder = apps / f"app-{index:05d}-{'x' * 40}"
+        folder.mkdir(parents=True)
+        (folder / "metadata.json").write_text(
+            json.dumps({"app_id": folder.name, "partition_key": None, "created_at": str(index)})
+        )
+    command = [sys.executable, "-m", "fanwise.cli.main", "apps", "--project", "shop",
+               "--storage-dir", str(tmp_path)]
+
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        first = process.stdout.readline()
+        process.stdout.close()  # like `| head -1`
+        err = process.stderr.read().decode()
+        code = process.wait(60)
+
+    assert first.startswith(b"app-00000-")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert code == 141  # 128 + SIGPIPE, as a shell reports a process that SIGPIPE ended

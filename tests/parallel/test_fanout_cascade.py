@@ -196,12 +196,12 @@ def test_tracker_and_persister_instances_receive_the_children(stores):
 def test_children_carry_a_spawning_parent_pointer_in_the_tracking_store(stores):
     tracker = stores["tracker"]
     run_fan(adapter_fan(), {"n": 3}, app_id="parent", tracker=tracker, partition_key="pk")
-    listed = tracker.children("parent")
+    listed = tracker.children("parent", partition_key="pk")
     assert {entry["child_app_id"] for entry in listed} == child_ids(3)
     assert all(entry["sequence_id"] == 0 for entry in listed)
     for child_id in child_ids(3):
-        metadata = json.loads((stores["tmp"] / "track" / "proj" / child_id / "metadata.json")
-                              .read_text())
+        [path] = (stores["tmp"] / "track" / "proj").glob(f"partition=*/{child_id}/metadata.json")
+        metadata = json.loads(path.read_text())
         assert metadata["spawning_parent_pointer"] == {
             "app_id": "parent",
             "sequence_id": 0,
