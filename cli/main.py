@@ -79,6 +79,9 @@ def _apps(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fanwise apps: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the project folder itself cannot be read
+        print(f"fanwise apps: cannot list {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
     for app_id in app_ids:
         print(app_id)
     return 1 if unreadable else 0

@@ -25,6 +25,7 @@ partition key takes the id.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -66,6 +67,8 @@ _PARTITION_FOLDER = re.compile(re.escape(PARTITION_PREFIX) + r"[a-z0-9_.-]*-[0-9
 _UNREADABLE_CHARS = re.compile(r"[^a-z0-9_.-]")
 _SEQUENCE_ID = re.compile(rb'"sequence_id"\s*:\s*(\d+)')
 _MAX_OPEN_LOGS = 128
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+"""`flock` errors of filesystems that have no locks."""
 _LOG = logging.getLogger(__name__)
 
 AppKey = tuple[str | None, str]
@@ -789,7 +792,7 @@ def _append_line(path: str, lines: bytes) -> None:
     is repaired first, and a write that fails part way is cut back."""
     fd = _open_append_fd(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd)
         size = _repair_tail(fd)
         try:
             _write_all(fd, lines)
@@ -804,15 +807,33 @@ def _open_for_append(path: str) -> int:
     """Open a log for appending, first repairing a torn last line left by a crash."""
     fd = _open_append_fd(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd)
         try:
             _repair_tail(fd)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            _unlock(fd)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _lock(fd: int) -> None:
+    """An exclusive lock on the file, for its writers; a filesystem without locks (some
+    network mounts) goes on without: appends of whole lines stay atomic there."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            raise
+
+
+def _unlock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            raise
 
 
 def _repair_tail(fd: int) -> int:
@@ -840,7 +861,7 @@ def _cut_back(fd: int, size: int) -> None:
 
 def _close_after_failed_write(fd: int) -> None:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd)
         _repair_tail(fd)
     except OSError as exc:
         _LOG.warning("cannot repair a torn tracking line (the next append repairs it): %s", exc)

@@ -138,3 +138,12 @@ def test_apps_piped_into_a_reader_that_stops_early_exits_quietly(tmp_path):
     assert first.startswith(b"app-00000-")
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert code == 141  # 128 + SIGPIPE, as a shell reports a process that SIGPIPE ended
+
+
+def test_apps_of_a_project_folder_that_cannot_be_read_names_it_without_a_traceback(
+    tmp_path, capsys
+):
+    (tmp_path / "shop").write_text("a file where the project folder should be")
+
+    assert main(["apps", "--project", "shop", "--storage-dir", str(tmp_path)]) == 1
+    assert str(tmp_path / "shop") in capsys.readouterr().err
