@@ -792,7 +792,7 @@ def _append_line(path: str, lines: bytes) -> None:
     is repaired first, and a write that fails part way is cut back."""
     fd = _open_append_fd(path)
     try:
-        _lock(fd)
+        _lock_file(fd)
         size = _repair_tail(fd)
         try:
             _write_all(fd, lines)
@@ -807,18 +807,18 @@ def _open_for_append(path: str) -> int:
     """Open a log for appending, first repairing a torn last line left by a crash."""
     fd = _open_append_fd(path)
     try:
-        _lock(fd)
+        _lock_file(fd)
         try:
             _repair_tail(fd)
         finally:
-            _unlock(fd)
+            _unlock_file(fd)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _lock(fd: int) -> None:
+def _lock_file(fd: int) -> None:
     """An exclusive lock on the file, for its writers; a filesystem without locks (some
     network mounts) goes on without: appends of whole lines stay atomic there."""
     try:
@@ -828,7 +828,7 @@ def _lock(fd: int) -> None:
             raise
 
 
-def _unlock(fd: int) -> None:
+def _unlock_file(fd: int) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError as exc:
@@ -861,7 +861,7 @@ def _cut_back(fd: int, size: int) -> None:
 
 def _close_after_failed_write(fd: int) -> None:
     try:
-        _lock(fd)
+        _lock_file(fd)
         _repair_tail(fd)
     except OSError as exc:
         _LOG.warning("cannot repair a torn tracking line (the next append repairs it): %s", exc)
