@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from fanwise.core import serde
+from fanwise.core.errors import StateSerialisationError
 from fanwise.core.state import State
 
 
@@ -21,12 +21,36 @@ def child_app_id(parent_app_id: str, parent_sequence_id: int, position: int) -> 
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, default=repr, separators=(",", ":"))
-
-
 def fingerprint(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
-    """What a child starts from; a saved child is reused only if this still matches."""
-    state_text = serde.dumps_state(state, strict=False, sort_keys=True)
-    inputs_text = _CANONICAL.encode(inputs) if inputs else "{}"  # most children have none
+    """What identifies a child's work; resume reuses a saved child only if this still matches.
+
+    The entrypoint, the initial state and the data inputs, each encoded by the rules of
+    `fanwise.core.serde`: a registered type counts by its stored value, never by its repr
+    (which for most objects holds a memory address, new in every run and process). Only
+    persisted children get a fingerprint, and what they save must be data anyway, so a
+    state field or input that is not data is a `StateSerialisationError` naming it. The
+    planner leaves resource inputs out before calling this.
+    """
+    state_text = serde.dumps_state(state, sort_keys=True)
+    inputs_text = _inputs_text(inputs) if inputs else "{}"  # most children have none
     payload = f"[{encode_basestring_ascii(entrypoint)},{state_text},{inputs_text}]"
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _inputs_text(inputs: dict[str, Any]) -> str:
+    """`inputs` as a JSON object with sorted keys (the text `json` would write for plain
+    data, so fingerprints saved before serde encoded inputs still match)."""
+    parts = []
+    for name in sorted(inputs):
+        try:
+            value_text = serde.dumps_value(inputs[name], sort_keys=True, what=f"input {name!r}")
+        except StateSerialisationError as exc:
+            raise StateSerialisationError(
+                f"{exc}; a persisted child's inputs identify its work (resume matches them "
+                f"with what it saved): declare an input that is not data a resource, with "
+                f"resource_inputs = ({name!r},) on the parallel action or by binding it to "
+                f"the child's action with .bind({name}=...), or register a serde for its "
+                f"type with fanwise.core.serde.register_type(type, dump, load)"
+            ) from None
+        parts.append(f"{encode_basestring_ascii(name)}:{value_text}")
+    return "{" + ",".join(parts) + "}"

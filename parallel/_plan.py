@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fanwise.core.context import ApplicationContext, ParentPointer
+from fanwise.core.errors import StateSerialisationError
 from fanwise.core.persistence.base import PersistedStateData
 from fanwise.core.protocols import StateLoader, StateSaver
+from fanwise.core.secret import Secret
 from fanwise.parallel._child_ids import child_app_id, fingerprint
 from fanwise.parallel._retry import RetryPolicy
 from fanwise.parallel.child import ChildResult, ChildSpec
@@ -38,6 +40,8 @@ class PlanConfig:
     events: EventSink | None
     collect_items: bool
     path: tuple[int, ...] = ()
+    resource_inputs: frozenset[str] = frozenset()
+    """Inputs that are resources, not data: left out of every child's fingerprint."""
 
 
 class Planner:
@@ -74,18 +78,18 @@ class Planner:
                 self._check_unique(task.application_id, position)
             saver = task.state_persister if task.state_persister is not None else config.saver
             runnable = task.runnable
+            app_id = task.application_id or self.default_id(position)
             specs.append(
                 ChildSpec(
                     position=position,
-                    app_id=task.application_id or self.default_id(position),
+                    app_id=app_id,
                     runnable=runnable,
                     state=task.state,
                     inputs=task.inputs,
                     partition_key=config.parent.partition_key,
                     spawning_parent=self._pointer,
                     fingerprint=(
-                        fingerprint(task.state, task.inputs, runnable.entrypoint)
-                        if saver is not None else None
+                        self._fingerprint(task, position, app_id) if saver is not None else None
                     ),
                     saver=saver,
                     loader=(
@@ -102,6 +106,23 @@ class Planner:
                 )
             )
         return specs
+
+    def _fingerprint(self, task: SubGraphTask, position: int, app_id: str) -> str:
+        """The fingerprint of a persisted child: its state and data inputs. Resources are
+        left out: the inputs named in `resource_inputs` and `Secret`s (a new client or a
+        rotated key is the same work). What is not data is an error naming the child."""
+        resources = self._config.resource_inputs
+        inputs = {
+            name: value for name, value in task.inputs.items()
+            if name not in resources and not isinstance(value, Secret)
+        }
+        try:
+            return fingerprint(task.state, inputs, task.runnable.entrypoint)
+        except StateSerialisationError as exc:
+            raise StateSerialisationError(
+                f"parallel action {self._config.action_name!r}, child {position} (app id "
+                f"{app_id}): {exc}"
+            ) from None
 
     def _check_unique(self, app_id: str, position: int) -> None:
         earlier = self.explicit_ids.setdefault(app_id, position)

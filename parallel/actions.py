@@ -64,7 +64,10 @@ class TaskBasedParallelAction(Action):
       process cannot be stopped, so such a child is abandoned and fails);
     - `progress` (a tqdm bar) and `progress_total` (its total when `tasks()` is not sized);
     - `held_bytes_budget`: in task order without a persister, how many bytes of finished
-      states may wait behind a slow child before no more tasks are pulled.
+      states may wait behind a slow child before no more tasks are pulled;
+    - `resource_inputs`: names of the children's inputs that are resources, not data (an
+      API client, shared read-only data): left out of each child's fingerprint, so they
+      need not be JSON and do not decide whether a saved child is reused on resume.
     """
 
     max_concurrency: int | None = None
@@ -79,6 +82,7 @@ class TaskBasedParallelAction(Action):
     progress: bool = False
     progress_total: int | None = None
     held_bytes_budget: int = HELD_BYTES_BUDGET
+    resource_inputs: tuple[str, ...] = ()
 
     _plan_methods: tuple[str, ...] = ("tasks",)
 
@@ -150,6 +154,14 @@ class TaskBasedParallelAction(Action):
             raise GraphError(f"{owner}.child_timeout must be None or seconds > 0")
         if not (isinstance(self.retry_on, tuple) or callable(self.retry_on)):
             raise GraphError(f"{owner}.retry_on must be a tuple of exception types or a predicate")
+        if not (
+            isinstance(self.resource_inputs, tuple | list | frozenset | set)
+            and all(isinstance(name, str) for name in self.resource_inputs)
+        ):
+            raise GraphError(
+                f"{owner}.resource_inputs must be a tuple of input names, got "
+                f"{self.resource_inputs!r}"
+            )
         if self.is_async() and not inspect.iscoroutinefunction(self.reduce):
             raise GraphError(f"{owner} is async: reduce must be `async def reduce(...)`")
 
@@ -208,6 +220,7 @@ class TaskBasedParallelAction(Action):
             events=events if traits.runs_in_process else None,
             collect_items=events is not None and not traits.runs_in_process,
             path=context.event_path,
+            resource_inputs=frozenset(self.resource_inputs),
         )
         config = FanoutConfig(
             plan=plan,

@@ -1,10 +1,12 @@
 """Child identity: stable sha256 ids per parent step and position, explicit ids."""
 
 import hashlib
+import json
 
 import pytest
-from fanwise.core import ApplicationBuilder, Result, State, action, expr
+from fanwise.core import ApplicationBuilder, Result, Secret, State, action, expr, serde
 from fanwise.core.persistence import SQLitePersister
+from fanwise.core.tracking import LocalTrackingClient
 from fanwise.parallel import (
     ChildFailedError,
     MapStates,
@@ -155,3 +157,262 @@ def test_explicit_application_ids_are_used_and_must_be_unique(tmp_path):
     assert completed_app_ids(tmp_path / "state.db") == {"p", "a", "b"}
     with pytest.raises(ValueError, match="'a' is used by tasks 0 and 2"):
         run_fan(Named(), {"names": ["a", "b", "a"]})
+
+
+# -- fingerprints: what identifies a child's work --------------------------------------------
+
+
+class Client:
+    """An API client: an object, not data. Its default repr holds its memory address, so a
+    new one (the next run, another process) never reprs the same."""
+
+    def __init__(self, tally, broken=()):
+        self.tally = tally
+        self.broken = set(broken)
+
+    def ask(self, x):
+        self.tally.hit(x)
+        if x in self.broken:
+            raise ConnectionError(f"the service dropped request {x}")
+        return x * 10
+
+
+@action(reads=["x"], writes=["y"])
+def ask(state, client):
+    return state.update(y=client.ask(state["x"]))
+
+
+class AskAll(MapStates):
+    """Six children ask the client given in the run's inputs (one at a time: the order of
+    a crash is known)."""
+
+    reads, writes = [], ["ys"]
+    max_concurrency = 1
+
+    def action(self):
+        return ask
+
+    def states(self):
+        return [State({"x": x}) for x in range(6)]
+
+    def reduce(self, state, states):
+        return state.update(ys=[s["y"] for s in states])
+
+
+class AskAllWithResource(AskAll):
+    resource_inputs = ("client",)
+
+
+class AskAllBound(AskAll):
+    """The client is bound to the child action instead of passed as an input."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def action(self):
+        return ask.bind(client=self.client)
+
+
+def crash_then_resume(tmp_path, tally, make_fan, via_inputs):
+    """Run with a client that fails child 3, then resume with a new client; the final ys."""
+    persister = SQLitePersister(tmp_path / "state.db")
+    first, second = Client(tally, broken={3}), Client(tally)
+    assert repr(first) != repr(second)
+    with pytest.raises(ChildFailedError, match="dropped request 3"):
+        run_fan(make_fan(first), app_id="asking", persister=persister, resume=True,
+                inputs={"client": first} if via_inputs else None)
+    assert tally.counts() == {"0": 1, "1": 1, "2": 1, "3": 1}
+    final = run_fan(make_fan(second), app_id="asking", persister=persister, resume=True,
+                    inputs={"client": second} if via_inputs else None)
+    return final["ys"]
+
+
+def test_a_resource_input_without_a_stable_repr_does_not_rerun_finished_children(
+    tmp_path, tally
+):
+    ys = crash_then_resume(tmp_path, tally, lambda client: AskAllWithResource(), via_inputs=True)
+
+    assert ys == [0, 10, 20, 30, 40, 50]
+    assert tally.counts() == {"0": 1, "1": 1, "2": 1, "3": 2, "4": 1, "5": 1}
+
+
+def test_a_client_bound_to_the_child_action_does_not_rerun_finished_children(tmp_path, tally):
+    ys = crash_then_resume(tmp_path, tally, AskAllBound, via_inputs=False)
+
+    assert ys == [0, 10, 20, 30, 40, 50]
+    assert tally.counts() == {"0": 1, "1": 1, "2": 1, "3": 2, "4": 1, "5": 1}
+
+
+def test_a_non_data_input_is_fine_without_a_persister(tally):
+    final = run_fan(AskAll(), inputs={"client": Client(tally)})
+
+    assert final["ys"] == [0, 10, 20, 30, 40, 50]
+
+
+class Prompt:
+    """Data of a registered type: equal prompts are the same work, whatever their address."""
+
+    def __init__(self, text):
+        self.text = text
+
+
+serde.register_type(Prompt, lambda p: p.text, Prompt)
+
+
+def test_an_input_of_a_registered_type_counts_by_its_stored_value(tmp_path, tally):
+    armed = {3}
+
+    @action(reads=["x"], writes=["y"])
+    def reply(state, prompt):
+        tally.hit(state["x"])
+        if state["x"] in armed:
+            armed.discard(state["x"])
+            raise ConnectionError(f"the model did not answer {state['x']}")
+        return state.update(y=f"{prompt.text}:{state['x']}")
+
+    class ReplyAll(AskAll):
+        def action(self):
+            return reply
+
+    persister = SQLitePersister(tmp_path / "state.db")
+    with pytest.raises(ChildFailedError, match="did not answer 3"):
+        run_fan(ReplyAll(), app_id="prompts", persister=persister, resume=True,
+                inputs={"prompt": Prompt("hi")})
+    final = run_fan(ReplyAll(), app_id="prompts", persister=persister, resume=True,
+                    inputs={"prompt": Prompt("hi")})
+
+    assert final["ys"] == [f"hi:{x}" for x in range(6)]
+    assert tally.counts() == {"0": 1, "1": 1, "2": 1, "3": 2, "4": 1, "5": 1}
+
+
+# -- shared read-only data --------------------------------------------------------------------
+
+CORPUS = "the quick brown fox jumps over the lazy dog " * (5 * 2**20 // 44)
+"""About 5 MB of read-only text that eight children search."""
+WORDS = ["quick", "brown", "fox", "jumps", "over", "lazy", "dog", "cat"]
+SMALL = 256 * 1024
+"""Bytes a store may use for eight small children (one copy of the corpus is 5 MB)."""
+
+
+@action(reads=["word"], writes=["hits"])
+def search(state, corpus):
+    return state.update(hits=corpus.count(state["word"]))
+
+
+class SearchAll(MapStates):
+    reads, writes = [], ["hits"]
+    resource_inputs = ("corpus",)
+
+    def action(self):
+        return search
+
+    def states(self):
+        return [State({"word": word}) for word in WORDS]
+
+    def reduce(self, state, states):
+        return state.update(hits=[s["hits"] for s in states])
+
+
+class SearchAllBound(SearchAll):
+    resource_inputs = ()
+
+    def action(self):
+        return search.bind(corpus=CORPUS)
+
+
+def bytes_under(path):
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def store_in(tmp_path):
+    """A persister on its own folder, so that every byte it writes (WAL included) is counted."""
+    (tmp_path / "db").mkdir()
+    return SQLitePersister(tmp_path / "db" / "state.db")
+
+
+def expected_hits():
+    return [CORPUS.count(word) for word in WORDS]
+
+
+def test_eight_children_sharing_a_5_mb_resource_input_keep_the_store_small(tmp_path):
+    persister = store_in(tmp_path)
+
+    final = run_fan(SearchAll(), app_id="search", persister=persister,
+                    inputs={"corpus": CORPUS})
+
+    assert final["hits"] == expected_hits()
+    assert len(completed_app_ids(tmp_path / "db" / "state.db")) == 1 + len(WORDS)
+    assert bytes_under(tmp_path / "db") < SMALL
+
+
+def test_eight_children_sharing_a_bound_5_mb_corpus_keep_store_and_tracking_small(tmp_path):
+    persister = store_in(tmp_path)
+    tracker = LocalTrackingClient("search", storage_dir=tmp_path / "tracking")
+
+    final = run_fan(SearchAllBound(), app_id="search", persister=persister, tracker=tracker)
+
+    assert final["hits"] == expected_hits()
+    assert bytes_under(tmp_path / "db") < SMALL
+    assert bytes_under(tmp_path / "tracking") < SMALL
+
+
+def test_a_resource_input_stays_out_of_every_childs_tracking_log_with_redact(tmp_path):
+    tracker = LocalTrackingClient("search", storage_dir=tmp_path / "tracking",
+                                  redact=["corpus"])
+
+    final = run_fan(SearchAll(), app_id="search", tracker=tracker, inputs={"corpus": CORPUS})
+
+    assert final["hits"] == expected_hits()
+    assert bytes_under(tmp_path / "tracking") < SMALL
+
+
+def test_a_child_saved_before_inputs_were_encoded_by_serde_is_still_resumed(tmp_path, tally):
+    @action(reads=["x"], writes=["y"])
+    def measure(state, unit):
+        tally.hit(state["x"])
+        return state.update(y=f"{state['x']}{unit}")
+
+    class MeasureAll(AskAll):
+        def action(self):
+            return measure
+
+    def compact(value):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    # child 0 as saved before: inputs encoded by `json` with repr for what is not JSON
+    before = f'["measure",{compact({"x": 0})},{compact({"unit": "cm"})}]'
+    persister = SQLitePersister(tmp_path / "state.db")
+    persister.save(None, expected_child_id("old", 0, 0), 0, "measure",
+                   State({"x": 0, "y": "0cm"}), "completed",
+                   meta={"fingerprint": hashlib.sha256(before.encode()).hexdigest()[:32]})
+
+    final = run_fan(MeasureAll(), app_id="old", persister=persister, inputs={"unit": "cm"})
+
+    assert final["ys"] == [f"{x}cm" for x in range(6)]
+    assert "0" not in tally.counts() and tally.counts()["1"] == 1
+
+
+def test_a_secret_input_rotated_between_runs_does_not_rerun_finished_children(tmp_path, tally):
+    armed = {3}
+
+    @action(reads=["x"], writes=["y"])
+    def call(state, api_key):
+        tally.hit(state["x"])
+        if state["x"] in armed:
+            armed.discard(state["x"])
+            raise ConnectionError(f"the service dropped request {state['x']}")
+        return state.update(y=f"{state['x']} with {api_key.get()}")
+
+    class CallAll(AskAll):
+        def action(self):
+            return call
+
+    persister = SQLitePersister(tmp_path / "state.db")
+    with pytest.raises(ChildFailedError, match="dropped request 3"):
+        run_fan(CallAll(), app_id="keys", persister=persister, resume=True,
+                inputs={"api_key": Secret("key-1")})
+    final = run_fan(CallAll(), app_id="keys", persister=persister, resume=True,
+                    inputs={"api_key": Secret("key-2")})
+
+    assert final["ys"] == [f"{x} with key-{1 if x < 3 else 2}" for x in range(6)]
+    assert tally.counts() == {"0": 1, "1": 1, "2": 1, "3": 2, "4": 1, "5": 1}
