@@ -20,7 +20,8 @@ class AsyncMismatchError(FanwiseError, RuntimeError):
 
 
 class StateSerialisationError(FanwiseError, TypeError):
-    """A state field cannot be turned into JSON (message names the field)."""
+    """A state field, or an input of a persisted fan-out child, cannot be turned into JSON
+    (message names it)."""
 
 
 class CorruptStateError(FanwiseError, ValueError):
