@@ -367,7 +367,7 @@ def _result(
         attempts=attempts,
         seconds=time.perf_counter() - started,
         error=error,
-        records=spec.tracker.take(spec.app_id) if shipped else None,
+        records=spec.tracker.take(spec.app_id, spec.partition_key) if shipped else None,
         items=items.kept,
         next_seq=items.seq,
     )
