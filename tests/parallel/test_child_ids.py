@@ -1,4 +1,5 @@
-"""Child identity: stable sha256 ids per parent step and position, explicit ids."""
+"""Child identity: stable sha256 ids per parent step and position, explicit ids, and the
+fingerprints that resume matches saved children by (data in them, resources left out)."""
 
 import hashlib
 import json
