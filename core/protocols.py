@@ -73,6 +73,13 @@ class Copyable(Protocol):
 
 
 @runtime_checkable
+class RedactingTracker(Protocol):
+    """A tracker that can hand out a copy keeping some inputs out of its records."""
+
+    def redacting(self, names: Iterable[str]) -> Any: ...
+
+
+@runtime_checkable
 class RecordingTracker(Protocol):
     """A tracker whose records can be captured where a child runs (another process or
     machine) and written by the driver: `recorder()` gives the capturing tracker (with

@@ -18,7 +18,7 @@ from fanwise.core._runner import Driver
 from fanwise.core.actions import Action
 from fanwise.core.context import ApplicationContext
 from fanwise.core.errors import AsyncMismatchError, GraphError
-from fanwise.core.protocols import RecordingTracker
+from fanwise.core.protocols import RecordingTracker, RedactingTracker
 from fanwise.core.state import State
 from fanwise.executors.protocols import traits_of
 from fanwise.parallel._channel import AsyncChannel, Channel
@@ -202,6 +202,8 @@ class TaskBasedParallelAction(Action):
                         f"parallel action {self.name!r} is sync but its children's persister "
                         f"{type(adapter).__name__} is async: make the action async"
                     )
+        if self.resource_inputs and isinstance(tracker, RedactingTracker):
+            tracker = tracker.redacting(self.resource_inputs)  # shared data stays out of logs
         # children in other processes capture their tracking; the driver writes it
         shipped = tracker if (
             not traits.runs_in_process and isinstance(tracker, RecordingTracker)

@@ -276,11 +276,7 @@ class GrowsTooDeepQuietly(Action):
     "second",
     [
         GrowsTooDeepQuietly(),
-        pytest.param(grows_too_deep, marks=pytest.mark.xfail(
-            strict=True, raises=RecursionError,
-            reason="core/tracking/local.py _line() encodes the step's result and catches only "
-            "TypeError and ValueError: it needs the tracking owner's change (issue 10, item 10)",
-        )),
+        grows_too_deep,
     ],
     ids=["in-state", "in-result"],
 )

@@ -345,6 +345,14 @@ class LocalTrackingClient(
         """A tracker for children running elsewhere; their records come back to `ingest`."""
         return RecordingTracker(self.project, self.storage_dir, self.redact)
 
+    def redacting(self, names: Iterable[str]) -> LocalTrackingClient:
+        """A copy that also records the inputs `names` as `"***"` (what a fan-out does for
+        its `resource_inputs`: shared data is neither copied into every child's log nor
+        leaked)."""
+        extra = _RedactNames(frozenset(names))
+        combined = extra if self.redact is None else _RedactBoth(extra, self.redact)
+        return type(self)(self.project, self.storage_dir, combined)
+
     def ingest(self, records: list[dict[str, Any]]) -> None:
         """Write what `RecordingTracker`s captured (`take`), batching the parents' children
         lines. A record names its app by `partition_key` and `app_id`."""
@@ -665,6 +673,17 @@ class _AppLog:
             os.close(self._fd)
 
 
+class _RedactBoth:
+    """Two redactions, one after the other (picklable, unlike a closure)."""
+
+    def __init__(self, first: Redact, then: Redact) -> None:
+        self.first = first
+        self.then = then
+
+    def __call__(self, action_name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        return self.then(action_name, self.first(action_name, inputs))
+
+
 def _redactor(redact: Iterable[str] | Redact | None) -> Redact | None:
     if redact is None or callable(redact):
         return redact
@@ -729,13 +748,22 @@ def _pointer(pointer: ParentPointer | None) -> dict[str, Any] | None:
 
 
 def _line(record: dict[str, Any], lenient: tuple[str, ...] = ()) -> bytes:
-    """One JSON line; values JSON cannot hold become their repr (whole fields if need be)."""
+    """One JSON line; values JSON cannot hold become their repr (whole fields if need be),
+    and a field whose repr fails too (nested too deeply, a raising `__repr__`) is recorded
+    as a placeholder naming its type: a tracker never crashes the app it observes."""
     try:
         text = json.dumps(record, default=repr)
-    except (TypeError, ValueError):
-        record = {**record, **{key: repr(record[key]) for key in lenient}}
-        text = json.dumps(record, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        record = {**record, **{key: _safe_repr(record[key]) for key in lenient}}
+        text = json.dumps(record, default=_safe_repr)
     return (text + "\n").encode()
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # (RecursionError included) the record must still be written
+        return f"<unrecordable {type(value).__name__}>"
 
 
 def _make_dir(app_dir: str) -> tuple[bool, dict[str, Any] | None]:

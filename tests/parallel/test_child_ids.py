@@ -367,6 +367,16 @@ def test_a_resource_input_stays_out_of_every_childs_tracking_log_with_redact(tmp
     assert bytes_under(tmp_path / "tracking") < SMALL
 
 
+def test_resource_inputs_stay_out_of_the_childrens_tracking_logs_without_redact(tmp_path):
+    tracker = LocalTrackingClient("search", storage_dir=tmp_path / "tracking")
+
+    final = run_fan(SearchAll(), app_id="search", tracker=tracker, inputs={"corpus": CORPUS})
+
+    assert final["hits"] == expected_hits()
+    # the parent's own step log holds its input once; no child's log holds a copy
+    assert bytes_under(tmp_path / "tracking") < len(CORPUS) + SMALL
+
+
 def test_a_child_saved_before_inputs_were_encoded_by_serde_is_still_resumed(tmp_path, tally):
     @action(reads=["x"], writes=["y"])
     def measure(state, unit):
