@@ -157,6 +157,8 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
             yield app._saver.save(
                 app.partition_key, app.uid, sequence_id, action.name, after, "completed"
             )
+            if app._stored_form is not None:  # go on as a resumed run would
+                after = app._stored_form(after)
     except Exception as exc:
         if app._saver is not None:
             try:

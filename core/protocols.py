@@ -42,6 +42,14 @@ class StateSaver(Protocol):
 
 
 @runtime_checkable
+class StoresForm(Protocol):
+    """A saver whose stored state differs from the live one (JSON stores): `stored_form`
+    gives the state as loading it back would."""
+
+    def stored_form(self, state: State) -> State: ...
+
+
+@runtime_checkable
 class StateLoader(Protocol):
     """Reads saved steps back; `load_many` reads the latest step of many apps at once."""
 

@@ -21,7 +21,7 @@ from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData, SaveRow
-from fanwise.core.protocols import StateLoader, StateSaver
+from fanwise.core.protocols import StateLoader, StateSaver, StoresForm
 from fanwise.core.state import State
 from fanwise.core.tracking.local import RecordingTracker
 from fanwise.executors.protocols import NestedChoice
@@ -104,6 +104,10 @@ class _DeferredSaver:
     def copy(self) -> Any:
         """What a nested fan-out cascades: a copy of the real persister, not this wrapper."""
         return copy_of(self._inner)
+
+    def stored_form(self, state: State) -> State:
+        """The real persister's stored form (the child goes on with it, as on a resume)."""
+        return self._inner.stored_form(state) if isinstance(self._inner, StoresForm) else state
 
     def is_async(self) -> bool:
         return False

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
 
-from fanwise.core import serde
 from fanwise.core._runner import Partial
 from fanwise.core.errors import CorruptStateError
 from fanwise.core.protocols import RecordingTracker, StateLoader
@@ -317,11 +316,10 @@ class Fanout:
     # -- handing out ------------------------------------------------------------------
 
     def _handout(self, result: ChildResult) -> Handout:
-        state = result.state
-        if result.final_row is not None:  # durable: what reduce sees is the stored form
-            state = serde.loads_state(serde.dumps_state(state))
+        # a durable child's state is in its stored form already: an app goes on with it
+        # after saving each step (`RowSaver.stored_form`), as a resumed child would
         outcome = self._outcome(result) if self.config.keep_outcomes else None
-        return Handout(None if result.error is not None else state, outcome)
+        return Handout(None if result.error is not None else result.state, outcome)
 
     def _outcome(self, result: ChildResult) -> ChildOutcome:
         status = "failed" if result.error is not None else (

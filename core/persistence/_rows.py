@@ -164,6 +164,12 @@ class RowSaver:
     `_write(rows)`, which must write all of them in one transaction, and `_source()`, the
     store's name in errors."""
 
+    def stored_form(self, state: State) -> State:
+        """`state` as loading it back gives it (JSON's form: string keys, lists for tuples,
+        registered types decoded): what an application goes on with after saving a step,
+        so that a resumed run sees exactly what an uninterrupted one does."""
+        return serde.loads_state(serde.dumps_state(state))
+
     def save(
         self,
         partition_key: str | None,

@@ -35,6 +35,10 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
     def __repr__(self) -> str:
         return f"Async{self._sync!r}"
 
+    def stored_form(self, state: State) -> State:
+        """See `RowSaver.stored_form`."""
+        return self._sync.stored_form(state)
+
     def copy(self) -> AsyncSQLitePersister:
         return copy.copy(self)
 

@@ -342,3 +342,32 @@ def test_failed_step_keeps_its_own_error_when_saving_the_failure_also_fails():
     with pytest.raises(ValueError, match="own failure") as raised:
         app.run()
     assert any("database down" in note for note in raised.value.__notes__)
+
+
+def test_an_app_goes_on_with_the_stored_form_of_its_state_so_a_resume_changes_nothing(tmp_path):
+    from fanwise.core.persistence import SQLitePersister
+
+    @action(reads=[], writes=["pair", "by_id"])
+    def make(state):
+        return state.update(pair=(1, 2), by_id={0: "zero"})
+
+    @action(reads=["pair", "by_id"], writes=["seen"])
+    def look(state):
+        return state.update(seen=[type(state["pair"]).__name__, sorted(state["by_id"])])
+
+    def app(app_id, persister):
+        return (
+            ApplicationBuilder()
+            .with_actions(make=make, look=look)
+            .with_transitions(("make", "look"))
+            .with_identifiers(app_id=app_id)
+            .with_state_persister(persister)
+            .initialize_from(persister, default_entrypoint="make")
+            .build()
+        )
+
+    persister = SQLitePersister(tmp_path / "s.db")
+    uninterrupted = app("straight", persister).run(halt_after=["look"])[2]
+    app("halted", persister).run(halt_after=["make"])
+    resumed = app("halted", persister).run(halt_after=["look"])[2]
+    assert uninterrupted["seen"] == resumed["seen"] == ["list", ["0"]]
