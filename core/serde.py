@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fanwise.core.errors import StateSerialisationError
@@ -31,6 +32,8 @@ Load = Callable[[Any], Any]
 _type_dumps: dict[type, tuple[str, Dump]] = {}
 _type_loads: dict[str, Load] = {}
 _field_serdes: dict[str, tuple[Dump, Load]] = {}
+_generation = 0
+"""How many registrations this process has made: a snapshot older than it is stale."""
 
 
 class _Unserialisable(TypeError):
@@ -51,14 +54,37 @@ class _UnknownType(ValueError):
 
 def register_type(type_: type, dump: Dump, load: Load) -> None:
     """Store instances of `type_` (and subclasses) as `dump(obj)`; read them back with `load`."""
+    global _generation
     name = _type_name(type_)
     _type_dumps[type_] = (name, dump)
     _type_loads[name] = load
+    _generation += 1
 
 
 def register_field(name: str, dump: Dump, load: Load) -> None:
     """Store the state field `name` as `dump(value)`; read it back with `load`."""
+    global _generation
     _field_serdes[name] = (dump, load)
+    _generation += 1
+
+
+@dataclass(frozen=True)
+class Registrations:
+    """The serdes registered in one process when `registrations()` was called.
+
+    Registrations are per process: a child that runs in a worker process saves its steps
+    there, so a process executor ships these and registers them on its workers."""
+
+    generation: int
+    types: tuple[tuple[type, Dump, Load], ...]
+    fields: tuple[tuple[str, Dump, Load], ...]
+
+
+def registrations() -> Registrations:
+    """What this process has registered (its `generation` changes with every registration)."""
+    types = tuple((type_, dump, _type_loads[name]) for type_, (name, dump) in _type_dumps.items())
+    fields = tuple((name, dump, load) for name, (dump, load) in _field_serdes.items())
+    return Registrations(_generation, types, fields)
 
 
 def dumps_state(state: Mapping[str, Any], strict: bool = True, sort_keys: bool = False) -> str:

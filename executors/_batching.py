@@ -3,6 +3,17 @@
     submit(fn, *args) -> _Call (the caller's Future) -> buffer -> Batch -> one backend task
         -> run_batch on a worker -> one pickled outcome per call -> each _Call's result
 
+Calls travel with cloudpickle, so what the user's script (`__main__`) defines travels by
+value, and outcomes come back the same way: a result made of `__main__` classes, or an
+exception of one, arrives as that very class (cloudpickle maps a class it shipped back to
+the driver's original). Importable modules, the user's own included, travel by reference as
+pickle does (a process worker has the driver's `sys.path`): by value, a worker would get
+copies of their classes beside the ones its own imports make, and miss what their import
+registers. An exception is rebuilt without calling its `__init__` (args and attributes
+restored), so one whose `__init__` takes other arguments than its `args` survives the trip.
+Each batch task also carries the driver's serde registrations (`_shipping.ShippedSerdes`):
+children in workers save the same types as in the driver.
+
 Self-clocking, no timer and no flush: at most `_slots()` batch tasks (one per worker) are
 outstanding. A call goes out at once, as a batch of one, while a slot is free; while every
 slot is busy it waits in the buffer, and when a batch task ends, everything that waited
@@ -21,6 +32,8 @@ cluster would.
 
 from __future__ import annotations
 
+import copyreg
+import io
 import os
 import pickle
 import socket
@@ -34,7 +47,12 @@ from concurrent.futures import CancelledError, Executor, Future, InvalidStateErr
 from typing import Any, ClassVar
 
 import cloudpickle
-from fanwise.executors._shipping import unshippable_message
+from fanwise.executors._shipping import (
+    ShippedSerdes,
+    install_serdes,
+    unpicklable_part,
+    unshippable_message,
+)
 
 TARGET_BATCH_SECONDS = 0.05
 """What "auto" aims a batch to take on its worker: the ~1 ms a process, Ray or Dask task
@@ -50,9 +68,11 @@ BatchReport = tuple[float, list[bytes]]
 """What a batch task returns: the seconds its calls took, and one pickled outcome per call."""
 
 
-def run_batch(payloads: list[bytes]) -> BatchReport:
+def run_batch(payloads: list[bytes], serdes: tuple[bytes, ...] = ()) -> BatchReport:
     """What every batch task runs, on a worker: each call in turn, each outcome pickled on
-    its own, so that a call that raises, or whose result cannot be pickled, fails alone."""
+    its own, so that a call that raises, or whose result cannot be pickled, fails alone.
+    `serdes` are the driver's serde registrations, installed here first."""
+    install_serdes(serdes)
     started = time.perf_counter()
     outcomes = [_run_one(payload) for payload in payloads]
     return time.perf_counter() - started, outcomes
@@ -65,12 +85,12 @@ def _run_one(payload: bytes) -> bytes:
     except Exception as exc:
         return _pickled_error(exc)
     try:
-        return cloudpickle.dumps((True, value))
+        return _dumps((True, value))
     except Exception as exc:
         name = getattr(fn, "__qualname__", repr(fn))
         return _pickled_error(TypeError(
             f"the result of {name} cannot be pickled back to the driver: "
-            f"{type(exc).__name__}: {exc}"
+            f"{unpicklable_part(value)}: {type(exc).__name__}: {exc}"
         ))
 
 
@@ -81,11 +101,48 @@ def _pickled_error(exc: Exception) -> bytes:
     note = f"{where}:\n" + "".join(traceback.format_exception(exc)).rstrip()
     exc.add_note(note)
     try:
-        return cloudpickle.dumps((False, exc))
+        return _dumps((False, exc))
     except Exception:
-        described = RuntimeError(f"{type(exc).__name__}: {exc} (not picklable)")
+        described = RuntimeError(
+            f"{type(exc).__name__}: {exc} (not picklable: {unpicklable_part(exc)})"
+        )
         described.add_note(note)
-        return cloudpickle.dumps((False, described))
+        return _dumps((False, described))
+
+
+class _OutcomePickler(cloudpickle.Pickler):
+    """cloudpickle, except that an exception whose class keeps the default reduction is
+    rebuilt without calling its `__init__` (see `_exception_without_init`)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException) and _reduces_by_default(type(obj)):
+            return _exception_without_init, (type(obj), obj.args), obj.__dict__ or None
+        return super().reducer_override(obj)
+
+
+def _reduces_by_default(cls: type) -> bool:
+    """Whether pickle would rebuild `cls` as `cls(*args)` (it has no reduction of its own)."""
+    return (
+        cls.__reduce__ is BaseException.__reduce__
+        and cls.__reduce_ex__ is BaseException.__reduce_ex__
+        and cls not in copyreg.dispatch_table
+    )
+
+
+def _exception_without_init(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """An exception of `cls` holding `args`, made without `cls.__init__`: the default
+    reduction calls `cls(*args)`, which fails for an `__init__` that takes other arguments
+    (`def __init__(self, code, reason): super().__init__(f"{code}: {reason}")`, a dataclass
+    exception). Its attributes are restored afterwards, from its `__dict__`."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    return exc
+
+
+def _dumps(outcome: tuple[bool, Any]) -> bytes:
+    buffer = io.BytesIO()
+    _OutcomePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(outcome)
+    return buffer.getvalue()
 
 
 def _cannot_cancel() -> bool:
@@ -137,6 +194,8 @@ class _Call(Future):
         try:
             ok, value = pickle.loads(outcome)
         except Exception as exc:  # e.g. the result's class cannot be imported here
+            exc.add_note("raised unpickling, in the driver, the outcome a worker sent back "
+                         "(a module the worker imported may be missing here)")
             self.finish(False, exc)
             return
         self.finish(ok, value)
@@ -149,11 +208,14 @@ class Batch:
     batches of one of `chunk_size=1`). `task` is the backend's handle and `cancel_task`
     cancels that task if it has not started; both are set by the executor that sends it,
     which counts in `resends` how often it sent the batch again (a replaced process pool).
+    `serdes` are the driver's serde registrations when it was first sent: the task runs
+    `run_batch(batch.payloads, batch.serdes)`.
     """
 
     def __init__(self, calls: list[_Call], claimed: bool) -> None:
         self.calls = calls
         self.claimed = claimed
+        self.serdes: tuple[bytes, ...] = ()
         self.resends = 0
         self.task: object = None
         self.cancel_task: Callable[[], bool] = _cannot_cancel
@@ -167,8 +229,8 @@ class BatchingExecutor(Executor, ABC):
     """An `Executor` that ships calls in batches to at most `_slots()` outstanding tasks.
 
     A subclass says how a batch reaches its backend: `_send_batch` starts one task running
-    `run_batch(batch.payloads)` and, when that task ends, calls `_batch_done` with its
-    report or `_batch_failed` with what failed the task as a whole. `_abort_batches` may
+    `run_batch(batch.payloads, batch.serdes)` and, when that task ends, calls `_batch_done`
+    with its report or `_batch_failed` with what failed the task as a whole. `_abort_batches` may
     stop sent tasks (`shutdown(cancel_futures=True)`); `_close_backend` releases the
     backend once shutdown has waited (or not).
     """
@@ -194,6 +256,7 @@ class BatchingExecutor(Executor, ABC):
         self._busy = 0
         self._unsettled: set[Batch] = set()
         self._closed = False
+        self._serdes = ShippedSerdes()
 
     @abstractmethod
     def _slots(self) -> int:
@@ -265,6 +328,7 @@ class BatchingExecutor(Executor, ABC):
         while pending:
             batch = pending.pop(0)
             try:
+                batch.serdes = self._serdes.current()
                 self._send_batch(batch)
             except Exception as exc:
                 pending += self._free_slot(batch, None)

@@ -114,7 +114,8 @@ class DaskExecutor(BatchingExecutor):
 
     def _send_batch(self, batch: Batch) -> None:
         task = self.client.submit(
-            run_batch, batch.payloads, pure=False, retries=self.retries, **self._submit_kwargs
+            run_batch, batch.payloads, batch.serdes, pure=False, retries=self.retries,
+            **self._submit_kwargs,
         )
         batch.task = task
         task.add_done_callback(functools.partial(self._task_ended, batch))

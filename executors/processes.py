@@ -70,7 +70,7 @@ class MultiProcessExecutor(BatchingExecutor):
         with self._lock:
             pool = self._pool
         try:
-            task = pool.submit(run_batch, batch.payloads)
+            task = pool.submit(run_batch, batch.payloads, batch.serdes)
         except BrokenProcessPool as exc:
             self._resend(batch, pool, exc)
             return

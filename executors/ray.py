@@ -83,7 +83,7 @@ class RayExecutor(BatchingExecutor):
         return self.max_concurrency
 
     def _send_batch(self, batch: Batch) -> None:
-        ref = self._remote.remote(batch.payloads)
+        ref = self._remote.remote(batch.payloads, batch.serdes)
         batch.task = ref
         ref.future().add_done_callback(functools.partial(self._task_ended, batch))
 

@@ -8,6 +8,8 @@ import time
 from collections.abc import Generator
 from typing import Any
 
+from fanwise.core import serde
+from fanwise.core.errors import StateSerialisationError
 from fanwise.core.persistence.base import SaveRow
 from fanwise.core.protocols import RecordingTracker, StateSaver
 
@@ -21,7 +23,7 @@ class GroupCommit:
 
     def __init__(self, tracker: RecordingTracker | None) -> None:
         self._tracker = tracker
-        self._rows: list[tuple[StateSaver, SaveRow]] = []
+        self._rows: list[tuple[StateSaver, SaveRow, int]] = []
         self._records: list[tuple[int, dict[str, Any]]] = []
         self.last_seconds = 0.0
         """How long the last commit's writes took (how long gathering may wait)."""
@@ -29,7 +31,7 @@ class GroupCommit:
     def add(self, saver: StateSaver | None, row: SaveRow | None,
             position: int, records: dict[str, Any] | None) -> None:
         if row is not None:
-            self._rows.append((saver, row))
+            self._rows.append((saver, row, position))
         if records is not None:
             self._records.append((position, records))
 
@@ -45,14 +47,32 @@ class GroupCommit:
             records, self._records = sorted(self._records, key=lambda item: item[0]), []
             self._tracker.ingest([record for _, record in records])
         groups: dict[int, tuple[StateSaver, list[SaveRow]]] = {}
-        for saver, row in self._rows:
+        for saver, row, _ in self._rows:
             groups.setdefault(id(saver), (saver, []))[1].append(row)
-        self._rows = []
+        waiting, self._rows = self._rows, []
         started = time.perf_counter()
         for saver, rows in groups.values():
-            yield saver.save_many(rows)
+            try:
+                yield saver.save_many(rows)
+            except StateSerialisationError as exc:
+                raise _unsaveable_child(waiting, exc) from None
         self.last_seconds = time.perf_counter() - started
 
     def gather_seconds(self) -> float:
         """How long to wait for one more finished child to share the next commit."""
         return min(self.last_seconds, MAX_GATHER_SECONDS)
+
+
+def _unsaveable_child(
+    waiting: list[tuple[StateSaver, SaveRow, int]], exc: StateSerialisationError
+) -> StateSerialisationError:
+    """`exc` naming the child whose final state cannot be saved (the first one that fails
+    to encode; a one-step child's state is encoded here, by the driver, not where it ran)."""
+    for _, row, position in waiting:
+        try:
+            serde.dumps_state(row["state"])
+        except StateSerialisationError:
+            return StateSerialisationError(
+                f"cannot save the final state of child {position}: {exc}"
+            )
+    return exc

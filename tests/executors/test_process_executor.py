@@ -1,5 +1,6 @@
 """MultiProcessExecutor: children really run in worker processes, shipped with cloudpickle."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -14,11 +15,11 @@ import cloudpickle
 import fanwise.executors
 import psutil
 import pytest
-from fanwise.core import Action, ApplicationBuilder, Result, State, action
+from fanwise.core import Action, ApplicationBuilder, GraphBuilder, Result, State, action, serde
 from fanwise.core.persistence import SQLitePersister
 from fanwise.core.tracking import LocalTrackingClient
 from fanwise.executors import MultiProcessExecutor
-from fanwise.parallel import ChildFailedError, MapStates, child_app_id
+from fanwise.parallel import ChildFailedError, MapStates, RunnableGraph, child_app_id
 
 WAIT = 10.0
 """Seconds a child waits for a sibling before giving up (a hang is a failure, not a pass)."""
@@ -767,3 +768,116 @@ def test_a_killed_worker_reruns_only_the_batches_that_were_in_flight(tally, tmp_
     assert all(runs[f"x{i}"] == 1 for i in range(1, 8)), "x1..x3 had not started, x4..x7 waited"
     assert runs["g0"] == runs["g1"] == 1
     assert executor.sizes == [1, 1, 4, 4, 4, 4, 4]
+
+
+# What the user defines travels both ways: exceptions, results, serdes.
+
+
+class Coded(Exception):
+    """An exception whose `__init__` takes other arguments than the `args` it stores."""
+
+    def __init__(self, code, reason):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class Refused(Exception):
+    """A dataclass exception: its `args` are empty, its fields are attributes."""
+
+    reason: str
+
+
+def raise_coded(code, reason):
+    raise Coded(code, reason)
+
+
+def raise_refused(reason):
+    raise Refused(reason)
+
+
+def test_an_exception_whose_init_takes_other_arguments_arrives_as_itself():
+    with MultiProcessExecutor(max_concurrency=1) as executor:
+        coded = executor.submit(raise_coded, 7, "too big").exception(timeout=WAIT)
+        refused = executor.submit(raise_refused, "no").exception(timeout=WAIT)
+
+    assert type(coded) is Coded
+    assert (coded.code, coded.reason, str(coded)) == (7, "too big", "7: too big")
+    assert any("raise_coded" in note for note in coded.__notes__), "the worker's traceback"
+    assert type(refused) is Refused and refused.reason == "no"
+
+
+def test_a_childs_exception_whose_init_takes_other_arguments_is_the_cause_of_its_failure():
+    @action(reads=["x"], writes=["y", "pid"])
+    def strict(state):
+        if state["x"] == 3:
+            raise Coded(state["x"], "three is refused")
+        return state.update(y=state["x"], pid=os.getpid())
+
+    parallel, state = map_fan(strict, 6)
+    with MultiProcessExecutor(max_concurrency=2, chunk_size=1) as executor:
+        with pytest.raises(ChildFailedError) as caught:
+            run_fan(parallel, state, executor=executor)
+
+    assert caught.value.position == 3
+    cause = caught.value.__cause__
+    assert type(cause) is Coded and (cause.code, cause.reason) == (3, "three is refused")
+
+
+def test_a_child_result_that_cannot_be_pickled_back_names_the_part_and_the_child():
+    @action(reads=["x"], writes=["y", "pid", "guard"])
+    def locking(state):
+        guard = threading.Lock() if state["x"] == 2 else None
+        return state.update(y=state["x"], pid=os.getpid(), guard=guard)
+
+    parallel, state = map_fan(locking, 4)
+    with MultiProcessExecutor(max_concurrency=2, chunk_size=1) as executor:
+        with pytest.raises(ChildFailedError, match="child 2 ") as caught:
+            run_fan(parallel, state, executor=executor)
+
+    assert isinstance(caught.value.__cause__, TypeError)
+    assert "its .state['guard'], a _thread.lock" in str(caught.value.__cause__)
+
+
+def test_a_serde_registered_in_the_driver_saves_a_childs_steps_in_the_workers(tmp_path):
+    @dataclasses.dataclass
+    class Reading:  # defined here, it travels by value, as a class of the user's script does
+        value: int
+
+    serde.register_type(Reading, dataclasses.asdict, lambda stored: Reading(**stored))
+
+    @action(reads=["x"], writes=["reading"])
+    def measure(state):
+        return state.update(reading=Reading(state["x"]))
+
+    @action(reads=["reading"], writes=["y", "pid"])
+    def double(state):
+        return state.update(y=Reading(2 * state["reading"].value), pid=os.getpid())
+
+    graph = GraphBuilder().with_actions(measure, double).with_transitions(
+        ("measure", "double")).build()
+    parallel, state = map_fan(RunnableGraph(graph, "measure", ["double"]), 4)
+    persister = SQLitePersister(tmp_path / "state.db")
+    with MultiProcessExecutor(max_concurrency=2, chunk_size=1) as executor:
+        result = run_fan(parallel, state, executor=executor, persister=persister)
+
+    assert result["ys"] == [Reading(2 * x) for x in range(4)]
+    assert all(type(y) is Reading for y in result["ys"])
+    assert os.getpid() not in result["pids"]
+
+
+def test_a_childs_exception_that_cannot_be_pickled_back_is_quoted_in_its_childs_failure():
+    @action(reads=["x"], writes=["y", "pid"])
+    def holding(state):
+        if state["x"] == 1:
+            raise HoldsALock()
+        return state.update(y=state["x"], pid=os.getpid())
+
+    parallel, state = map_fan(holding, 3)
+    with MultiProcessExecutor(max_concurrency=2, chunk_size=1) as executor:
+        with pytest.raises(ChildFailedError, match="child 1 ") as caught:
+            run_fan(parallel, state, executor=executor)
+
+    message = str(caught.value.__cause__)
+    assert "its .error.lock, a _thread.lock; .error is HoldsALock: it holds a lock" in message
