@@ -6,6 +6,16 @@
 Lambdas, closures and locally defined actions work. If a worker dies, the pool is replaced
 and only the batches that were in flight on it are sent again; buffered calls were never on
 it. Batching is shared with Ray and Dask (`executors/_batching.py`).
+
+Nothing outlives the driver (the process that made the pool). A worker waits on a queue the
+other workers also hold open, so it never sees the driver go; and the helpers
+multiprocessing starts wait on their clients, the workers: the forkserver exits when every
+process holding its "alive" pipe has, the resource tracker when every writer of its pipe
+has. So each worker runs `_exit_with_driver`: a thread that polls the driver and ends the
+worker when it is gone, killed or not; the forkserver and the resource tracker then follow.
+(PR_SET_PDEATHSIG would not do: a forkserver worker's parent is the forkserver, which waits
+for the worker; with "spawn" or "fork" it fires when the driver's *thread* that started the
+worker ends, which a pool outlives.)
 """
 
 from __future__ import annotations
@@ -14,12 +24,19 @@ import functools
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any
 
+import psutil
 from fanwise.executors._batching import Batch, BatchingExecutor, run_batch
+
+DRIVER_POLL_SECONDS = 0.5
+"""How often a worker checks that its driver lives: how long a worker outlives a killed
+driver at most. A check reads one /proc entry (tens of microseconds), nothing a child
+would notice (benchmarks/executors.py, the processes and cpu-bound rows)."""
 
 
 class MultiProcessExecutor(BatchingExecutor):
@@ -61,7 +78,11 @@ class MultiProcessExecutor(BatchingExecutor):
         self._pool_closed = False
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.max_concurrency, mp_context=self._context)
+        driver = psutil.Process()
+        return ProcessPoolExecutor(
+            max_workers=self.max_concurrency, mp_context=self._context,
+            initializer=_exit_with_driver, initargs=(driver.pid, driver.create_time()),
+        )
 
     def _slots(self) -> int:
         return self.max_concurrency
@@ -117,3 +138,30 @@ class MultiProcessExecutor(BatchingExecutor):
         method = self._context.get_start_method()
         return (MultiProcessExecutor, (self.max_concurrency, method, self.chunk_size,
                                        self.max_pool_restarts))
+
+
+def _exit_with_driver(pid: int, started: float) -> None:
+    """In a worker, first thing: end this process once the driver `pid` (created at
+    `started`, so a reused pid is not mistaken for it) is gone or a zombie. The watch is a
+    daemon thread: it ends the worker mid-child too, as nothing it did could be delivered."""
+    if _gone(pid, started):
+        os._exit(1)
+    threading.Thread(
+        target=_watch_driver, args=(pid, started), name="fanwise-driver-watch", daemon=True
+    ).start()
+
+
+def _watch_driver(pid: int, started: float) -> None:
+    while not _gone(pid, started):
+        time.sleep(DRIVER_POLL_SECONDS)
+    os._exit(1)
+
+
+def _gone(pid: int, started: float) -> bool:
+    try:
+        driver = psutil.Process(pid)
+        return driver.create_time() != started or driver.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:  # cannot tell: a worker is never ended on a guess
+        return False

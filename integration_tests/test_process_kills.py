@@ -1,4 +1,5 @@
-"""Real SIGKILLs: a pool worker dies mid-fan-out, or the driver dies and is resumed."""
+"""Real kills: a pool worker dies mid-fan-out, or the driver dies and is resumed, and
+nothing the driver started outlives it."""
 
 import json
 import os
@@ -276,3 +277,106 @@ def test_a_killed_driver_resumes_without_rerunning_durable_children(
     assert {int(x) for x, _ in lines} == set(range(CHILDREN))
     assert len(runs_per_child) == CHILDREN
     assert {app_id: runs_per_child[app_id] for app_id in durable} == dict.fromkeys(durable, 1)
+
+
+ORPHAN_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import sys
+    import time
+
+    from fanwise.core import ApplicationBuilder, Result, State, action
+    from fanwise.executors import MultiProcessExecutor
+    from fanwise.parallel import MapStates
+
+
+    @action(reads=["x", "log"], writes=["y"])
+    def nap(state):
+        with open(state["log"], "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(300)
+        return state.update(y=state["x"])
+
+
+    class Naps(MapStates):
+        reads, writes = ["n", "log"], ["ys"]
+
+        def action(self):
+            return nap
+
+        def states(self, state):
+            return [State({"x": x, "log": state["log"]}) for x in range(state["n"])]
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+
+    if __name__ == "__main__":
+        log, method = sys.argv[1:]
+        with MultiProcessExecutor(max_concurrency=2, mp_context=method) as executor:
+            app = (
+                ApplicationBuilder()
+                .with_actions(fan=Naps(), done=Result("ys"))
+                .with_transitions(("fan", "done"))
+                .with_state(n=4, log=log)
+                .with_entrypoint("fan")
+                .with_executor(executor)
+                .build()
+            )
+            app.run(halt_after=["done"])
+    """
+)
+ORPHAN_WAIT = 10.0
+"""Seconds every process a killed driver started has to exit on its own."""
+
+
+def running(process):
+    """Whether `process` still runs (a zombie only waits for its parent to reap it)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def command(process):
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return "(exited)"
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_nothing_a_killed_driver_started_outlives_it(tmp_path, method, sig):
+    script, log = tmp_path / "naps.py", tmp_path / "started.txt"
+    script.write_text(ORPHAN_SCRIPT)
+    driver = subprocess.Popen([sys.executable, str(script), str(log), method], cwd=tmp_path)
+    descendants = []
+    try:
+        def workers_started():
+            return len({pid for (pid,) in read_lines(log)}) == 2 or driver.poll() is not None
+
+        wait_until(workers_started, "both workers to start a child")
+        assert driver.poll() is None, "the driver exited before it could be killed"
+        descendants = psutil.Process(driver.pid).children(recursive=True)
+        workers = {int(pid) for (pid,) in read_lines(log)}
+        assert workers <= {p.pid for p in descendants}
+        if method == "forkserver":
+            helpers = {command(p) for p in descendants if p.pid not in workers}
+            assert any("forkserver" in line for line in helpers), helpers
+            assert any("resource_tracker" in line for line in helpers), helpers
+        os.kill(driver.pid, sig)
+        driver.wait(timeout=WAIT)
+
+        deadline = time.monotonic() + ORPHAN_WAIT
+        while any(running(p) for p in descendants) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [(p.pid, command(p)[:80]) for p in descendants if running(p)]
+        assert not left, f"still running {ORPHAN_WAIT} s after the driver's {sig.name}: {left}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=WAIT)
+        for process in descendants:  # only what this test's driver started
+            if running(process):
+                process.kill()
