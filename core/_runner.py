@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fanwise.core.errors import AsyncMismatchError, GraphError, InputError
 from fanwise.core.hooks import PostRunStepHookAsync, PreRunStepHookAsync
-from fanwise.core.protocols import MaybeAsync
+from fanwise.core.protocols import MaybeAsync, conforms
 from fanwise.core.state import State
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def apply_writes(action: Action, before: State, after: State) -> State:
 
 def is_async_adapter(adapter: Any) -> bool:
     """Whether a persister, loader or tracker says it is async (`is_async()`)."""
-    return isinstance(adapter, MaybeAsync) and bool(adapter.is_async())
+    return conforms(adapter, MaybeAsync) and bool(adapter.is_async())
 
 
 def async_only_reason(hooks: list[Any], saver: Any) -> str | None:

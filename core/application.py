@@ -12,7 +12,7 @@ from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.errors import ApplicationClosedError
 from fanwise.core.graph import Graph
 from fanwise.core.hooks import LifecycleHook, hooks_for
-from fanwise.core.protocols import StoresForm
+from fanwise.core.protocols import StoresForm, conforms
 from fanwise.core.state import State
 
 RunOutcome = tuple[Action | None, dict[str, Any] | None, State]
@@ -54,7 +54,7 @@ class Application:
         self._async_only_reason = _runner.async_only_reason(hooks, saver)
         self._tracker = tracker
         self._saver = saver
-        self._stored_form = saver.stored_form if isinstance(saver, StoresForm) else None
+        self._stored_form = saver.stored_form if conforms(saver, StoresForm) else None
         self._loader = loader
         self._executor = executor
         self._spawning_parent = spawning_parent

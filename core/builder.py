@@ -12,7 +12,7 @@ from fanwise.core.context import ParentPointer
 from fanwise.core.errors import AsyncMismatchError, FanwiseError, GraphError
 from fanwise.core.graph import Graph, GraphBuilder
 from fanwise.core.hooks import LifecycleHook, hooks_for
-from fanwise.core.protocols import LeasingStore
+from fanwise.core.protocols import LeasingStore, conforms
 from fanwise.core.state import State
 
 
@@ -177,7 +177,7 @@ class ApplicationBuilder:
     def _acquire_lease(self, app_id: str) -> Generator[Any, Any, Any]:
         """This driver's lease on `app_id` if the persister has leases (None otherwise); a
         spawned child runs under its parent's lease and takes none."""
-        if not isinstance(self._saver, LeasingStore) or self._spawning_parent is not None:
+        if not conforms(self._saver, LeasingStore) or self._spawning_parent is not None:
             return None
         return (yield self._saver.acquire_lease(self._partition_key, app_id,
                                                 wait=self._lease_wait))

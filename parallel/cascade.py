@@ -6,7 +6,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from fanwise.core.errors import AsyncMismatchError, GraphError
-from fanwise.core.protocols import Copyable, StateLoader
+from fanwise.core.protocols import Copyable, StateLoader, conforms
 from fanwise.executors.protocols import ExecutorTraits
 
 CASCADE = "cascade"
@@ -14,7 +14,7 @@ CASCADE = "cascade"
 
 def copy_of(adapter: Any) -> Any:
     """A copy for the children (persisters and trackers have `copy()`), else the same one."""
-    return adapter.copy() if isinstance(adapter, Copyable) else adapter
+    return adapter.copy() if conforms(adapter, Copyable) else adapter
 
 
 def children_adapters(
@@ -25,12 +25,12 @@ def children_adapters(
     if saver_choice == CASCADE:
         saver = copy_of(parent_saver) if parent_saver is not None else None
         if parent_loader is None or parent_loader is parent_saver:
-            loader = saver if isinstance(saver, StateLoader) else None
+            loader = saver if conforms(saver, StateLoader) else None
         else:
             loader = copy_of(parent_loader)
     else:
         saver = saver_choice
-        loader = saver_choice if isinstance(saver_choice, StateLoader) else None
+        loader = saver_choice if conforms(saver_choice, StateLoader) else None
     tracker = copy_of(parent_tracker) if tracker_choice == CASCADE else tracker_choice
     return saver, loader, tracker
 

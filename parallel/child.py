@@ -21,7 +21,7 @@ from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData, SaveRow
-from fanwise.core.protocols import StateLoader, StateSaver, StoresForm
+from fanwise.core.protocols import StateLoader, StateSaver, StoresForm, conforms
 from fanwise.core.state import State
 from fanwise.core.tracking.local import RecordingTracker
 from fanwise.executors.protocols import NestedChoice
@@ -107,7 +107,7 @@ class _DeferredSaver:
 
     def stored_form(self, state: State) -> State:
         """The real persister's stored form (the child goes on with it, as on a resume)."""
-        return self._inner.stored_form(state) if isinstance(self._inner, StoresForm) else state
+        return self._inner.stored_form(state) if conforms(self._inner, StoresForm) else state
 
     def is_async(self) -> bool:
         return False
