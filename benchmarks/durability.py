@@ -159,8 +159,8 @@ def run_fan_out(backend: Backend, children: int, workers: int) -> tuple[float, f
         raise RuntimeError(f"{backend.name}: {rows} rows after {children} children")
 
     started = time.perf_counter()
-    resumed = fan_app(backend.make(), children, workers, die=False, resume=True)
-    total = resumed.run(halt_after=["fan"])[2]["total"]
+    with fan_app(backend.make(), children, workers, die=False, resume=True) as resumed:
+        total = resumed.run(halt_after=["fan"])[2]["total"]
     resume_seconds = time.perf_counter() - started
     if total != expected:
         raise RuntimeError(f"{backend.name}: resume reduced to {total}, not {expected}")
