@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -52,4 +53,6 @@ class AsyncExecutor(concurrent.futures.Executor):
         return self.submit_coroutine(result)
 
     def nested(self) -> Any:
-        return self
+        """A child's own fan-out gets a bound of its own (the same size): sharing this one
+        would deadlock, the parents holding every slot while their children wait for one."""
+        return functools.partial(AsyncExecutor, self.max_concurrency)

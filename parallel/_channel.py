@@ -24,6 +24,7 @@ class Channel:
         self._executor = executor
         self._done: Any = queue.SimpleQueue()
         self._pending: dict[int, Any] = {}
+        self._cancelled: set[int] = set()
 
     def submit(self, spec: ChildSpec) -> None:
         self._track(spec.position, self._executor.submit(run_child, spec))
@@ -55,13 +56,20 @@ class Channel:
 
     def cancel(self, position: int) -> None:
         future = self._pending.pop(position, None)
-        if future is not None:
-            future.cancel()
+        if future is not None and future.cancel():
+            self._cancelled.add(position)
 
-    def cancel_pending(self) -> None:
-        """Cancel every child not started yet (running ones finish; they cannot be stopped)."""
-        for future in list(self._pending.values()):
-            future.cancel()
+    def cancel_pending(self, running_too: bool = True) -> None:
+        """Cancel every child not started yet: a pool's running children finish anyway (they
+        cannot be stopped); loop tasks are running children, cancelled only if
+        `running_too` (when nobody will wait for them any more)."""
+        for position, future in list(self._pending.items()):
+            if future.cancel():
+                self._cancelled.add(position)
+
+    def was_cancelled(self, position: int) -> bool:
+        """Whether this channel cancelled the child (else something else did)."""
+        return position in self._cancelled
 
 
 class AsyncChannel(Channel):
@@ -78,6 +86,10 @@ class AsyncChannel(Channel):
             self._track(spec.position, self._executor.submit_coroutine(arun_child(spec)))
         else:
             super().submit(spec)
+
+    def cancel_pending(self, running_too: bool = True) -> None:
+        if running_too or not self._on_loop:  # loop tasks in the window are all running
+            super().cancel_pending()
 
     def _deliverer(self, position: int) -> Callable[[Any], None]:
         put, loop = self._done.put_nowait, self._loop

@@ -44,6 +44,8 @@ def stream_fanout(
         app._event_sink = sink
         try:
             for step in app.iterate(halt_before, halt_after, inputs):
+                if sink.closed:  # the consumer is gone: run no further step
+                    break
                 sink.put(_done(step, app.sequence_id))
         except BaseException as exc:  # handed to the consumer's thread
             failure.append(exc)
@@ -82,6 +84,8 @@ async def astream_fanout(
         app._event_sink = sink
         try:
             async for step in app.aiterate(halt_before, halt_after, inputs):
+                if sink.closed:
+                    break
                 await sink.aput(_done(step, app.sequence_id))
         finally:
             app._event_sink = None

@@ -32,6 +32,7 @@ from fanwise.parallel.cascade import (
     window_size,
 )
 from fanwise.parallel.errors import ChildFailedError, ChildrenFailedError
+from fanwise.parallel.events import LoopEventSink
 from fanwise.parallel.fanout import AsyncSource, Fanout, FanoutConfig, Handout, SyncSource
 from fanwise.parallel.graphs import as_runnable
 from fanwise.parallel.outcomes import ChildOutcome
@@ -188,6 +189,22 @@ class TaskBasedParallelAction(Action):
         )
         traits = traits_of(executor)
         capacity = window_size(self.name, executor, traits, self.max_concurrency)
+        most = traits.max_concurrency
+        if self.child_timeout is not None and most is not None and capacity > most:
+            raise GraphError(
+                f"parallel action {self.name!r} has child_timeout={self.child_timeout} and a "
+                f"window of {capacity} children on {type(executor).__name__}, which runs "
+                f"{most} at once: a timeout counts from when a child is handed over, so "
+                f"queued children would time out; use max_concurrency <= {most}"
+            )
+        if not is_async and isinstance(context.event_sink, LoopEventSink) and (
+            context.event_sink.on_loop_thread()
+        ):
+            raise AsyncMismatchError(
+                f"parallel action {self.name!r} is sync: its fan-out would block the event "
+                "loop that reads astream_fanout's events; use stream_fanout, or make the "
+                "action async"
+            )
         saver, loader, tracker = children_adapters(
             call_by_name(self.persister, context=context),
             call_by_name(self.tracker, context=context),
@@ -234,6 +251,7 @@ class TaskBasedParallelAction(Action):
             keep_outcomes="outcomes" in inspect.signature(self.reduce).parameters,
             shipped_tracker=shipped,
             sink=events,
+            is_async=is_async,
         )
         return executor, owned, config
 

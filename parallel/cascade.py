@@ -40,7 +40,7 @@ def resolve_executor(
 ) -> tuple[Executor, bool]:
     """(executor, owned): owned executors are created here, sized to the action's window
     when it gives one, and shut down after the fan-out."""
-    from fanwise.executors import AsyncExecutor, MultiThreadedExecutor, create
+    from fanwise.executors import AsyncExecutor, InlineExecutor, MultiThreadedExecutor, create
 
     spec = app_default if choice == CASCADE else choice
     sized = {} if window is None else {"max_concurrency": window}
@@ -55,6 +55,11 @@ def resolve_executor(
         owned = True
     else:
         raise TypeError(f"{spec!r} is not an executor, an executor name or a factory")
+    if isinstance(executor, InlineExecutor) and is_async:
+        raise AsyncMismatchError(
+            "InlineExecutor runs the children of sync parallel actions; an async one's "
+            "children run on the event loop: use AsyncExecutor (the default)"
+        )
     if isinstance(executor, AsyncExecutor) and not is_async:
         raise AsyncMismatchError(
             "AsyncExecutor runs async parallel actions only; use MultiThreadedExecutor "

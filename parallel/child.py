@@ -256,29 +256,32 @@ def run_child(spec: ChildSpec) -> ChildResult:
         # one attempt needs no retry machinery (tenacity's costs a trivial child a third:
         # the trivial-children row of benchmarks/workloads.py)
         if not spec.retry.retries:
-            state, saver = _attempt(spec, items, again=False)
+            state, saver = _attempt(spec, items, None)
         else:
+            savers: list[Any] = []  # each attempt's saver: a retry writes what it held back
             retrying = spec.retry.attempts()
             for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    state, saver = _attempt(spec, items, again=attempts > 1)
+                    state, saver = _attempt(spec, items, savers)
     except Exception as exc:
         return _result(spec, None, None, attempts, started, items, exc)
     return _result(spec, state, saver, attempts, started, items)
 
 
-def _attempt(spec: ChildSpec, items: _Items, again: bool) -> tuple[State, Any]:
-    """One try (a retry continues from the child's last saved step): the final state and
-    the saver holding the final row."""
-    if again:
-        spec.resume_from = _reload(spec)
+def _attempt(spec: ChildSpec, items: _Items, savers: list[Any] | None) -> tuple[State, Any]:
+    """One try (a retry, after the attempts whose savers are in `savers`, continues from
+    the child's last saved step): the final state and the saver holding the final row."""
+    if savers:
+        spec.resume_from = _reload(spec, savers[-1])
     direct = spec.runnable.direct_action
     if direct is not None and spec.saver is None and spec.tracker is None and (
         not items.wanted()
     ):
         return _run_direct(direct, spec.state, spec.inputs), None
     saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver is not None else None
+    if savers is not None:
+        savers.append(saver)
     app = _builder(spec, saver).build()
     _watch_nested(app, spec)
     _run_to_halt(app, spec, items)
@@ -301,24 +304,29 @@ async def arun_child(spec: ChildSpec) -> ChildResult:
     attempts = 1
     try:
         if not spec.retry.retries:
-            app, saver = await _aattempt(spec, items, again=False)
+            app, saver = await _aattempt(spec, items, None)
         else:
+            savers: list[Any] = []
             retrying = spec.retry.async_attempts()
             async for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    app, saver = await _aattempt(spec, items, again=attempts > 1)
+                    app, saver = await _aattempt(spec, items, savers)
     except Exception as exc:
         return _result(spec, None, None, attempts, started, items, exc)
     return _result(spec, app.state, saver, attempts, started, items)
 
 
-async def _aattempt(spec: ChildSpec, items: _Items, again: bool) -> tuple[Application, Any]:
+async def _aattempt(
+    spec: ChildSpec, items: _Items, savers: list[Any] | None
+) -> tuple[Application, Any]:
     is_async = spec.saver is not None and spec.saver.is_async()
-    if again:
-        spec.resume_from = await _areload(spec, is_async)
+    if savers:
+        spec.resume_from = await _areload(spec, is_async, savers[-1])
     deferred: Callable[..., _DeferredSaver] = _AsyncDeferredSaver if is_async else _DeferredSaver
     saver = deferred(spec.saver, spec.fingerprint) if spec.saver is not None else None
+    if savers is not None:
+        savers.append(saver)
     app = await _builder(spec, saver).abuild()
     _watch_nested(app, spec)
     if spec.timeout is None:
@@ -341,13 +349,25 @@ async def _with_timeout(run: Any, spec: ChildSpec) -> None:
         ) from None
 
 
-def _reload(spec: ChildSpec) -> PersistedStateData | None:
-    """Where a retry starts: the child's last saved step (None without a persister)."""
-    return None if spec.saver is None else spec.saver.load(spec.partition_key, spec.app_id)
+def _reload(spec: ChildSpec, previous: _DeferredSaver | None) -> PersistedStateData | None:
+    """Where a retry starts: the child's last saved step, once the step the failed attempt
+    completed last (held back for the driver) is written too (None without a persister
+    that can load: the retry starts afresh)."""
+    if previous is not None and previous.held is not None:
+        spec.saver.save(**previous.held)
+    if not conforms(spec.saver, StateLoader):
+        return None
+    return spec.saver.load(spec.partition_key, spec.app_id)
 
 
-async def _areload(spec: ChildSpec, is_async: bool) -> PersistedStateData | None:
-    if spec.saver is None:
+async def _areload(
+    spec: ChildSpec, is_async: bool, previous: _DeferredSaver | None
+) -> PersistedStateData | None:
+    if previous is not None and previous.held is not None:
+        saved = spec.saver.save(**previous.held)
+        if is_async:
+            await saved
+    if not conforms(spec.saver, StateLoader):
         return None
     loaded = spec.saver.load(spec.partition_key, spec.app_id)
     return (await loaded) if is_async else loaded

@@ -70,6 +70,11 @@ class ChildrenFailedError(FanwiseError, ExceptionGroup):
         return ExceptionGroup(self.message, list(excs))
 
 
+class ChildCancelledError(FanwiseError):
+    """A child ended cancelled although its fan-out did not cancel it (its own code, or an
+    executor shutting down)."""
+
+
 class ChildTimeoutError(FanwiseError, TimeoutError):
     """A child ran longer than its parallel action's `child_timeout`."""
 

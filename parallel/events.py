@@ -108,6 +108,9 @@ class LoopEventSink:
     def offer(self, event: FanoutEvent) -> Awaitable[None]:
         return self.aput(event)
 
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
     def put(self, event: FanoutEvent) -> None:
         """From a thread other than the loop's: wait until the loop took the event."""
         if self.closed:

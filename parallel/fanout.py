@@ -37,7 +37,12 @@ from fanwise.parallel._commit import GroupCommit
 from fanwise.parallel._plan import PlanConfig, Planner, ResumeLookup
 from fanwise.parallel._window import Window
 from fanwise.parallel.child import ChildResult, ChildSpec
-from fanwise.parallel.errors import ChildFailedError, ChildTimeoutError, FanoutCancelledError
+from fanwise.parallel.errors import (
+    ChildCancelledError,
+    ChildFailedError,
+    ChildTimeoutError,
+    FanoutCancelledError,
+)
 from fanwise.parallel.events import EventSink, FanoutEvent
 from fanwise.parallel.outcomes import ChildOutcome
 from fanwise.parallel.progress import Progress
@@ -68,6 +73,8 @@ class FanoutConfig:
     """The tracker whose `ingest` writes the records of children run in other processes."""
     sink: EventSink | None = None
     """Where this fan-out's events go (a watched run), wherever its children run."""
+    is_async: bool = False
+    """Driven by the async driver (then emitting may be awaited; a sync fan-out blocks)."""
 
 
 @dataclass(slots=True)
@@ -112,6 +119,10 @@ class Fanout:
                 if self._commit.has_rows() and (yield from self._gather()):
                     continue
                 handed = (yield from self._hand_out()) if window.has_finished() else 0
+                if self._commit.pending() >= window.hold_limit:
+                    # nothing may be due (a slow child at the head): rows still go out,
+                    # so that parked children's states leave memory and survive a crash
+                    yield from self._commit.commit()
                 if window.stopping and not window.inflight:
                     yield from self._commit.commit()
                     self._raise_stop()
@@ -224,13 +235,20 @@ class Fanout:
             return
         try:
             result = future.result()
-        except (CancelledError, asyncio.CancelledError):  # never started
-            return
+        except (CancelledError, asyncio.CancelledError) as exc:
+            if self._channel.was_cancelled(position):  # cancelled here before it started
+                return
+            result = ChildResult(position, spec.app_id, None, error=ChildCancelledError(
+                f"child {position} (app id {spec.app_id}) was cancelled, not by its fan-out"
+            ).with_traceback(exc.__traceback__))
         except Exception as exc:  # the executor failed, not the child (a lost worker, pickling)
             result = ChildResult(position, spec.app_id, None, error=exc)
         if result.items and self._sink is not None:
             for event in result.items:
-                yield self._sink.offer(event)
+                if self.config.is_async:
+                    yield self._sink.offer(event)
+                else:
+                    self._sink.put(event)
         if result.error is not None:
             self._commit.add(None, None, position, result.records)
             yield from self._failed(result)
@@ -285,7 +303,7 @@ class Fanout:
         window = self._window
         window.stopping = True
         window.queued.clear()
-        self._channel.cancel_pending()
+        self._channel.cancel_pending(running_too=False)
 
     def _settle(self) -> Effects:
         """Let running children finish and keep their rows (before raising)."""
@@ -364,7 +382,10 @@ class Fanout:
         event = FanoutEvent(kind, position, app_id, (*self._plan.path, position), seq, data)
         self.config.progress.on_event(event)
         if self._sink is not None:
-            yield self._sink.offer(event)
+            if self.config.is_async:
+                yield self._sink.offer(event)
+            else:
+                self._sink.put(event)
 
     def _wait_seconds(self) -> float | None:
         deadline = self._window.next_deadline()
