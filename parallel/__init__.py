@@ -8,6 +8,7 @@ from fanwise.parallel.actions import (
     TaskBasedParallelAction,
 )
 from fanwise.parallel.errors import (
+    ChildCancelledError,
     ChildFailedError,
     ChildrenFailedError,
     ChildTimeoutError,
@@ -19,6 +20,7 @@ from fanwise.parallel.outcomes import ChildOutcome
 from fanwise.parallel.tasks import SubGraphTask
 
 __all__ = [
+    "ChildCancelledError",
     "ChildFailedError",
     "ChildOutcome",
     "ChildTimeoutError",
