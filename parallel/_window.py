@@ -152,8 +152,12 @@ class Window:
             self.held[position] = result
             return False
         self.held[position] = result
-        size = self._held_sizes[position] = approx_bytes(result)
-        self.held_bytes += size
+        if position - self.next_position > self.capacity:
+            # only children well ahead of the next one count against the budget: fewer
+            # than `capacity` others can wait closer, so what is not counted is bounded
+            # by the window (and estimating every held state cost a trivial child 2%)
+            size = self._held_sizes[position] = approx_bytes(result)
+            self.held_bytes += size
         return False
 
     def park_id(self, position: int, app_id: str, loader: Any) -> None:
