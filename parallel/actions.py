@@ -433,7 +433,7 @@ class MapActionsAndStates(TaskBasedParallelAction):
             runnable, action_inputs = _split_action(action_item, inputs)
             for item in states:
                 child_state, child_inputs = _split(item, action_inputs, self.name)
-                yield SubGraphTask(graph=runnable, state=child_state, inputs=child_inputs)
+                yield SubGraphTask.planned(runnable, child_state, child_inputs)
             if not isinstance(first_states, Sized):
                 states = self._states(state, context, inputs)
 

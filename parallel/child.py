@@ -250,6 +250,15 @@ def run_child(spec: ChildSpec) -> ChildResult:
     if spec.runnable.is_async:
         return asyncio.run(arun_child(spec))
     started = time.perf_counter()
+    if not spec.retry.retries and _plain(spec):  # the common trivial child, in one call
+        try:
+            state = _run_direct(spec.runnable.direct_action, spec.state, spec.inputs)
+        except Exception as exc:
+            state, error = None, exc
+        else:
+            error = None
+        return ChildResult(spec.position, spec.app_id, state, None, 1,
+                           time.perf_counter() - started, error)
     items = _Items(spec)
     attempts = 1
     try:
@@ -274,11 +283,8 @@ def _attempt(spec: ChildSpec, items: _Items, savers: list[Any] | None) -> tuple[
     the child's last saved step): the final state and the saver holding the final row."""
     if savers:
         spec.resume_from = _reload(spec, savers[-1])
-    direct = spec.runnable.direct_action
-    if direct is not None and spec.saver is None and spec.tracker is None and (
-        not items.wanted()
-    ):
-        return _run_direct(direct, spec.state, spec.inputs), None
+    if _plain(spec):
+        return _run_direct(spec.runnable.direct_action, spec.state, spec.inputs), None
     saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver is not None else None
     if savers is not None:
         savers.append(saver)
@@ -286,6 +292,17 @@ def _attempt(spec: ChildSpec, items: _Items, savers: list[Any] | None) -> tuple[
     _watch_nested(app, spec)
     _run_to_halt(app, spec, items)
     return app.state, saver
+
+
+def _plain(spec: ChildSpec) -> bool:
+    """Whether the child is one plain action with nothing observing it (`_run_direct`)."""
+    return (
+        spec.runnable.direct_action is not None
+        and spec.saver is None
+        and spec.tracker is None
+        and spec.events is None
+        and not spec.collect_items
+    )
 
 
 def _run_direct(action: Action, state: State, inputs: dict[str, Any]) -> State:

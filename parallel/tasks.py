@@ -38,3 +38,14 @@ class SubGraphTask:
     @property
     def runnable(self) -> RunnableGraph:
         return self.graph
+
+    @classmethod
+    def planned(cls, runnable: RunnableGraph, state: State, inputs: dict[str, Any]) -> SubGraphTask:
+        """A task from parts already checked (the Map* actions' own plans): no validation,
+        which costs a trivial child more than anything else in planning."""
+        task = cls.__new__(cls)
+        task.graph, task.inputs, task.state = runnable, inputs, state
+        task.application_id = task.tracker = task.state_persister = None
+        task.state_initializer = task.action = None
+        return task
+
