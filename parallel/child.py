@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from fanwise.core.tracking.local import RecordingTracker
 from fanwise.executors.protocols import NestedChoice
 from fanwise.parallel._retry import RetryPolicy
 from fanwise.parallel.cascade import copy_of
+from fanwise.parallel.errors import ChildTimeoutError
 from fanwise.parallel.events import EventSink, FanoutEvent
 from fanwise.parallel.graphs import RunnableGraph
 
@@ -177,15 +178,19 @@ class _Items:
         self.seq += 1
         return event
 
-    def wanted(self) -> bool:
-        return self._spec.events is not None or self.kept is not None
-
-    def emit(self, item: Any) -> None:
+    def handed(self, item: Any) -> FanoutEvent | None:
+        """The item as an event: kept here when it is to travel back with the result
+        (None returned), else returned for the sink."""
         event = self.event(item)
-        if self.kept is not None:
-            self.kept.append(event)
-        else:
-            self._spec.events.put(event)
+        if self.kept is None:
+            return event
+        self.kept.append(event)
+        return None
+
+
+def _items_of(spec: ChildSpec) -> _Items | None:
+    """A counter of the child's streamed items, if anyone wants them."""
+    return _Items(spec) if spec.events is not None or spec.collect_items else None
 
 
 def _builder(spec: ChildSpec, saver: Any) -> ApplicationBuilder:
@@ -219,28 +224,25 @@ def _watch_nested(app: Application, spec: ChildSpec) -> None:
         app._event_sink, app._event_path = spec.events, spec.path
 
 
-def _run_to_halt(app: Application, spec: ChildSpec, items: _Items) -> None:
+def _run_to_halt(app: Application, spec: ChildSpec, items: _Items | None) -> None:
     """Run the child step by step to its halt, handing streamed items on when wanted."""
     halt_after = spec.runnable.halt_after
-    wanted = items.wanted()
     while app.get_next_action() is not None:
         driver = _runner.Driver(_runner.step(app, spec.inputs, async_run=False))
         for item in driver:
-            if wanted:
-                items.emit(item)
+            if items is not None and (event := items.handed(item)) is not None:
+                spec.events.put(event)
         if driver.result.action.name in halt_after:
             return
 
 
-async def _arun_to_halt(app: Application, spec: ChildSpec, items: _Items) -> None:
+async def _arun_to_halt(app: Application, spec: ChildSpec, items: _Items | None) -> None:
     halt_after = spec.runnable.halt_after
     while app.get_next_action() is not None:
         driver = _runner.Driver(_runner.step(app, spec.inputs, async_run=True))
         async for item in driver:
-            if items.kept is not None:
-                items.kept.append(items.event(item))
-            elif spec.events is not None:
-                await spec.events.aput(items.event(item))
+            if items is not None and (event := items.handed(item)) is not None:
+                await spec.events.aput(event)
         if driver.result.action.name in halt_after:
             return
 
@@ -250,16 +252,7 @@ def run_child(spec: ChildSpec) -> ChildResult:
     if spec.runnable.is_async:
         return asyncio.run(arun_child(spec))
     started = time.perf_counter()
-    if not spec.retry.retries and _plain(spec):  # the common trivial child, in one call
-        try:
-            state = _run_direct(spec.runnable.direct_action, spec.state, spec.inputs)
-        except Exception as exc:
-            state, error = None, exc
-        else:
-            error = None
-        return ChildResult(spec.position, spec.app_id, state, None, 1,
-                           time.perf_counter() - started, error)
-    items = _Items(spec)
+    items = _items_of(spec)
     attempts = 1
     try:
         # one attempt needs no retry machinery (tenacity's costs a trivial child a third:
@@ -278,11 +271,13 @@ def run_child(spec: ChildSpec) -> ChildResult:
     return _result(spec, state, saver, attempts, started, items)
 
 
-def _attempt(spec: ChildSpec, items: _Items, savers: list[Any] | None) -> tuple[State, Any]:
+def _attempt(
+    spec: ChildSpec, items: _Items | None, savers: list[Any] | None
+) -> tuple[State, Any]:
     """One try (a retry, after the attempts whose savers are in `savers`, continues from
     the child's last saved step): the final state and the saver holding the final row."""
     if savers:
-        spec.resume_from = _reload(spec, savers[-1])
+        spec.resume_from = _runner.drive_sync(_reloading(spec, savers[-1]))
     if _plain(spec):
         return _run_direct(spec.runnable.direct_action, spec.state, spec.inputs), None
     saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver is not None else None
@@ -317,7 +312,7 @@ def _run_direct(action: Action, state: State, inputs: dict[str, Any]) -> State:
 async def arun_child(spec: ChildSpec) -> ChildResult:
     """Build and run one child on the running event loop; `timeout` cancels an attempt."""
     started = time.perf_counter()
-    items = _Items(spec)
+    items = _items_of(spec)
     attempts = 1
     try:
         if not spec.retry.retries:
@@ -335,11 +330,11 @@ async def arun_child(spec: ChildSpec) -> ChildResult:
 
 
 async def _aattempt(
-    spec: ChildSpec, items: _Items, savers: list[Any] | None
+    spec: ChildSpec, items: _Items | None, savers: list[Any] | None
 ) -> tuple[Application, Any]:
     is_async = spec.saver is not None and spec.saver.is_async()
     if savers:
-        spec.resume_from = await _areload(spec, is_async, savers[-1])
+        spec.resume_from = await _runner.drive_async(_reloading(spec, savers[-1]))
     deferred: Callable[..., _DeferredSaver] = _AsyncDeferredSaver if is_async else _DeferredSaver
     saver = deferred(spec.saver, spec.fingerprint) if spec.saver is not None else None
     if savers is not None:
@@ -354,8 +349,6 @@ async def _aattempt(
 
 
 async def _with_timeout(run: Any, spec: ChildSpec) -> None:
-    from fanwise.parallel.errors import ChildTimeoutError
-
     try:
         async with asyncio.timeout(spec.timeout):
             await run
@@ -366,28 +359,15 @@ async def _with_timeout(run: Any, spec: ChildSpec) -> None:
         ) from None
 
 
-def _reload(spec: ChildSpec, previous: _DeferredSaver | None) -> PersistedStateData | None:
+def _reloading(spec: ChildSpec, previous: _DeferredSaver | None) -> Generator[Any, Any, Any]:
     """Where a retry starts: the child's last saved step, once the step the failed attempt
     completed last (held back for the driver) is written too (None without a persister
-    that can load: the retry starts afresh)."""
+    that can load: the retry starts afresh). Effects, for `_runner.drive_sync`/`_async`."""
     if previous is not None and previous.held is not None:
-        spec.saver.save(**previous.held)
+        yield spec.saver.save(**previous.held)
     if not conforms(spec.saver, StateLoader):
         return None
-    return spec.saver.load(spec.partition_key, spec.app_id)
-
-
-async def _areload(
-    spec: ChildSpec, is_async: bool, previous: _DeferredSaver | None
-) -> PersistedStateData | None:
-    if previous is not None and previous.held is not None:
-        saved = spec.saver.save(**previous.held)
-        if is_async:
-            await saved
-    if not conforms(spec.saver, StateLoader):
-        return None
-    loaded = spec.saver.load(spec.partition_key, spec.app_id)
-    return (await loaded) if is_async else loaded
+    return (yield spec.saver.load(spec.partition_key, spec.app_id))
 
 
 def _result(
@@ -396,19 +376,17 @@ def _result(
     saver: _DeferredSaver | None,
     attempts: int,
     started: float,
-    items: _Items,
+    items: _Items | None,
     error: BaseException | None = None,
 ) -> ChildResult:
-    shipped = isinstance(spec.tracker, RecordingTracker)  # the child runs in another process
-    return ChildResult(
-        spec.position,
-        spec.app_id,
-        state,
-        saver.held if saver is not None and error is None else None,
-        attempts=attempts,
-        seconds=time.perf_counter() - started,
-        error=error,
-        records=spec.tracker.take(spec.app_id, spec.partition_key) if shipped else None,
-        items=items.kept,
-        next_seq=items.seq,
+    tracker = spec.tracker  # a recorder when the child runs in another process
+    records = (
+        tracker.take(spec.app_id, spec.partition_key)
+        if tracker is not None and isinstance(tracker, RecordingTracker) else None
     )
+    held = saver.held if saver is not None and error is None else None
+    if items is None:
+        return ChildResult(spec.position, spec.app_id, state, held, attempts,
+                           time.perf_counter() - started, error, records)
+    return ChildResult(spec.position, spec.app_id, state, held, attempts,
+                       time.perf_counter() - started, error, records, items.kept, items.seq)
