@@ -31,7 +31,7 @@ from fanwise.parallel.cascade import (
     resolve_executor,
     window_size,
 )
-from fanwise.parallel.errors import ChildFailedError, ChildrenFailedError
+from fanwise.parallel.errors import ChildrenFailedError
 from fanwise.parallel.events import LoopEventSink
 from fanwise.parallel.fanout import AsyncSource, Fanout, FanoutConfig, Handout, SyncSource
 from fanwise.parallel.graphs import as_runnable
@@ -330,16 +330,9 @@ class TaskBasedParallelAction(Action):
                 for r in failed
             ]
             return reduced.update(**{self.failures_field: records})
-        errors = []
-        for r in failed:
-            error = ChildFailedError(self.name, r.position, r.app_id, r.error, r.attempts)
-            error.__cause__ = r.error
-            errors.append(error)
-        outcomes = [
-            ChildOutcome(r.position, r.app_id, "failed", r.attempts, r.seconds, r.error)
-            for r in failed
-        ]
-        raise ChildrenFailedError(self.name, errors, outcomes)
+        raise ChildrenFailedError(
+            self.name, [r.failure(self.name) for r in failed], [r.outcome() for r in failed]
+        )
 
 
 def _check_count(

@@ -27,9 +27,10 @@ from fanwise.core.tracking.local import RecordingTracker
 from fanwise.executors.protocols import NestedChoice
 from fanwise.parallel._retry import RetryPolicy
 from fanwise.parallel.cascade import copy_of
-from fanwise.parallel.errors import ChildTimeoutError
+from fanwise.parallel.errors import ChildFailedError, ChildTimeoutError
 from fanwise.parallel.events import EventSink, FanoutEvent
 from fanwise.parallel.graphs import RunnableGraph
+from fanwise.parallel.outcomes import ChildOutcome
 
 
 @dataclass(slots=True)
@@ -88,6 +89,19 @@ class ChildResult:
     next_seq: int = 1
     resumed: bool = False
     """Finished before this run: read back from the store, not run."""
+
+    def outcome(self) -> ChildOutcome:
+        """What `reduce(..., outcomes)` and a `ChildrenFailedError` say of this child."""
+        status = "failed" if self.error is not None else "resumed" if self.resumed else "done"
+        return ChildOutcome(self.position, self.app_id, status, self.attempts, self.seconds,
+                            self.error)
+
+    def failure(self, action_name: str) -> ChildFailedError:
+        """The error naming this failed child, with its exception as the cause."""
+        error = ChildFailedError(action_name, self.position, self.app_id, self.error,
+                                 self.attempts)
+        error.__cause__ = self.error
+        return error
 
 
 class _DeferredSaver:

@@ -32,14 +32,12 @@ from fanwise.core._runner import Partial
 from fanwise.core.errors import CorruptStateError
 from fanwise.core.protocols import RecordingTracker, StateLoader
 from fanwise.parallel._channel import Channel
-from fanwise.parallel._child_ids import child_app_id
 from fanwise.parallel._commit import GroupCommit
 from fanwise.parallel._plan import PlanConfig, Planner, ResumeLookup
 from fanwise.parallel._window import Window
 from fanwise.parallel.child import ChildResult, ChildSpec
 from fanwise.parallel.errors import (
     ChildCancelledError,
-    ChildFailedError,
     ChildTimeoutError,
     FanoutCancelledError,
 )
@@ -245,10 +243,7 @@ class Fanout:
             result = ChildResult(position, spec.app_id, None, error=exc)
         if result.items and self._sink is not None:
             for event in result.items:
-                if self.config.is_async:
-                    yield self._sink.offer(event)
-                else:
-                    self._sink.put(event)
+                yield from self._publish(event)
         if result.error is not None:
             self._commit.add(None, None, position, result.records)
             yield from self._failed(result)
@@ -319,7 +314,7 @@ class Fanout:
     def _raise_stop(self) -> None:
         if self.failures:
             first = self.failures[0]
-            error = _child_error(self._plan.action_name, first)
+            error = first.failure(self._plan.action_name)
             for other in self.failures[1:]:
                 error.add_note(
                     f"child {other.position} (app id {other.app_id}) also failed: "
@@ -336,26 +331,16 @@ class Fanout:
     def _handout(self, result: ChildResult) -> Handout:
         # a durable child's state is in its stored form already: an app goes on with it
         # after saving each step (`RowSaver.stored_form`), as a resumed child would
-        outcome = self._outcome(result) if self.config.keep_outcomes else None
+        outcome = result.outcome() if self.config.keep_outcomes else None
         return Handout(None if result.error is not None else result.state, outcome)
-
-    def _outcome(self, result: ChildResult) -> ChildOutcome:
-        status = "failed" if result.error is not None else (
-            "resumed" if result.resumed else "done"
-        )
-        return ChildOutcome(result.position, result.app_id, status, result.attempts,
-                            result.seconds, result.error)
 
     def _hand_out_parked(self, run: range) -> Effects:
         """Re-read the states of parked children `run` from their store, in order."""
         partition_key = self._plan.parent.partition_key
-        parent = self._plan.parent
         wanted: dict[int, tuple[str, StateLoader]] = {}
         for position in run:
             app_id, loader = self._window.parked_ids.pop(position, (None, self._plan.loader))
-            if app_id is None:
-                app_id = child_app_id(parent.app_id, parent.sequence_id, position)
-            wanted[position] = (app_id, loader)
+            wanted[position] = (app_id or self._planner.default_id(position), loader)
         groups: dict[int, tuple[StateLoader, list[str]]] = {}
         for app_id, loader in wanted.values():
             groups.setdefault(id(loader), (loader, []))[1].append(app_id)
@@ -382,10 +367,14 @@ class Fanout:
         event = FanoutEvent(kind, position, app_id, (*self._plan.path, position), seq, data)
         self.config.progress.on_event(event)
         if self._sink is not None:
-            if self.config.is_async:
-                yield self._sink.offer(event)
-            else:
-                self._sink.put(event)
+            yield from self._publish(event)
+
+    def _publish(self, event: FanoutEvent) -> Effects:
+        """Into the sink: awaited by an async fan-out, blocking a sync one while it is full."""
+        if self.config.is_async:
+            yield self._sink.offer(event)
+        else:
+            self._sink.put(event)
 
     def _wait_seconds(self) -> float | None:
         deadline = self._window.next_deadline()
@@ -400,11 +389,6 @@ def _rereadable(spec: ChildSpec) -> bool:
 
 def _resumed_seq(spec: ChildSpec) -> int | None:
     return None if spec.resume_from is None else spec.resume_from["sequence_id"]
-
-
-def _child_error(action_name: str, result: ChildResult) -> ChildFailedError:
-    return ChildFailedError(action_name, result.position, result.app_id, result.error,
-                            result.attempts)
 
 
 class SyncSource:
