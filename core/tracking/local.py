@@ -832,14 +832,16 @@ def _append_line(path: str, lines: bytes) -> None:
 
 
 def _open_for_append(path: str) -> int:
-    """Open a log for appending, first repairing a torn last line left by a crash."""
+    """Open a log for appending, first repairing a torn last line left by a crash (a new,
+    empty log, what every fresh child opens, has none: no lock is taken for it)."""
     fd = _open_append_fd(path)
     try:
-        _lock_file(fd)
-        try:
-            _repair_tail(fd)
-        finally:
-            _unlock_file(fd)
+        if os.fstat(fd).st_size:
+            _lock_file(fd)
+            try:
+                _repair_tail(fd)
+            finally:
+                _flock(fd, fcntl.LOCK_UN)
     except BaseException:
         os.close(fd)
         raise
@@ -847,18 +849,15 @@ def _open_for_append(path: str) -> int:
 
 
 def _lock_file(fd: int) -> None:
-    """An exclusive lock on the file, for its writers; a filesystem without locks (some
-    network mounts) goes on without: appends of whole lines stay atomic there."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError as exc:
-        if exc.errno not in _NO_LOCKS:
-            raise
+    """An exclusive lock on the file, for its writers."""
+    _flock(fd, fcntl.LOCK_EX)
 
 
-def _unlock_file(fd: int) -> None:
+def _flock(fd: int, operation: int) -> None:
+    """`flock`, except on a filesystem without locks (some network mounts), which goes on
+    without: appends of whole lines stay atomic there."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.flock(fd, operation)
     except OSError as exc:
         if exc.errno not in _NO_LOCKS:
             raise
