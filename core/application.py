@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -186,58 +186,68 @@ class Application:
 
     def iterate(
         self,
-        halt_before: Sequence[str] = (),
-        halt_after: Sequence[str] = (),
+        halt_before: Sequence[str] | None = None,
+        halt_after: Sequence[str] | None = None,
         inputs: dict[str, Any] | None = None,
-    ) -> Iterator[RunOutcome]:
-        """Yield (action, result, state) per step until a halt or the end of the graph."""
-        self._check_halts(halt_before, halt_after)
-        while self._should_continue(halt_before):
+    ) -> Generator[RunOutcome, None, RunOutcome]:
+        """Yield (action, result, state) per step until a halt or the end of the graph.
+
+        Halts are checked after each step, so every call runs at least the next action (even
+        one in `halt_before`); it stops before the next action in `halt_before` or after one
+        in `halt_after`. The generator returns what `run` returns (its `StopIteration.value`).
+        """
+        halt_before, halt_after = self._check_halts(halt_before, halt_after)
+        prior: Action | None = None
+        result: dict[str, Any] | None = None
+        while self.get_next_action() is not None:
             outcome = self.step(inputs)
+            prior, result = outcome[0], outcome[1]
             yield outcome
-            if outcome[0].name in halt_after:
-                return
+            if self._should_halt(halt_before, halt_after, prior):
+                break
+        return self._final(halt_before, halt_after, prior, result)
 
     def run(
         self,
-        halt_before: Sequence[str] = (),
-        halt_after: Sequence[str] = (),
+        halt_before: Sequence[str] | None = None,
+        halt_after: Sequence[str] | None = None,
         inputs: dict[str, Any] | None = None,
     ) -> RunOutcome:
-        """Run until a halt; returns the last (action, result, state)."""
-        last: RunOutcome | None = None
-        for last in self.iterate(halt_before, halt_after, inputs):
-            pass
-        return self._final(last, halt_before)
+        """Run until a halt, as `iterate` does. Returns (next action, None, state) when halted
+        before an action, else the last (action, result, state) run."""
+        steps = self.iterate(halt_before, halt_after, inputs)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
 
     def stream_result(
         self,
         halt_after: Sequence[str],
-        halt_before: Sequence[str] = (),
+        halt_before: Sequence[str] | None = None,
         inputs: dict[str, Any] | None = None,
     ) -> tuple[Action | None, StreamingResultContainer]:
-        """Run up to the halt action and stream its partial results."""
-        self._check_halts(halt_before, halt_after)
-        for _ in self._iterate_until(halt_before, halt_after, inputs):
-            pass
+        """Run up to the next action in `halt_after` and stream its partial results.
+
+        Unless the next action is already in `halt_after`, this first runs as `run` does with
+        both lists as `halt_before`; halted before an action of `halt_before` only (or at the
+        end of the graph), the container is empty and `get()` gives (None, state)."""
+        halt_before, halt_after = self._check_halts(halt_before, halt_after)
         action = self.get_next_action()
-        if action is None or action.name in halt_before:
+        if action is not None and action.name not in halt_after:
+            self.run(halt_before=[*halt_after, *halt_before], inputs=inputs)
+            action = self.get_next_action()
+        if action is None or action.name not in halt_after:
             return action, StreamingResultContainer.empty(self._state)
         self._check_open()
         driver = _runner.Driver(_runner.step(self, inputs, async_run=False))
         return action, StreamingResultContainer(driver)
 
-    def _iterate_until(
-        self, halt_before: Sequence[str], halt_after: Sequence[str], inputs: dict[str, Any] | None
-    ) -> Iterator[RunOutcome]:
-        stops = {*halt_before, *halt_after}
-        while self._should_continue(stops):
-            yield self.step(inputs)
-
     def stream_fanout(
         self,
-        halt_before: Sequence[str] = (),
-        halt_after: Sequence[str] = (),
+        halt_before: Sequence[str] | None = None,
+        halt_after: Sequence[str] | None = None,
         inputs: dict[str, Any] | None = None,
     ) -> Iterator[Any]:
         """Run as `iterate` does, yielding the `FanoutEvent`s of every fan-out it runs
@@ -257,43 +267,45 @@ class Application:
 
     async def aiterate(
         self,
-        halt_before: Sequence[str] = (),
-        halt_after: Sequence[str] = (),
+        halt_before: Sequence[str] | None = None,
+        halt_after: Sequence[str] | None = None,
         inputs: dict[str, Any] | None = None,
     ) -> AsyncIterator[RunOutcome]:
-        """Async `iterate`."""
-        self._check_halts(halt_before, halt_after)
-        while self._should_continue(halt_before):
+        """Async `iterate` (an async generator returns nothing: `arun` gives the outcome)."""
+        halt_before, halt_after = self._check_halts(halt_before, halt_after)
+        while self.get_next_action() is not None:
             outcome = await self.astep(inputs)
             yield outcome
-            if outcome[0].name in halt_after:
-                return
+            if self._should_halt(halt_before, halt_after, outcome[0]):
+                break
 
     async def arun(
         self,
-        halt_before: Sequence[str] = (),
-        halt_after: Sequence[str] = (),
+        halt_before: Sequence[str] | None = None,
+        halt_after: Sequence[str] | None = None,
         inputs: dict[str, Any] | None = None,
     ) -> RunOutcome:
         """Async `run`."""
-        last: RunOutcome | None = None
-        async for last in self.aiterate(halt_before, halt_after, inputs):
+        halt_before, halt_after = self._check_halts(halt_before, halt_after)
+        prior: Action | None = None
+        result: dict[str, Any] | None = None
+        async for prior, result, _ in self.aiterate(halt_before, halt_after, inputs):
             pass
-        return self._final(last, halt_before)
+        return self._final(halt_before, halt_after, prior, result)
 
     async def astream_result(
         self,
         halt_after: Sequence[str],
-        halt_before: Sequence[str] = (),
+        halt_before: Sequence[str] | None = None,
         inputs: dict[str, Any] | None = None,
     ) -> tuple[Action | None, AsyncStreamingResultContainer]:
         """Async `stream_result`."""
-        self._check_halts(halt_before, halt_after)
-        stops = {*halt_before, *halt_after}
-        while self._should_continue(stops):
-            await self.astep(inputs)
+        halt_before, halt_after = self._check_halts(halt_before, halt_after)
         action = self.get_next_action()
-        if action is None or action.name in halt_before:
+        if action is not None and action.name not in halt_after:
+            await self.arun(halt_before=[*halt_after, *halt_before], inputs=inputs)
+            action = self.get_next_action()
+        if action is None or action.name not in halt_after:
             return action, AsyncStreamingResultContainer.empty(self._state)
         self._check_open()
         driver = _runner.Driver(_runner.step(self, inputs, async_run=True))
@@ -301,8 +313,8 @@ class Application:
 
     def astream_fanout(
         self,
-        halt_before: Sequence[str] = (),
-        halt_after: Sequence[str] = (),
+        halt_before: Sequence[str] | None = None,
+        halt_after: Sequence[str] | None = None,
         inputs: dict[str, Any] | None = None,
     ) -> AsyncIterator[Any]:
         """Async `stream_fanout`: `async for event in app.astream_fanout(...)`."""
@@ -312,22 +324,41 @@ class Application:
 
     # -- shared -------------------------------------------------------------------------
 
-    def _check_halts(self, halt_before: Sequence[str], halt_after: Sequence[str]) -> None:
+    def _check_halts(
+        self, halt_before: Sequence[str] | None, halt_after: Sequence[str] | None
+    ) -> tuple[list[str], list[str]]:
+        """The halt lists (None is empty), after checking that each names an action."""
         if isinstance(halt_before, str) or isinstance(halt_after, str):
             raise TypeError("halt_before/halt_after take a list of action names, not a string")
+        halt_before, halt_after = list(halt_before or ()), list(halt_after or ())
         self._graph.check_names(halt_before, "halt_before")
         self._graph.check_names(halt_after, "halt_after")
+        return halt_before, halt_after
 
-    def _should_continue(self, halt_before: Sequence[str] | set[str]) -> bool:
+    def _should_halt(
+        self, halt_before: Sequence[str], halt_after: Sequence[str], prior: Action
+    ) -> bool:
+        """Checked after each step: the next action is in `halt_before`, or `prior` (the one
+        just run) is in `halt_after`."""
         following = self.get_next_action()
-        return following is not None and following.name not in halt_before
+        return (following is not None and following.name in halt_before) or (
+            prior.name in halt_after
+        )
 
-    def _final(self, last: RunOutcome | None, halt_before: Sequence[str]) -> RunOutcome:
-        """The last step, or (next action, None, state) when halted before it (as Burr does)."""
+    def _final(
+        self,
+        halt_before: Sequence[str],
+        halt_after: Sequence[str],
+        prior: Action | None,
+        result: dict[str, Any] | None,
+    ) -> RunOutcome:
+        """What `run` returns: (next action, None, state) when halted before it (this wins
+        over `halt_after`), else (last action run, its result, state); (None, None, state)
+        when nothing ran."""
         following = self.get_next_action()
-        if last is None or (following is not None and following.name in halt_before):
+        if following is not None and following.name in halt_before:
             return following, None, self._state
-        return last
+        return prior, result, self._state
 
 
 class StreamingResultContainer:

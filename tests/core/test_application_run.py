@@ -115,13 +115,13 @@ def test_run_with_halt_before_returns_the_next_action_and_no_result():
     assert app.get_next_action().name == "classify"
 
 
-def test_run_with_halt_before_the_entrypoint_runs_nothing():
+def test_run_with_halt_before_the_next_action_runs_it_and_halts_before_the_one_after():
     app = counter_app()
     ran, result, state = app.run(halt_before=["count"])
     assert ran.name == "count"
     assert result is None
-    assert state == State({"n": 0})
-    assert app.sequence_id is None
+    assert state == State({"n": 1})
+    assert app.sequence_id == 0
 
 
 def test_run_again_continues_where_the_halt_left_off():
