@@ -1,18 +1,56 @@
-"""Actions: the nodes of a graph. Function-based (`@action`), class-based, `Result`, `Input`."""
+"""Actions: the nodes of a graph, in Burr's class hierarchy.
+
+`Function` computes a result from the state, `Reducer` folds a result into the state, and an
+`Action` is both (`run` then `update`). A `SingleStepAction` does both in one
+`run_and_update`; `@action` makes one from a function. The streaming kinds live in
+`fanwise.core.streaming` and are importable from here too, as from `burr.core.action`.
+
+The runner asks an action for `execute(state, inputs) -> (result, new_state)` (or an
+awaitable of it), or, when `streaming`, for `stream(state, inputs)`: an (async) iterator of
+`(partial, None)` items ending with `(result, new_state)`. Each kind below implements these
+from its user-facing methods.
+"""
 
 from __future__ import annotations
 
 import abc
 import copy
 import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
+from fanwise.core._declared_reads import UndeclaredReadWarning, check_declared_reads
 from fanwise.core.errors import GraphError, InputError
 from fanwise.core.state import State
 
 CONTEXT_PARAM = "__context"
+ACTION_FUNCTION = "action_function"
+"""The attribute under which a decorated function carries its action (Burr's name)."""
 _UNSET = object()
+
+__all__ = [
+    "ACTION_FUNCTION",
+    "Action",
+    "AsyncStreamingAction",
+    "AsyncStreamingResultContainer",
+    "Function",
+    "FunctionBasedAction",
+    "FunctionBasedStreamingAction",
+    "Input",
+    "Reducer",
+    "Result",
+    "SingleStepAction",
+    "SingleStepStreamingAction",
+    "StreamingAction",
+    "StreamingResultContainer",
+    "UndeclaredReadWarning",
+    "action",
+    "as_action",
+    "create_action",
+    "streaming_action",
+    "type_eraser",
+]
 
 
 def _is_context_param(name: str) -> bool:
@@ -20,10 +58,76 @@ def _is_context_param(name: str) -> bool:
     return name == CONTEXT_PARAM or (name.startswith("_") and name.endswith(CONTEXT_PARAM))
 
 
-class Action(abc.ABC):
+class Function(abc.ABC):
+    """The computing half of an action: reads fields of the state, returns a result dict."""
+
+    @property
+    @abc.abstractmethod
+    def reads(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def run(self, state: State, **run_kwargs: Any) -> dict[str, Any]:
+        """Compute a result from the state and inputs."""
+
+    @property
+    def inputs(self) -> list[str] | tuple[list[str], list[str]]:
+        """Inputs the caller must provide; or, as Burr allows, `(required, optional)`."""
+        return []
+
+    @property
+    def optional_inputs(self) -> list[str]:
+        """Inputs the caller may provide (besides the optional half of a tuple `inputs`)."""
+        return []
+
+    @property
+    def input_spec(self) -> tuple[list[str], list[str]]:
+        """`(required, optional)` input names, whichever way `inputs` declares them."""
+        declared = self.inputs
+        if isinstance(declared, tuple):
+            required, optional = declared
+            return list(required), [*optional, *self.optional_inputs]
+        return list(declared), list(self.optional_inputs)
+
+    @property
+    def optional_and_required_inputs(self) -> tuple[set[str], set[str]]:
+        """Burr's `(required, optional)` as sets."""
+        required, optional = self.input_spec
+        return set(required), set(optional)
+
+    def validate_inputs(self, inputs: dict[str, Any] | None) -> None:
+        """Raise an `InputError` (a `ValueError`) naming missing or undeclared inputs."""
+        required, optional = self.input_spec
+        given = set(inputs or {})
+        missing = [k for k in required if k not in given]
+        extra = sorted(given - set(required) - set(optional))
+        if missing or extra:
+            raise InputError(
+                f"inputs to {self!r} are invalid: missing {missing}, undeclared {extra}"
+            )
+
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.run)
+
+
+class Reducer(abc.ABC):
+    """The updating half of an action: folds a result into the state, writing `writes`."""
+
+    @property
+    @abc.abstractmethod
+    def writes(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def update(self, result: dict[str, Any], state: State) -> State:
+        """Fold the result into the state."""
+
+
+class Action(Function, Reducer, abc.ABC):
     """A step of an application. Subclasses declare `reads`, `writes`, `run` and `update`."""
 
     _name: str | None = None
+
+    def __init__(self) -> None:
+        self._name = None
 
     @property
     def name(self) -> str | None:
@@ -36,75 +140,82 @@ class Action(abc.ABC):
         return clone
 
     @property
-    @abc.abstractmethod
-    def reads(self) -> list[str]: ...
-
-    @property
-    @abc.abstractmethod
-    def writes(self) -> list[str]: ...
-
-    @property
-    def inputs(self) -> list[str]:
-        """Inputs the caller must provide."""
-        return []
-
-    @property
-    def optional_inputs(self) -> list[str]:
-        """Inputs the caller may provide."""
-        return []
-
-    @property
-    def context_param(self) -> str | None:
-        """The name under which `run` takes the `ApplicationContext`, if it does."""
-        cached = self.__dict__.get("_context_param", _UNSET)
-        if cached is _UNSET:
-            params = inspect.signature(self.run).parameters
-            cached = next((p for p in params if _is_context_param(p)), None)
-            self.__dict__["_context_param"] = cached
-        return cached
+    def single_step(self) -> bool:
+        """Whether `run_and_update` does the work (Burr's `SingleStepAction`)."""
+        return False
 
     @property
     def streaming(self) -> bool:
         return False
 
     @property
+    def tags(self) -> list[str]:
+        """Aliases shared by several actions: `halt_after=["@tag:<tag>"]` names them all."""
+        return []
+
+    @property
     def takes_any_inputs(self) -> bool:
         """Whether every input given to the app is passed on (parallel actions forward them)."""
         return False
 
+    def _entry_point(self) -> Callable[..., Any]:
+        """The user-written method that receives the inputs (its signature names them)."""
+        return self.run
+
+    @property
+    def context_param(self) -> str | None:
+        """The name under which the action takes the `ApplicationContext`, if it does."""
+        cached = self.__dict__.get("_context_param", _UNSET)
+        if cached is _UNSET:
+            params = inspect.signature(self._entry_point()).parameters
+            cached = next((p for p in params if _is_context_param(p)), None)
+            self.__dict__["_context_param"] = cached
+        return cached
+
     def validate(self) -> None:
         """Raise a `GraphError` if the action is malformed; called when a graph is built."""
 
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.run)
+    def input_schema(self) -> Any:
+        """A type to validate inputs with (Burr's typing hook); None: inputs are not typed."""
+        return None
 
-    @abc.abstractmethod
-    def run(self, state: State, **run_kwargs: Any) -> dict[str, Any]:
-        """Compute a result from the state and inputs."""
-
-    @abc.abstractmethod
-    def update(self, result: dict[str, Any], state: State) -> State:
-        """Fold the result into the state."""
+    def get_source(self) -> str:
+        """The source code of the action, for trackers."""
+        try:
+            return inspect.getsource(type(self))
+        except (OSError, TypeError):
+            return "No source available"
 
     def execute(self, state: State, inputs: dict[str, Any]) -> Any:
         """(result, new_state), or an awaitable of it for async actions."""
         if self.is_async():
             return self._execute_async(state, inputs)
-        result = self.run(state, **inputs)
-        return result, self.update(result, state)
+        return self._reduce(self.run(state, **inputs), state)
 
     async def _execute_async(self, state: State, inputs: dict[str, Any]) -> Any:
-        result = await self.run(state, **inputs)
+        return self._reduce(await self.run(state, **inputs), state)
+
+    def _reduce(self, result: Any, state: State) -> tuple[dict[str, Any], State]:
+        if not isinstance(result, dict):
+            raise GraphError(
+                f"action {self.name!r} returned a {type(result).__name__} from run(): "
+                "results must be dicts"
+            )
         return result, self.update(result, state)
+
+    def stream(self, state: State, inputs: dict[str, Any]) -> Any:
+        """The stream of a streaming action; other actions have none."""
+        raise GraphError(f"action {self.name!r} is not a streaming action")
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description for the graph record of trackers."""
+        required, optional = self.input_spec
         return {
             "name": self.name,
             "reads": list(self.reads),
             "writes": list(self.writes),
-            "inputs": list(self.inputs),
-            "optional_inputs": list(self.optional_inputs),
+            "inputs": required,
+            "optional_inputs": optional,
             "is_async": self.is_async(),
             "streaming": self.streaming,
             "type": type(self).__name__,
@@ -114,45 +225,114 @@ class Action(abc.ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-class FunctionBasedAction(Action):
-    """An action made from `def f(state, **inputs) -> State | tuple[dict, State]`."""
+class SingleStepAction(Action, abc.ABC):
+    """An action that computes its result and new state at once, in `run_and_update`."""
 
-    def __init__(
+    @property
+    def single_step(self) -> bool:
+        return True
+
+    @abc.abstractmethod
+    def run_and_update(self, state: State, **run_kwargs: Any) -> Any:
+        """`(result, new_state)`, or just the new state (its written fields are then the
+        result); async actions define it with `async def`."""
+
+    def run(self, state: State, **run_kwargs: Any) -> dict[str, Any]:
+        raise GraphError(f"single-step action {self.name!r} runs through run_and_update()")
+
+    def update(self, result: dict[str, Any], state: State) -> State:
+        raise GraphError(f"single-step action {self.name!r} runs through run_and_update()")
+
+    def _entry_point(self) -> Callable[..., Any]:
+        return self.run_and_update
+
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.run_and_update)
+
+    def execute(self, state: State, inputs: dict[str, Any]) -> Any:
+        if self.is_async():
+            return self._execute_async(state, inputs)
+        return self._split(self.run_and_update(state, **inputs))
+
+    async def _execute_async(self, state: State, inputs: dict[str, Any]) -> Any:
+        return self._split(await self.run_and_update(state, **inputs))
+
+    def _split(self, returned: Any) -> tuple[dict[str, Any], State]:
+        if isinstance(returned, State):
+            return {k: returned[k] for k in self.writes if k in returned}, returned
+        if (
+            isinstance(returned, tuple)
+            and len(returned) == 2
+            and isinstance(returned[0], dict)
+            and isinstance(returned[1], State)
+        ):
+            return returned
+        raise TypeError(
+            f"action {self.name!r} must return a State or a (dict, State) tuple, "
+            f"got {type(returned).__name__}"
+        )
+
+
+def parse_signature(
+    fn: Callable[..., Any], bound: dict[str, Any]
+) -> tuple[list[str], list[str], str | None, bool]:
+    """(required inputs, optional inputs, context parameter, takes **kwargs) of an action
+    function: every parameter after the state that is not bound or injected."""
+    params = list(inspect.signature(fn).parameters.values())
+    if not params:
+        name = getattr(fn, "__name__", repr(fn))
+        raise GraphError(f"action {name!r} must take the state as first parameter")
+    required: list[str] = []
+    optional: list[str] = []
+    context_param = None
+    var_keyword = False
+    for param in params[1:]:
+        if param.kind is param.VAR_KEYWORD:
+            var_keyword = True
+        elif param.kind is param.VAR_POSITIONAL:
+            continue
+        elif _is_context_param(param.name):
+            context_param = param.name
+        elif param.name in bound:
+            continue
+        elif param.default is param.empty:
+            required.append(param.name)
+        else:
+            optional.append(param.name)
+    return required, optional, context_param, var_keyword
+
+
+class _FunctionActionMixin:
+    """What the two function-based actions share: a function, its declarations and bound
+    inputs."""
+
+    _fn: Callable[..., Any]
+    _bound: dict[str, Any]
+    _reads: list[str]
+    _writes: list[str]
+    _tags: list[str]
+
+    def _init_function(
         self,
         fn: Callable[..., Any],
         reads: list[str],
         writes: list[str],
-        bound: dict[str, Any] | None = None,
-        streaming: bool = False,
+        bound_params: dict[str, Any] | None,
+        originating_fn: Callable[..., Any] | None,
+        tags: list[str] | None,
     ) -> None:
         self._fn = fn
+        self._originating_fn = originating_fn or fn
         self._reads = list(reads)
         self._writes = list(writes)
-        self._bound = dict(bound or {})
-        self._streaming = streaming
-        self._name = fn.__name__
-        self._required, self._optional, self._context_param = self._parse_signature()
-        self._is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-
-    def _parse_signature(self) -> tuple[list[str], list[str], str | None]:
-        params = list(inspect.signature(self._fn).parameters.values())
-        if not params:
-            raise GraphError(f"action {self._fn.__name__!r} must take the state as first parameter")
-        required: list[str] = []
-        optional: list[str] = []
-        context_param = None
-        for param in params[1:]:
-            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            if _is_context_param(param.name):
-                context_param = param.name
-            elif param.name in self._bound:
-                continue
-            elif param.default is param.empty:
-                required.append(param.name)
-            else:
-                optional.append(param.name)
-        return required, optional, context_param
+        self._bound = dict(bound_params or {})
+        self._tags = list(tags or [])
+        self._name = getattr(fn, "__name__", None)
+        self._required, self._optional, self._context_param, self._var_keyword = (
+            parse_signature(fn, self._bound)
+        )
+        if originating_fn is None:
+            check_declared_reads(fn, self._reads)
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -167,6 +347,10 @@ class FunctionBasedAction(Action):
         return self._writes
 
     @property
+    def tags(self) -> list[str]:
+        return self._tags
+
+    @property
     def inputs(self) -> list[str]:
         return self._required
 
@@ -178,68 +362,64 @@ class FunctionBasedAction(Action):
     def context_param(self) -> str | None:
         return self._context_param
 
-    @property
-    def streaming(self) -> bool:
-        return self._streaming
+    def get_source(self) -> str:
+        try:
+            return inspect.getsource(self._originating_fn)
+        except (OSError, TypeError):
+            return "No source available"
 
-    def is_async(self) -> bool:
-        return self._is_async
-
-
-    def bind(self, **kwargs: Any) -> FunctionBasedAction:
-        """Fix some inputs now; they are no longer asked of the caller."""
-        unknown = [k for k in kwargs if k not in self._required + self._optional]
-        if unknown:
-            raise InputError(f"action {self.name!r} has no parameter(s) {unknown} to bind")
-        clone = FunctionBasedAction(
-            self._fn, self._reads, self._writes, {**self._bound, **kwargs}, self._streaming
+    def bind(self, **kwargs: Any) -> Any:
+        """A copy with some inputs fixed now; they are no longer asked of the caller."""
+        if not self._var_keyword:
+            unknown = [k for k in kwargs if k not in self._required + self._optional]
+            if unknown:
+                raise InputError(f"action {self._name!r} has no parameter(s) {unknown} to bind")
+        clone = type(self)(
+            self._fn,
+            self._reads,
+            self._writes,
+            {**self._bound, **kwargs},
+            originating_fn=self._originating_fn,
+            tags=self._tags,
         )
         clone._name = self._name
         return clone
 
-    def _call(self, state: State, inputs: dict[str, Any]) -> Any:
-        return self._fn(state, **self._bound, **inputs)
+    def with_params(self, **kwargs: Any) -> Any:
+        """Burr's name for `bind`."""
+        return self.bind(**kwargs)
 
-    def run(self, state: State, **run_kwargs: Any) -> dict[str, Any]:
-        raise NotImplementedError("function-based actions run through execute()")
 
-    def update(self, result: dict[str, Any], state: State) -> State:
-        raise NotImplementedError("function-based actions run through execute()")
+class FunctionBasedAction(_FunctionActionMixin, SingleStepAction):
+    """An action made from `def f(state, **inputs) -> State | tuple[dict, State]`."""
 
-    def execute(self, state: State, inputs: dict[str, Any]) -> Any:
-        if self._streaming:
-            raise NotImplementedError("streaming actions run through stream()")
-        if self._is_async:
-            return self._execute_async(state, inputs)
-        return self._split(self._call(state, inputs))
+    ACTION_FUNCTION = ACTION_FUNCTION
 
-    async def _execute_async(self, state: State, inputs: dict[str, Any]) -> Any:
-        return self._split(await self._call(state, inputs))
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        reads: list[str],
+        writes: list[str],
+        bound_params: dict[str, Any] | None = None,
+        *,
+        originating_fn: Callable[..., Any] | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        self._init_function(fn, reads, writes, bound_params, originating_fn, tags)
+        self._is_async = inspect.iscoroutinefunction(fn)
 
-    def stream(self, state: State, inputs: dict[str, Any]) -> Any:
-        """The (async) generator of `(partial_result, None)` ... `(result, state)` items."""
-        return self._call(state, inputs)
+    def is_async(self) -> bool:
+        return self._is_async
 
-    def _split(self, returned: Any) -> tuple[dict[str, Any], State]:
-        if isinstance(returned, State):
-            return {k: returned[k] for k in self._writes if k in returned}, returned
-        if (
-            isinstance(returned, tuple)
-            and len(returned) == 2
-            and isinstance(returned[0], dict)
-            and isinstance(returned[1], State)
-        ):
-            return returned
-        raise TypeError(
-            f"action {self.name!r} must return a State or a (dict, State) tuple, "
-            f"got {type(returned).__name__}"
-        )
+    def run_and_update(self, state: State, **run_kwargs: Any) -> Any:
+        return self._fn(state, **self._bound, **run_kwargs)
 
 
 class Result(Action):
     """Terminal action whose result is the named state fields."""
 
     def __init__(self, *fields: str) -> None:
+        super().__init__()
         self._fields = list(fields)
 
     @property
@@ -261,6 +441,7 @@ class Input(Action):
     """Writes the named inputs into state."""
 
     def __init__(self, *fields: str) -> None:
+        super().__init__()
         self._fields = list(fields)
 
     @property
@@ -282,41 +463,88 @@ class Input(Action):
         return state.update(**result)
 
 
-def _decorate(reads: list[str], writes: list[str], streaming: bool) -> Callable[[Any], Any]:
+# -- decorators ---------------------------------------------------------------------------
+
+
+def _copy_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A new function object with `fn`'s code and attributes, so that setting attributes on
+    it leaves `fn` alone."""
+    if not isinstance(fn, types.FunctionType):
+        return copy.copy(fn)
+    clone = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    clone.__kwdefaults__ = fn.__kwdefaults__
+    clone.__dict__.update(fn.__dict__)
+    clone.__qualname__, clone.__module__, clone.__doc__ = fn.__qualname__, fn.__module__, fn.__doc__
+    return clone
+
+
+def represent(fn: Callable[..., Any], built: Action) -> Callable[..., Any]:
+    """Attach `built` to the function `fn` stands for: `fn.action_function` (Burr's name),
+    `fn.action`, `fn.bind(...)` (a copy of the function with inputs fixed, as Burr's) and
+    `fn.with_name(name)` (the action renamed)."""
+    setattr(fn, ACTION_FUNCTION, built)
+    fn.action = built  # type: ignore[attr-defined]
+
+    def bind(**kwargs: Any) -> Callable[..., Any]:
+        """This function, its action with the given inputs fixed."""
+        return represent(_copy_function(fn), built.bind(**kwargs))  # type: ignore[attr-defined]
+
+    fn.bind = bind  # type: ignore[attr-defined]
+    fn.with_name = built.with_name  # type: ignore[attr-defined]
+    return fn
+
+
+def action(
+    reads: list[str], writes: list[str], tags: list[str] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn `def f(state, **inputs)` into an action; the function stays callable. A
+    parameter with a default is an optional input; `__context` receives the
+    `ApplicationContext`. Burr's `action.pydantic` (an integration) is not provided."""
+
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-        built = FunctionBasedAction(fn, reads, writes, streaming=streaming)
-        fn.action = built  # type: ignore[attr-defined]
-        fn.bind = built.bind  # type: ignore[attr-defined]
-        fn.with_name = built.with_name  # type: ignore[attr-defined]
-        return fn
+        return represent(fn, FunctionBasedAction(fn, reads, writes, tags=tags))
 
     return decorator
 
 
-def action(reads: list[str], writes: list[str]) -> Callable[[Any], Any]:
-    """Turn `def f(state, **inputs)` into an action; the function stays callable."""
-    return _decorate(reads, writes, streaming=False)
-
-
-def streaming_action(reads: list[str], writes: list[str]) -> Callable[[Any], Any]:
-    """An action that yields `(partial, None)` items and finally `(result, state)`."""
-    return _decorate(reads, writes, streaming=True)
+def type_eraser(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Burr's marker for a `run`/`stream_run`/`run_and_update` override that names its
+    inputs instead of taking `**run_kwargs`: the erasure is in this annotation (type
+    checkers see `Callable[..., Any]`); at run time the method is returned unchanged."""
+    return func
 
 
 def as_action(obj: Any, name: str | None = None) -> Action:
     """An `Action` from an action instance or a decorated function, renamed if asked."""
-    if isinstance(obj, Action):
-        found = obj
-    elif callable(obj) and isinstance(getattr(obj, "action", None), Action):
-        found = obj.action
-    else:
+    found = getattr(obj, ACTION_FUNCTION, None) if not isinstance(obj, Action) else obj
+    if not isinstance(found, Action):
         label = name or getattr(obj, "__name__", repr(obj))
         raise GraphError(
             f"{label!r} is not an action: decorate it with @action(reads=..., writes=...) "
-            "or subclass fanwise.core.Action"
+            "or @streaming_action(...), or subclass fanwise.core.Action"
         )
     if name is not None and name != found.name:
         found = found.with_name(name)
     if not found.name:
         raise GraphError(f"action {found!r} has no name: pass it as name=action")
     return found
+
+
+def create_action(action_: Any, name: str) -> Action:
+    """Burr's factory: the action of `action_` (an `Action` or a decorated function) under
+    `name`."""
+    return as_action(action_, name)
+
+
+# Re-exported: `burr.core.action` holds the streaming kinds too.
+from fanwise.core.streaming import (  # noqa: E402
+    AsyncStreamingAction,
+    AsyncStreamingResultContainer,
+    FunctionBasedStreamingAction,
+    SingleStepStreamingAction,
+    StreamingAction,
+    StreamingResultContainer,
+    streaming_action,
+)

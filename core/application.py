@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fanwise.core import _runner
 from fanwise.core.actions import Action
 from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.errors import ApplicationClosedError
-from fanwise.core.graph import Graph
+from fanwise.core.graph import ApplicationGraph, Graph
 from fanwise.core.hooks import LifecycleHook, hooks_for
 from fanwise.core.protocols import StoresForm, conforms
 from fanwise.core.state import State
+from fanwise.core.streaming import AsyncStreamingResultContainer, StreamingResultContainer
+
+if TYPE_CHECKING:
+    import graphviz
 
 RunOutcome = tuple[Action | None, dict[str, Any] | None, State]
 
@@ -31,7 +36,8 @@ class Application:
         *,
         graph: Graph,
         state: State,
-        entrypoint: str | None,
+        entrypoint: str,
+        prior_action: str | None,
         app_id: str,
         partition_key: str | None,
         hooks: list[LifecycleHook],
@@ -43,15 +49,23 @@ class Application:
         parent_pointer: ParentPointer | None,
         next_sequence_id: int,
         lease: Any = None,
+        built_async: bool = False,
     ) -> None:
-        self._graph = graph
+        """`entrypoint` is where the app starts (and `reset_to_entrypoint` goes back to);
+        `prior_action`, the last action run before it was built (resumed), if any: the next
+        action is chosen by its transitions."""
+        self._graph = ApplicationGraph(
+            graph.actions, graph.transitions, graph.get_action(entrypoint)
+        )
         self._state = state
-        self._next_action_name = entrypoint
+        self._entrypoint = entrypoint
+        self._prior_action_name = prior_action
+        self._next_action_name: str | None = None
         self._uid = app_id
         self._partition_key = partition_key
         self._pre_hooks = hooks_for(hooks, "pre_run_step")
         self._post_hooks = hooks_for(hooks, "post_run_step")
-        self._async_only_reason = _runner.async_only_reason(hooks, saver)
+        self._async_only_reason = _runner.async_only_reason(hooks, saver, built_async)
         self._tracker = tracker
         self._saver = saver
         self._stored_form = saver.stored_form if conforms(saver, StoresForm) else None
@@ -64,9 +78,9 @@ class Application:
         """Set while `stream_fanout` runs: the fan-outs of this app's steps emit there."""
         self._event_path: tuple[int, ...] = ()
         self._lease = lease
+        self._lease_released = False
         self._closed = False
-        if entrypoint is None:
-            self._release_lease()
+        self._choose_next()
 
     @property
     def state(self) -> State:
@@ -90,8 +104,14 @@ class Application:
         return self._next_sequence_id - 1 if self._next_sequence_id > 0 else None
 
     @property
-    def graph(self) -> Graph:
+    def graph(self) -> ApplicationGraph:
+        """The graph, with `entrypoint` (an `Action`)."""
         return self._graph
+
+    @property
+    def entrypoint(self) -> str:
+        """The action this app started at (resumed apps: the failed or default one)."""
+        return self._entrypoint
 
     @property
     def parent_pointer(self) -> ParentPointer | None:
@@ -99,9 +119,22 @@ class Application:
         return self._parent_pointer
 
     @property
-    def spawning_parent(self) -> ParentPointer | None:
-        """The app and step whose parallel action spawned this one, if any."""
+    def spawning_parent_pointer(self) -> ParentPointer | None:
+        """The app and step whose parallel action spawned this one, if any (Burr's name)."""
         return self._spawning_parent
+
+    @property
+    def spawning_parent(self) -> ParentPointer | None:
+        """Same as `spawning_parent_pointer`."""
+        return self._spawning_parent
+
+    @property
+    def context(self) -> ApplicationContext | None:
+        """The `ApplicationContext` the next action would get (None when there is none)."""
+        following = self.get_next_action()
+        if following is None:
+            return None
+        return self._context(following, self._next_sequence_id)
 
     def get_next_action(self) -> Action | None:
         """The action the next `step()` will run, or None when the application is done."""
@@ -109,10 +142,60 @@ class Application:
             return None
         return self._graph.get_action(self._next_action_name)
 
+    def has_next_action(self) -> bool:
+        return self._next_action_name is not None
+
+    def update_state(self, new_state: State) -> None:
+        """Replace the state (e.g. to add a human's answer between runs); the next action
+        is chosen again from the last action's transitions on the new state."""
+        if not isinstance(new_state, State):
+            raise TypeError(f"update_state() takes a State, got {type(new_state).__name__}")
+        self._state = new_state
+        self._choose_next()
+
+    def reset_to_entrypoint(self) -> None:
+        """Make the entrypoint the next action again (the state stays)."""
+        self._prior_action_name = None
+        self._choose_next()
+
+    def visualize(
+        self,
+        output_file_path: str | pathlib.Path | None = None,
+        include_conditions: bool = False,
+        include_state: bool = False,
+        view: bool = False,
+        engine: Literal["graphviz"] = "graphviz",
+        write_dot: bool = False,
+        **engine_kwargs: Any,
+    ) -> graphviz.Digraph:
+        """Draw the graph with Graphviz (extra `graphviz`): returns the `graphviz.Digraph`,
+        also written to `output_file_path` when given (e.g. `"statemachine"` with
+        `format="png"`); see `fanwise.core.visualize.visualize`."""
+        return self._graph.visualize(
+            output_file_path=output_file_path,
+            include_conditions=include_conditions,
+            include_state=include_state,
+            view=view,
+            engine=engine,
+            write_dot=write_dot,
+            **engine_kwargs,
+        )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> Any:
+        """Notebooks draw the app's graph when it is the value of a cell."""
+        return self._graph._repr_mimebundle_(include=include, exclude=exclude, **kwargs)
+
     def _advance(self, action: Action, state: State, sequence_id: int) -> None:
         self._state = state
         self._next_sequence_id = sequence_id + 1
-        following = self._graph.next_action(action.name, state)
+        self._prior_action_name = action.name
+        self._choose_next()
+
+    def _choose_next(self) -> None:
+        """The next action from the last one's transitions (the entrypoint before any); at
+        the end of the graph the lease goes, so another driver may take the app id."""
+        following = self._graph.get_next_node(self._prior_action_name, self._state,
+                                              self._entrypoint)
         self._next_action_name = following.name if following is not None else None
         if following is None:
             self._release_lease()
@@ -121,6 +204,7 @@ class Application:
         """Let another driver run this app id (`Lease.release` is idempotent)."""
         if self._lease is not None:
             self._lease.release()
+            self._lease_released = True
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -136,8 +220,9 @@ class Application:
         return self._closed
 
     def _check_open(self) -> None:
-        """Called before an action runs: a closed app runs none, as it holds no lease."""
-        if self._closed:
+        """Called before an action runs: a closed app runs none, as it holds no lease (nor
+        one whose lease went at the end of its graph and that `update_state` reopened)."""
+        if self._closed or self._lease_released:
             raise ApplicationClosedError(self._uid)
 
     def __enter__(self) -> Application:
@@ -239,7 +324,7 @@ class Application:
             self.run(halt_before=[*halt_after, *halt_before], inputs=inputs)
             action = self.get_next_action()
         if action is None or action.name not in halt_after:
-            return action, StreamingResultContainer.empty(self._state)
+            return action, StreamingResultContainer.pass_through(None, self._state)
         self._check_open()
         driver = _runner.Driver(_runner.step(self, inputs, async_run=False))
         return action, StreamingResultContainer(driver)
@@ -306,7 +391,7 @@ class Application:
             await self.arun(halt_before=[*halt_after, *halt_before], inputs=inputs)
             action = self.get_next_action()
         if action is None or action.name not in halt_after:
-            return action, AsyncStreamingResultContainer.empty(self._state)
+            return action, AsyncStreamingResultContainer.pass_through(None, self._state)
         self._check_open()
         driver = _runner.Driver(_runner.step(self, inputs, async_run=True))
         return action, AsyncStreamingResultContainer(driver)
@@ -360,62 +445,3 @@ class Application:
             return following, None, self._state
         return prior, result, self._state
 
-
-class StreamingResultContainer:
-    """Iterate for partial results; `get()` then gives the final (result, state)."""
-
-    def __init__(self, driver: _runner.Driver | None, state: State | None = None) -> None:
-        self._driver = driver
-        self._state = state
-        self._stream: Iterator[Any] = iter(driver if driver is not None else ())
-
-    @classmethod
-    def empty(cls, state: State) -> StreamingResultContainer:
-        return cls(None, state)
-
-    def __iter__(self) -> Iterator[Any]:
-        # One stream for every loop, and no `yield from`: leaving a loop early must neither
-        # restart nor close the step, so that `get()` can finish it.
-        for item in self._stream:  # noqa: UP028
-            yield item
-
-    def get(self) -> tuple[dict[str, Any] | None, State]:
-        """Drain what is left of the stream and return (result, state)."""
-        for _ in self:
-            pass
-        return _outcome_pair(self._driver, self._state)
-
-
-class AsyncStreamingResultContainer:
-    """Async twin of `StreamingResultContainer`."""
-
-    def __init__(self, driver: _runner.Driver | None, state: State | None = None) -> None:
-        self._driver = driver
-        self._state = state
-        self._stream: AsyncIterator[Any] | None = (
-            driver.__aiter__() if driver is not None else None
-        )
-
-    @classmethod
-    def empty(cls, state: State) -> AsyncStreamingResultContainer:
-        return cls(None, state)
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        if self._stream is None:
-            return
-        async for item in self._stream:
-            yield item
-
-    async def get(self) -> tuple[dict[str, Any] | None, State]:
-        async for _ in self:
-            pass
-        return _outcome_pair(self._driver, self._state)
-
-
-def _outcome_pair(
-    driver: _runner.Driver | None, state: State | None
-) -> tuple[dict[str, Any] | None, State]:
-    if driver is None:
-        return None, state
-    outcome = driver.result
-    return outcome.result, outcome.state

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fanwise.core.actions import Action, as_action
 from fanwise.core.conditions import Condition, default
 from fanwise.core.errors import GraphError
 from fanwise.core.state import State
+
+if TYPE_CHECKING:
+    import graphviz
 
 TransitionSpec = tuple[Any, ...]
 
@@ -18,52 +22,107 @@ TransitionSpec = tuple[Any, ...]
 class Transition:
     """An edge: taken after `from_` when `condition` holds (first match wins)."""
 
-    from_: str
-    to: str
+    from_: Action
+    to: Action
     condition: Condition
 
 
 class Graph:
-    """Immutable set of actions and transitions; validated when built."""
+    """Immutable list of actions and transitions; validated when built (by `GraphBuilder`).
 
-    def __init__(self, actions: dict[str, Action], transitions: list[Transition]) -> None:
-        self.actions = dict(actions)
-        self.transitions = list(transitions)
-        self._outgoing: dict[str, list[Transition]] = {name: [] for name in self.actions}
+    `actions` and `transitions` are lists of `Action` and `Transition` objects, as in Burr.
+    """
+
+    def __init__(self, actions: Sequence[Action], transitions: Sequence[Transition]) -> None:
+        self.actions: list[Action] = list(actions)
+        self.transitions: list[Transition] = list(transitions)
+        self._by_name = {a.name: a for a in self.actions}
+        self._outgoing: dict[str, list[Transition]] = {name: [] for name in self._by_name}
         for transition in self.transitions:
-            self._outgoing[transition.from_].append(transition)
+            self._outgoing[transition.from_.name].append(transition)
 
     def get_action(self, name: str) -> Action:
         try:
-            return self.actions[name]
+            return self._by_name[name]
         except KeyError:
             raise GraphError(
-                f"graph has no action {name!r}; actions are {sorted(self.actions)}"
+                f"graph has no action {name!r}; actions are {sorted(self._by_name)}"
             ) from None
+
+    def has_action(self, name: str) -> bool:
+        return name in self._by_name
 
     def next_action(self, from_name: str, state: State) -> Action | None:
         """The target of the first transition out of `from_name` whose condition holds."""
         for transition in self._outgoing.get(from_name, []):
-            if transition.condition.run(state):
-                return self.actions[transition.to]
+            if transition.condition.holds(state):
+                return transition.to
         return None
+
+    def get_next_node(
+        self, prior_step: str | None, state: State, entrypoint: str
+    ) -> Action | None:
+        """The action to run after `prior_step` (`entrypoint` when there is none yet)."""
+        if prior_step is None:
+            return self.get_action(entrypoint)
+        return self.next_action(prior_step, state)
 
     def check_names(self, names: Iterable[str], what: str) -> None:
         """Raise naming every entry of `names` that is not an action of this graph."""
-        unknown = [n for n in names if n not in self.actions]
+        unknown = [n for n in names if n not in self._by_name]
         if unknown:
             raise GraphError(f"{what} names unknown action(s) {unknown}; "
-                             f"actions are {sorted(self.actions)}")
+                             f"actions are {sorted(self._by_name)}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description, written by trackers."""
         return {
-            "actions": [a.describe() for a in self.actions.values()],
+            "actions": [a.describe() for a in self.actions],
             "transitions": [
-                {"from": t.from_, "to": t.to, "condition": t.condition.name}
+                {"from": t.from_.name, "to": t.to.name, "condition": t.condition.name}
                 for t in self.transitions
             ],
         }
+
+    def visualize(
+        self,
+        output_file_path: str | pathlib.Path | None = None,
+        include_conditions: bool = False,
+        include_state: bool = False,
+        view: bool = False,
+        engine: Literal["graphviz"] = "graphviz",
+        write_dot: bool = False,
+        **engine_kwargs: Any,
+    ) -> graphviz.Digraph:
+        """Draw the graph with Graphviz (extra `graphviz`); written to `output_file_path`
+        when given. See `fanwise.core.visualize.visualize`."""
+        from fanwise.core.visualize import visualize
+
+        return visualize(
+            self,
+            output_file_path=output_file_path,
+            include_conditions=include_conditions,
+            include_state=include_state,
+            view=view,
+            engine=engine,
+            write_dot=write_dot,
+            **engine_kwargs,
+        )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> Any:
+        """Notebooks draw the graph (with conditions) when it is the value of a cell."""
+        digraph = self.visualize(include_conditions=True)
+        return digraph._repr_mimebundle_(include=include, exclude=exclude, **kwargs)
+
+
+class ApplicationGraph(Graph):
+    """An application's graph (`Application.graph`): the graph plus where the app starts."""
+
+    def __init__(
+        self, actions: Sequence[Action], transitions: Sequence[Transition], entrypoint: Action
+    ) -> None:
+        super().__init__(actions, transitions)
+        self.entrypoint = entrypoint
 
 
 def _collect_actions(
@@ -107,6 +166,13 @@ class GraphBuilder:
         self._transitions.extend(_expand_transitions(transitions))
         return self
 
+    def with_graph(self, graph: Graph) -> GraphBuilder:
+        """Add every action and transition of a built graph (action names must not clash
+        with those already added)."""
+        self._actions = _collect_actions(self._actions, graph.actions, {})
+        self._transitions.extend((t.from_.name, t.to.name, t.condition) for t in graph.transitions)
+        return self
+
     def build(self) -> Graph:
         return build_graph(self._actions, self._transitions)
 
@@ -126,4 +192,7 @@ def build_graph(
                 )
     for built in actions.values():
         built.validate()
-    return Graph(actions, [Transition(s, t, c) for s, t, c in transitions])
+    return Graph(
+        list(actions.values()),
+        [Transition(actions[s], actions[t], c) for s, t, c in transitions],
+    )

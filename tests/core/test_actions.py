@@ -99,10 +99,10 @@ def test_action_without_a_state_parameter_is_rejected():
 
 
 def test_bind_fixes_an_input_so_the_caller_need_not_pass_it():
-    bound = greet.bind(name="ada")
-    assert bound.inputs == []
-    assert bound.optional_inputs == ["punctuation"]
-    assert bound.name == "greet"
+    bound = greet.bind(name="ada")  # as Burr: a copy of the function, carrying the bound action
+    assert bound.action.inputs == []
+    assert bound.action.optional_inputs == ["punctuation"]
+    assert bound.action.name == "greet"
     app = build(bound)
     _, _, state = app.step()
     assert state["greeting"] == "hello ada!"

@@ -12,7 +12,7 @@ from fanwise.core import (
 
 
 def test_default_always_holds_and_reads_nothing():
-    assert default.run(State()) is True
+    assert default.holds(State()) is True
     assert default.keys == []
     assert default.name == "default"
 
@@ -20,27 +20,27 @@ def test_default_always_holds_and_reads_nothing():
 def test_expr_evaluates_a_python_expression_over_state_fields():
     even = expr("n % 2 == 0")
     assert even.keys == ["n"]
-    assert even.run(State({"n": 4})) is True
-    assert even.run(State({"n": 3})) is False
+    assert even.holds(State({"n": 4})) is True
+    assert even.holds(State({"n": 3})) is False
 
 
 def test_expr_may_use_safe_builtins():
     cond = expr("len(items) > limit and max(items) < 10")
     assert cond.keys == ["items", "limit"]
-    assert cond.run(State({"items": [1, 2, 3], "limit": 2})) is True
+    assert cond.holds(State({"items": [1, 2, 3], "limit": 2})) is True
 
 
 def test_expr_may_use_comprehension_variables_and_state_fields_inside_them():
     cond = expr("all(x > floor for x in items)")
     assert cond.keys == ["floor", "items"]
-    assert cond.run(State({"items": [2, 3], "floor": 1})) is True
-    assert cond.run(State({"items": [2, 3], "floor": 2})) is False
+    assert cond.holds(State({"items": [2, 3], "floor": 1})) is True
+    assert cond.holds(State({"items": [2, 3], "floor": 2})) is False
 
 
-def test_expr_has_no_access_to_unsafe_builtins():
-    cond = expr("open('/etc/passwd')")
-    with pytest.raises(KeyError, match="open"):
-        cond.run(State())
+def test_expr_runs_with_every_builtin_so_it_is_for_trusted_text_only():
+    cond = expr("type(n) is int and isinstance(n, int)")
+    assert cond.keys == ["n"]
+    assert cond.holds(State({"n": 1})) is True
 
 
 def test_expr_with_invalid_syntax_is_a_graph_error_naming_it():
@@ -56,45 +56,45 @@ def test_condition_over_a_missing_field_names_field_and_condition():
 def test_when_holds_when_every_field_equals_its_value():
     cond = when(mode="fast", retries=0)
     assert cond.keys == ["mode", "retries"]
-    assert cond.run(State({"mode": "fast", "retries": 0})) is True
-    assert cond.run(State({"mode": "fast", "retries": 1})) is False
-    assert cond.name == "mode='fast', retries=0"
+    assert cond.holds(State({"mode": "fast", "retries": 0})) is True
+    assert cond.holds(State({"mode": "fast", "retries": 1})) is False
+    assert cond.name == "mode=fast, retries=0"
 
 
 def test_invert_negates():
     cond = ~when(done=True)
     assert cond.keys == ["done"]
-    assert cond.run(State({"done": False})) is True
-    assert cond.run(State({"done": True})) is False
-    assert cond.name == "~(done=True)"
+    assert cond.holds(State({"done": False})) is True
+    assert cond.holds(State({"done": True})) is False
+    assert cond.name == "~done=True"
 
 
 def test_and_needs_both_and_reads_both_fields():
     cond = when(a=1) & expr("b > 0")
     assert cond.keys == ["a", "b"]
-    assert cond.run(State({"a": 1, "b": 1})) is True
-    assert cond.run(State({"a": 1, "b": 0})) is False
-    assert cond.run(State({"a": 2, "b": 1})) is False
+    assert cond.holds(State({"a": 1, "b": 1})) is True
+    assert cond.holds(State({"a": 1, "b": 0})) is False
+    assert cond.holds(State({"a": 2, "b": 1})) is False
 
 
 def test_or_needs_either_and_reads_both_fields():
     cond = when(a=1) | expr("b > 0")
     assert cond.keys == ["a", "b"]
-    assert cond.run(State({"a": 1, "b": 0})) is True
-    assert cond.run(State({"a": 0, "b": 1})) is True
-    assert cond.run(State({"a": 0, "b": 0})) is False
+    assert cond.holds(State({"a": 1, "b": 0})) is True
+    assert cond.holds(State({"a": 0, "b": 1})) is True
+    assert cond.holds(State({"a": 0, "b": 0})) is False
 
 
 def test_combined_conditions_compose():
     cond = ~(when(a=1) | when(b=1)) & default
-    assert cond.run(State({"a": 0, "b": 0})) is True
-    assert cond.run(State({"a": 1, "b": 0})) is False
+    assert cond.holds(State({"a": 0, "b": 0})) is True
+    assert cond.holds(State({"a": 1, "b": 0})) is False
 
 
 def test_condition_is_a_named_predicate():
     cond = Condition(["x"], lambda state: state["x"] == "y", "x is y")
-    assert cond.run(State({"x": "y"})) is True
-    assert repr(cond) == "Condition('x is y')"
+    assert cond.holds(State({"x": "y"})) is True
+    assert repr(cond) == "condition: x is y"
 
 
 # -- conditions in an application ---------------------------------------------------------
