@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean graphviz-dot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ $(VENV)/.dev: $(BIN)/python pyproject.toml
 demo: $(VENV)/.core
 	$(BIN)/python examples/demo.py
 
-test: $(VENV)/.dev
+# Graphviz's `dot` renders `visualize()` images: installed when missing and root (as in CI);
+# without it the rendering tests skip and say why.
+graphviz-dot:
+	@if ! command -v dot >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
+	then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		graphviz >/dev/null || echo "graphviz (dot) not installed: rendering tests skip"; fi
+
+test: $(VENV)/.dev graphviz-dot
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q tests
 	$(BIN)/python -m pytest -p no:xdist -q integration_tests

@@ -46,15 +46,15 @@ def select_inputs(action: Action, inputs: dict[str, Any]) -> dict[str, Any]:
     reserved = [k for k in inputs if k.startswith("__")]
     if reserved:
         raise InputError(f"input key(s) {reserved} start with '__', which is reserved")
-    missing = [k for k in action.inputs if k not in inputs]
+    required, optional = action.input_spec
+    missing = [k for k in required if k not in inputs]
     if missing:
         raise InputError(
             f"action {action.name!r} needs input(s) {missing}: pass them as inputs={{...}}"
         )
     if action.takes_any_inputs:
         return dict(inputs)
-    wanted = (*action.inputs, *action.optional_inputs)
-    return {k: inputs[k] for k in wanted if k in inputs}
+    return {k: inputs[k] for k in (*required, *optional) if k in inputs}
 
 
 def apply_writes(action: Action, before: State, after: State) -> State:
@@ -81,8 +81,14 @@ def is_async_adapter(adapter: Any) -> bool:
     return conforms(adapter, MaybeAsync) and bool(adapter.is_async())
 
 
-def async_only_reason(hooks: list[Any], saver: Any) -> str | None:
-    """Why an application with these hooks and saver can run only with arun/astep/aiterate."""
+def async_only_reason(hooks: list[Any], saver: Any, built_async: bool = False) -> str | None:
+    """Why an application with these hooks and saver (built with `abuild()` if
+    `built_async`) can run only with arun/astep/aiterate."""
+    if built_async:  # as Burr: an abuild() app runs async, whatever its parts
+        return (
+            "the application was built with .abuild(), so it runs with the async methods "
+            "(astep/arun/aiterate/astream_result); build it with .build() to run it sync"
+        )
     for hook in hooks:
         if isinstance(hook, PreRunStepHookAsync | PostRunStepHookAsync):
             return (

@@ -412,13 +412,14 @@ class Application:
     def _check_halts(
         self, halt_before: Sequence[str] | None, halt_after: Sequence[str] | None
     ) -> tuple[list[str], list[str]]:
-        """The halt lists (None is empty), after checking that each names an action."""
+        """The halt lists (None is empty, `"@tag:<tag>"` the actions with that tag), after
+        checking that each names an action."""
         if isinstance(halt_before, str) or isinstance(halt_after, str):
             raise TypeError("halt_before/halt_after take a list of action names, not a string")
-        halt_before, halt_after = list(halt_before or ()), list(halt_after or ())
-        self._graph.check_names(halt_before, "halt_before")
-        self._graph.check_names(halt_after, "halt_after")
-        return halt_before, halt_after
+        return (
+            self._graph.expand_names(halt_before or (), "halt_before"),
+            self._graph.expand_names(halt_after or (), "halt_after"),
+        )
 
     def _should_halt(
         self, halt_before: Sequence[str], halt_after: Sequence[str], prior: Action

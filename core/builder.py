@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Generator
+import warnings
+from collections.abc import Callable, Generator
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from fanwise.core import _runner
 from fanwise.core.application import Application
 from fanwise.core.context import ParentPointer
-from fanwise.core.errors import AsyncMismatchError, FanwiseError, GraphError
+from fanwise.core.errors import AsyncMismatchError, GraphError
 from fanwise.core.graph import Graph, GraphBuilder
 from fanwise.core.hooks import LifecycleHook, hooks_for
 from fanwise.core.protocols import LeasingStore, conforms
@@ -21,7 +24,6 @@ class ApplicationBuilder:
 
     def __init__(self) -> None:
         self._graph_builder: GraphBuilder | None = None
-        self._graph: Graph | None = None
         self._state: State | None = None
         self._entrypoint: str | None = None
         self._app_id: str | None = None
@@ -32,13 +34,12 @@ class ApplicationBuilder:
         self._executor: Any = None
         self._spawning_parent: ParentPointer | None = None
         self._initializer: dict[str, Any] | None = None
+        self._sequence_id: int | None = None
         self._lease_wait = 0.0
 
     # -- graph --------------------------------------------------------------------------
 
     def _builder(self) -> GraphBuilder:
-        if self._graph is not None:
-            raise GraphError("with_graph() and with_actions()/with_transitions() cannot be mixed")
         if self._graph_builder is None:
             self._graph_builder = GraphBuilder()
         return self._graph_builder
@@ -52,9 +53,15 @@ class ApplicationBuilder:
         return self
 
     def with_graph(self, graph: Graph) -> ApplicationBuilder:
-        if self._graph_builder is not None:
-            raise GraphError("with_graph() and with_actions()/with_transitions() cannot be mixed")
-        self._graph = graph
+        """Add a built graph's actions and transitions (combines with `with_actions`,
+        `with_transitions` and other graphs; action names must not clash)."""
+        self._builder().with_graph(graph)
+        return self
+
+    def with_graphs(self, *graphs: Graph) -> ApplicationBuilder:
+        """`with_graph` for each of `graphs`."""
+        for graph in graphs:
+            self.with_graph(graph)
         return self
 
     # -- where to start -----------------------------------------------------------------
@@ -62,6 +69,11 @@ class ApplicationBuilder:
     def with_state(self, state: State | dict[str, Any] | None = None, **fields: Any) -> (
         ApplicationBuilder
     ):
+        if self._initializer is not None:
+            raise ValueError(
+                "with_state() after initialize_from(): the initializer sets the state; pass "
+                "the fresh-start state as initialize_from(default_state=...)"
+            )
         data = state.get_all() if isinstance(state, State) else dict(state or {})
         data.update(fields)
         base = State(data)
@@ -69,16 +81,30 @@ class ApplicationBuilder:
         return self
 
     def with_entrypoint(self, name: str) -> ApplicationBuilder:
+        if self._initializer is not None:
+            raise ValueError(
+                "with_entrypoint() after initialize_from(): the initializer sets where the "
+                "app goes on; pass the fresh-start action as initialize_from("
+                "default_entrypoint=...)"
+            )
         self._entrypoint = name
         return self
 
     def with_identifiers(
-        self, app_id: str | None = None, partition_key: str | None = None
+        self,
+        app_id: str | None = None,
+        partition_key: str | None = None,
+        sequence_id: int | None = None,
     ) -> ApplicationBuilder:
+        """The app id (default: a new uuid4), partition key, and the sequence id of the
+        last step taken: a fresh app's first step gets `sequence_id + 1`; with
+        `initialize_from` (not forking) that sequence id of the app is loaded."""
         if app_id is not None:
             self._app_id = app_id
         if partition_key is not None:
             self._partition_key = partition_key
+        if sequence_id is not None:
+            self._sequence_id = sequence_id
         return self
 
     def initialize_from(
@@ -90,8 +116,27 @@ class ApplicationBuilder:
         fork_from_app_id: str | None = None,
         fork_from_partition_key: str | None = None,
         fork_from_sequence_id: int | None = None,
+        override_state_values: dict[str, Any] | None = None,
     ) -> ApplicationBuilder:
-        """Resume the app id from `initializer` if it has it, else fork or start fresh."""
+        """Resume the app id from `initializer` if it has it, else fork or start fresh.
+
+        A saved app goes on after its last completed step (`resume_at_next_action`; else
+        from `default_entrypoint` with the saved state), or again at a failed step;
+        `override_state_values` then replace fields of the loaded state. A fork needs an
+        app id of its own; a fork source that does not exist is a warning and a fresh start.
+        """
+        if self._state is not None or self._entrypoint is not None:
+            raise ValueError(
+                "initialize_from() replaces with_state()/with_entrypoint(): use its "
+                "default_state= and default_entrypoint= instead"
+            )
+        if fork_from_app_id is None and (
+            fork_from_partition_key is not None or fork_from_sequence_id is not None
+        ):
+            raise ValueError(
+                "initialize_from(): fork_from_partition_key/fork_from_sequence_id need "
+                "fork_from_app_id= (the app to fork from)"
+            )
         self._initializer = {
             "loader": initializer,
             "resume_at_next_action": resume_at_next_action,
@@ -100,6 +145,7 @@ class ApplicationBuilder:
             "fork_from_app_id": fork_from_app_id,
             "fork_from_partition_key": fork_from_partition_key,
             "fork_from_sequence_id": fork_from_sequence_id,
+            "override_state_values": dict(override_state_values or {}),
         }
         return self
 
@@ -142,9 +188,22 @@ class ApplicationBuilder:
         return self
 
     def with_executor(self, executor: Any) -> ApplicationBuilder:
-        """Default executor of every parallel action: an Executor or a registered name."""
+        """Default executor of every parallel action: an Executor, a registered name, or a
+        factory (called per fan-out; the executor it makes is shut down after it)."""
         self._executor = executor
         return self
+
+    def with_parallel_executor(self, executor_factory: Callable[[], Executor]) -> (
+        ApplicationBuilder
+    ):
+        """Burr's name: a factory of the executor each fan-out of this app runs its children
+        on (`with_executor` also takes an instance or a name). Set once."""
+        if self._executor is not None:
+            raise ValueError(
+                f"with_parallel_executor(): an executor is already set ({self._executor!r}); "
+                "an app has one default executor"
+            )
+        return self.with_executor(executor_factory)
 
     # -- build --------------------------------------------------------------------------
 
@@ -155,20 +214,20 @@ class ApplicationBuilder:
                 raise AsyncMismatchError(
                     f"the {role} {type(adapter).__name__} is async: build with abuild()"
                 )
-        return _runner.drive_sync(self._assemble())
+        return _runner.drive_sync(self._assemble(built_async=False))
 
     async def abuild(self) -> Application:
         """Build an application whose persister or loader is async."""
-        return await _runner.drive_async(self._assemble())
+        return await _runner.drive_async(self._assemble(built_async=True))
 
     def _loader_role(self) -> tuple[Any, str]:
         return (self._initializer or {}).get("loader"), "state initializer"
 
-    def _assemble(self) -> Generator[Any, Any, Application]:
+    def _assemble(self, built_async: bool) -> Generator[Any, Any, Application]:
         app_id = self._app_id or str(uuid.uuid4())
         lease = yield from self._acquire_lease(app_id)
         try:
-            return (yield from self._assemble_app(app_id, lease))
+            return (yield from self._assemble_app(app_id, lease, built_async))
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -182,87 +241,105 @@ class ApplicationBuilder:
         return (yield self._saver.acquire_lease(self._partition_key, app_id,
                                                 wait=self._lease_wait))
 
-    def _assemble_app(self, app_id: str, lease: Any) -> Generator[Any, Any, Application]:
-        graph = self._graph or (self._graph_builder or GraphBuilder()).build()
+    def _assemble_app(
+        self, app_id: str, lease: Any, built_async: bool
+    ) -> Generator[Any, Any, Application]:
+        graph = (self._graph_builder or GraphBuilder()).build()
         if self._initializer is not None:
-            if self._state is not None or self._entrypoint is not None:
-                raise ValueError(
-                    "initialize_from() replaces with_state()/with_entrypoint(): use its "
-                    "default_state= and default_entrypoint= instead"
-                )
             start = yield from self._start_from_loader(graph, app_id)
         else:
             if self._entrypoint is None:
                 raise GraphError("no entrypoint: call with_entrypoint(name)")
-            start = (self._state or State(), self._entrypoint, 0, None)
-        state, entrypoint, next_sequence_id, parent_pointer = start
-        if entrypoint is not None:
-            graph.get_action(entrypoint)
+            first = 0 if self._sequence_id is None else self._sequence_id + 1
+            start = _Start(self._state or State(), self._entrypoint, None, first, None)
+        graph.get_action(start.entrypoint)
         hooks = [*self._hooks, *([self._tracker] if self._tracker is not None else [])]
+        # the run's writes, and those of its children, carry the lease's fence
+        saver = self._saver if lease is None or lease.store is None else lease.store
+        loader = (self._initializer or {}).get("loader")
         app = Application(
             graph=graph,
-            state=state,
-            entrypoint=entrypoint,
+            state=start.state,
+            entrypoint=start.entrypoint,
+            prior_action=start.prior_action,
             app_id=app_id,
             partition_key=self._partition_key,
             hooks=hooks,
             tracker=self._tracker,
-            saver=self._saver,
-            loader=(self._initializer or {}).get("loader"),
+            saver=saver,
+            loader=saver if loader is self._saver else loader,
             executor=self._executor,
             spawning_parent=self._spawning_parent,
-            parent_pointer=parent_pointer,
-            next_sequence_id=next_sequence_id,
+            parent_pointer=start.parent_pointer,
+            next_sequence_id=start.next_sequence_id,
             lease=lease,
+            built_async=built_async,
         )
         for hook in hooks_for(hooks, "post_application_create"):
             hook.post_application_create(
                 app_id=app_id,
                 partition_key=self._partition_key,
-                state=state,
-                application_graph=graph,
-                parent_pointer=parent_pointer,
+                state=start.state,
+                application_graph=app.graph,
+                parent_pointer=start.parent_pointer,
                 spawning_parent_pointer=self._spawning_parent,
             )
         return app
 
-    def _start_from_loader(
-        self, graph: Graph, app_id: str
-    ) -> Generator[Any, Any, tuple[State, str | None, int, ParentPointer | None]]:
-        """(state, entrypoint, next sequence id, fork pointer) from the initializer's data."""
+    def _start_from_loader(self, graph: Graph, app_id: str) -> Generator[Any, Any, _Start]:
+        """Where the app starts, from the initializer's data: its own saved steps first (a
+        fork built again goes on as itself), then the fork source, then a fresh start."""
         init = self._initializer
-        loader = init["loader"]
+        loader, fork_id = init["loader"], init["fork_from_app_id"]
+        fork_key, fork_seq = init["fork_from_partition_key"], init["fork_from_sequence_id"]
+        if fork_id is not None and fork_id == app_id:
+            raise ValueError(
+                f"initialize_from(fork_from_app_id={fork_id!r}) forks into its own app id: give "
+                "the fork an app id of its own with with_identifiers(app_id=...), or leave "
+                "fork_from_app_id out to resume the app"
+            )
         parent_pointer = None
-        fork_key = init["fork_from_partition_key"]
-        data = yield loader.load(self._partition_key, app_id)
-        if data is not None and init["fork_from_app_id"] is not None:
-            parent_pointer = ParentPointer(
-                init["fork_from_app_id"], init["fork_from_sequence_id"], fork_key
-            )
-        if data is None and init["fork_from_app_id"] is not None:
-            data = yield loader.load(
-                fork_key, init["fork_from_app_id"], init["fork_from_sequence_id"]
-            )
+        data = yield loader.load(self._partition_key, app_id, self._sequence_id)
+        if data is not None and fork_id is not None:
+            parent_pointer = ParentPointer(fork_id, fork_seq, fork_key)
+        if data is None and fork_id is not None:
+            data = yield loader.load(fork_key, fork_id, fork_seq)
             if data is None:
-                raise FanwiseError(
-                    f"cannot fork: no saved step of app {init['fork_from_app_id']!r} "
-                    f"(partition key {fork_key!r}, sequence id {init['fork_from_sequence_id']})"
+                warnings.warn(
+                    f"cannot fork: no saved step of app {fork_id!r} (partition key "
+                    f"{fork_key!r}, sequence id {fork_seq}); starting app {app_id!r} from "
+                    "default_state at default_entrypoint instead",
+                    stacklevel=2,
                 )
-            parent_pointer = ParentPointer(
-                init["fork_from_app_id"], data["sequence_id"], fork_key
-            )
+            else:
+                parent_pointer = ParentPointer(fork_id, data["sequence_id"], fork_key)
+        default_entrypoint = init["default_entrypoint"]
         if data is None:
-            if init["default_entrypoint"] is None:
+            if default_entrypoint is None:
                 raise GraphError("initialize_from() needs default_entrypoint= for a fresh start")
-            return init["default_state"], init["default_entrypoint"], 0, None
+            return _Start(init["default_state"], default_entrypoint, None, 0, None)
         position, state, sequence_id = data["position"], data["state"], data["sequence_id"]
         graph.get_action(position)
-        if data["status"] == "failed":
-            return state, position, sequence_id, parent_pointer
+        if init["override_state_values"]:
+            state = state.update(**init["override_state_values"])
+        if data["status"] == "failed":  # that step again, under its own sequence id
+            return _Start(state, position, None, sequence_id, parent_pointer)
         if init["resume_at_next_action"]:
-            following = graph.next_action(position, state)
-            entrypoint = following.name if following is not None else None
-        else:
-            entrypoint = position
-        return state, entrypoint, sequence_id + 1, parent_pointer
+            return _Start(state, default_entrypoint or position, position, sequence_id + 1,
+                          parent_pointer)
+        if default_entrypoint is None:
+            raise GraphError("initialize_from(resume_at_next_action=False) needs "
+                             "default_entrypoint=, where the app starts again")
+        return _Start(state, default_entrypoint, None, sequence_id + 1, parent_pointer)
 
+
+@dataclass(frozen=True)
+class _Start:
+    """Where a built app starts: `prior_action` (the last one run, if resumed after it) picks
+    the next action by its transitions, else `entrypoint` is next."""
+
+    state: State
+    entrypoint: str
+    prior_action: str | None
+    next_sequence_id: int
+    parent_pointer: ParentPointer | None

@@ -15,8 +15,9 @@ class InputError(FanwiseError, ValueError):
     """Inputs given to an action do not match what it declares."""
 
 
-class AsyncMismatchError(FanwiseError, RuntimeError):
-    """Something async was reached from a sync entry point (or the reverse)."""
+class AsyncMismatchError(FanwiseError, RuntimeError, ValueError):
+    """Something async was reached from a sync entry point (or the reverse); a ValueError
+    too, as Burr raises for a sync run of an `abuild()` app."""
 
 
 class StateSerialisationError(FanwiseError, TypeError):
@@ -38,6 +39,20 @@ class AppLockedError(FanwiseError, RuntimeError):
         )
         self.app_id = app_id
         self.holder = holder
+
+
+class LeaseLostError(FanwiseError, RuntimeError):
+    """The store refused a write: the lease it carried was taken over or broken, so another
+    driver may be running this app id. Fatal: this driver must stop, never retry."""
+
+    def __init__(self, app_id: str, store: str, now: str) -> None:
+        super().__init__(
+            f"app {app_id!r} lost its lease in {store}, which refused this driver's write: "
+            f"{now}. Another driver may be running it: stop this one (its later writes are "
+            "refused too); to take over, build the app again once that driver is done"
+        )
+        self.app_id = app_id
+        self.store = store
 
 
 class ApplicationClosedError(FanwiseError, RuntimeError):

@@ -67,6 +67,26 @@ class Graph:
             return self.get_action(entrypoint)
         return self.next_action(prior_step, state)
 
+    def get_actions_by_tag(self, tag: str) -> list[Action]:
+        """The actions that carry `tag` (`@action(..., tags=[...])`), in graph order."""
+        tagged = [a for a in self.actions if tag in a.tags]
+        if not tagged:
+            tags = sorted({t for a in self.actions for t in a.tags})
+            raise GraphError(f"no action has the tag {tag!r}; tags are {tags}")
+        return tagged
+
+    def expand_names(self, names: Iterable[str], what: str) -> list[str]:
+        """`names` with each `"@tag:<tag>"` replaced by the names of the actions that carry
+        that tag, after checking that every name is an action."""
+        expanded: list[str] = []
+        for name in names:
+            if name.startswith("@tag:"):
+                expanded.extend(a.name for a in self.get_actions_by_tag(name[len("@tag:"):]))
+            else:
+                expanded.append(name)
+        self.check_names(expanded, what)
+        return expanded
+
     def check_names(self, names: Iterable[str], what: str) -> None:
         """Raise naming every entry of `names` that is not an action of this graph."""
         unknown = [n for n in names if n not in self._by_name]

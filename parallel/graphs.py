@@ -31,18 +31,23 @@ class RunnableGraph:
     @functools.cached_property
     def direct_action(self) -> Action | None:
         """The one action of a one-step child that can run without an application around
-        it (sync, not streaming, no `__context`), else None."""
+        it (sync, not streaming, no `__context` or `__tracer`), else None."""
         if len(self.graph.actions) != 1 or self.entrypoint not in self.halt_after:
             return None
         action = self.graph.get_action(self.entrypoint)
-        if action.is_async() or action.streaming or action.context_param is not None:
+        if (
+            action.is_async()
+            or action.streaming
+            or action.context_param is not None
+            or action.tracer_param is not None
+        ):
             return None
         return action
 
     @functools.cached_property
     def is_async(self) -> bool:
         """Whether any action is async (then children run on an event loop)."""
-        return any(a.is_async() for a in self.graph.actions.values())
+        return any(a.is_async() for a in self.graph.actions)
 
 
 def as_runnable(obj: Any) -> RunnableGraph:

@@ -39,7 +39,7 @@ def shipping_problem(spec: Any) -> str | None:
     """Which part of a child spec cannot be pickled, in words, or None if all can."""
     parts: list[tuple[str, Any]] = [(f"state field {k!r}", v) for k, v in spec.state.items()]
     parts += [(f"input {k!r}", v) for k, v in spec.inputs.items()]
-    parts += [(f"action {name!r}", a) for name, a in spec.runnable.graph.actions.items()]
+    parts += [(f"action {a.name!r}", a) for a in spec.runnable.graph.actions]
     parts += [("persister", spec.saver), ("tracker", spec.tracker), ("nested executor",
                                                                        spec.executor)]
     for label, value in parts:

@@ -184,7 +184,7 @@ def test_state_defaults_to_empty():
 
 def test_graph_property_exposes_the_actions():
     app = counter_app()
-    assert sorted(app.graph.actions) == ["classify", "count", "done"]
+    assert sorted(a.name for a in app.graph.actions) == ["classify", "count", "done"]
 
 
 # -- inputs ------------------------------------------------------------------------------

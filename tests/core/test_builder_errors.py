@@ -129,12 +129,14 @@ def test_app_without_actions_is_an_error():
         ApplicationBuilder().with_entrypoint("start").build()
 
 
-def test_with_graph_cannot_be_mixed_with_with_actions():
+def test_with_graph_combines_with_with_actions_but_names_must_not_clash():
     graph = GraphBuilder().with_actions(start).build()
-    with pytest.raises(GraphError, match="cannot be mixed"):
+    app = ApplicationBuilder().with_graph(graph).with_actions(finish).with_transitions(
+        ("start", "finish")
+    ).with_entrypoint("start").build()
+    assert [a.name for a, _, _ in app.iterate()] == ["start", "finish"]
+    with pytest.raises(GraphError, match="duplicate action name 'start'"):
         builder().with_graph(graph)
-    with pytest.raises(GraphError, match="cannot be mixed"):
-        ApplicationBuilder().with_graph(graph).with_actions(finish)
 
 
 # -- halts -------------------------------------------------------------------------------

@@ -38,8 +38,8 @@ def test_builder_makes_a_graph_with_named_actions_and_ordered_transitions():
         .build()
     )
     assert isinstance(graph, Graph)
-    assert sorted(graph.actions) == ["count", "done"]
-    assert [(t.from_, t.to, t.condition.name) for t in graph.transitions] == [
+    assert sorted(a.name for a in graph.actions) == ["count", "done"]
+    assert [(t.from_.name, t.to.name, t.condition.name) for t in graph.transitions] == [
         ("count", "count", "n < 3"),
         ("count", "done", "default"),
     ]
@@ -57,7 +57,7 @@ def test_from_list_expands_into_one_transition_per_source():
         .with_transitions((["log_a", "log_b"], "done", when(x=1)))
         .build()
     )
-    assert [(t.from_, t.to, t.condition.name) for t in graph.transitions] == [
+    assert [(t.from_.name, t.to.name, t.condition.name) for t in graph.transitions] == [
         ("log_a", "done", "x=1"),
         ("log_b", "done", "x=1"),
     ]
@@ -166,7 +166,8 @@ def test_one_graph_serves_several_independent_applications():
     )
     first = ApplicationBuilder().with_graph(graph).with_state(n=0).with_entrypoint("count").build()
     second = ApplicationBuilder().with_graph(graph).with_state(n=2).with_entrypoint("count").build()
-    assert first.graph is graph
+    assert first.graph.actions == graph.actions
+    assert first.graph.entrypoint is graph.get_action("count")
     assert first.run()[2]["n"] == 3
     assert second.run()[2]["n"] == 3
     assert first.uid != second.uid

@@ -1,7 +1,6 @@
 import pytest
 from fanwise.core import (
     ApplicationBuilder,
-    FanwiseError,
     ParentPointer,
     Result,
     State,
@@ -290,17 +289,21 @@ def test_fork_of_a_failed_step_reruns_that_step(persister):
     assert fork.parent_pointer == ParentPointer("source", 1, None)
 
 
-def test_fork_of_an_unknown_app_names_it(persister):
-    with pytest.raises(FanwiseError, match="'ghost'"):
-        Pipeline().build(persister, app_id="fork", fork_from_app_id="ghost")
+def test_fork_of_an_unknown_app_warns_naming_it_and_starts_fresh(persister):
+    with pytest.warns(UserWarning, match="'ghost'"):
+        fork = Pipeline().build(persister, app_id="fork", fork_from_app_id="ghost")
+    assert fork.state == State({"n": 0})
+    assert fork.get_next_action().name == "add"
+    assert fork.parent_pointer is None
 
 
-def test_fork_of_an_unknown_sequence_id_names_it(persister):
+def test_fork_of_an_unknown_sequence_id_warns_naming_it(persister):
     pipeline = finished_source(persister)
-    with pytest.raises(FanwiseError, match="'source'.*99"):
-        pipeline.build(
+    with pytest.warns(UserWarning, match="'source'.*99"):
+        fork = pipeline.build(
             persister, app_id="fork", fork_from_app_id="source", fork_from_sequence_id=99
         )
+    assert fork.sequence_id is None
 
 
 def test_rebuilding_a_fork_resumes_the_fork_instead_of_forking_again(persister):

@@ -1,0 +1,1 @@
+"""Burr drop-in tests: Burr 0.43's documented behaviour, with only the imports changed."""
