@@ -4,15 +4,25 @@ A value of a registered type is stored as a marker dict `{TYPE_MARKER: type name
 dump(obj)}`. A dict of the user's own that holds the marker key (JSON from a model can
 hold anything) is escaped: stored as `{TYPE_MARKER: ESCAPED_DICT, "value": the dict}`, so
 that every stored dict reads back as what was saved.
+
+Burr's registration style works too (`burr.core.serde` maps to this module):
+`@serialize.register(Type)` returns a dict naming its deserializer under `KEY`, and
+`@deserializer.register(name)` reads it back. Persisters store such a value wrapped as
+`{TYPE_MARKER: DISPATCHED, "value": that dict}`, so only values a serializer produced are
+dispatched on load; `serialize`/`deserialize` (and `State.serialize`/`State.deserialize`)
+give and take Burr's unwrapped form. `serde_kwargs` reach every serializer and deserializer.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from fanwise.core.errors import StateSerialisationError
 from fanwise.core.state import State
@@ -24,14 +34,38 @@ holds no colon)."""
 _MARKER_KEY = json.dumps(TYPE_MARKER) + ":"
 """How the marker key appears in encoded text (a string value that merely contains it is
 encoded with escaped quotes, so it never matches)."""
+KEY = "__burr_serde__"
+"""Where a `serialize` implementation names the `deserializer` of its output (Burr's key, so
+that data Burr's serializers wrote reads back here)."""
+DISPATCHED = "fanwise:dispatch"
+"""The marker of a stored value that a `serialize.register` implementation produced."""
 _ENCODING_ERRORS = (TypeError, ValueError, RecursionError)
+_NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
 
-Dump = Callable[[Any], Any]
-Load = Callable[[Any], Any]
+Dump = Callable[..., Any]
+Load = Callable[..., Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class _FieldSerde:
+    """A field's serde, and whether each function takes the `serde_kwargs` (has `**kwargs`)."""
+
+    dump: Dump
+    load: Load
+    dump_kwargs: bool
+    load_kwargs: bool
+
+    def dumped(self, value: Any, kwargs: Mapping[str, Any]) -> Any:
+        return self.dump(value, **kwargs) if self.dump_kwargs else self.dump(value)
+
+    def loaded(self, value: Any, kwargs: Mapping[str, Any]) -> Any:
+        return self.load(value, **kwargs) if self.load_kwargs else self.load(value)
+
 
 _type_dumps: dict[type, tuple[str, Dump]] = {}
 _type_loads: dict[str, Load] = {}
-_field_serdes: dict[str, tuple[Dump, Load]] = {}
+_field_serdes: dict[str, _FieldSerde] = {}
 _generation = 0
 """How many registrations this process has made: a snapshot older than it is stale."""
 
@@ -48,8 +82,15 @@ class _UnknownType(ValueError):
     """A stored marker names a type that has no registered serde in this process."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(name)
+        super().__init__(
+            f"no serde is registered for {name} in this process; call "
+            "fanwise.core.serde.register_type(...) before loading"
+        )
         self.name = name
+
+
+class _UnknownDeserializer(ValueError):
+    """A value names a deserializer under `KEY` that is not registered in this process."""
 
 
 def register_type(type_: type, dump: Dump, load: Load) -> None:
@@ -62,10 +103,124 @@ def register_type(type_: type, dump: Dump, load: Load) -> None:
 
 
 def register_field(name: str, dump: Dump, load: Load) -> None:
-    """Store the state field `name` as `dump(value)`; read it back with `load`."""
+    """Store the state field `name` as `dump(value)`; read it back with `load`. A function
+    with `**kwargs` also gets the persister's `serde_kwargs`."""
     global _generation
-    _field_serdes[name] = (dump, load)
+    _field_serdes[name] = _FieldSerde(dump, load, _takes_kwargs(dump), _takes_kwargs(load))
     _generation += 1
+
+
+def register_field_serde(field_name: str, serializer: Dump, deserializer: Load) -> None:
+    """Burr's `register_field_serde`: `register_field` for functions that must take
+    `**kwargs` (the `serde_kwargs` of the call); a `ValueError` names the one that does not."""
+    for role, func in (("Serializer", serializer), ("Deserializer", deserializer)):
+        if not _takes_kwargs(func):
+            raise ValueError(
+                f"{role} {getattr(func, '__name__', func)!r} for state field {field_name!r} must "
+                "accept **kwargs (the serde_kwargs of the call)"
+            )
+    register_field(field_name, serializer, deserializer)
+
+
+def _takes_kwargs(func: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature (e.g. `set`)
+        return False
+    return any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters)
+
+
+class StringDispatch:
+    """Functions by name: `singledispatch` keyed by the string a serializer stored under
+    `KEY` instead of by type (Burr's `serde.StringDispatch`)."""
+
+    def __init__(self) -> None:
+        self.func_map: dict[str, Callable[..., Any]] = {}
+
+    def register(self, key: str) -> Callable[[F], F]:
+        """Decorator: the function called for values whose `KEY` is `key`."""
+
+        def decorator(func: F) -> F:
+            self.func_map[key] = func
+            return func
+
+        return decorator
+
+    def call(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        func = self.func_map.get(key)
+        if func is None:
+            raise _UnknownDeserializer(
+                f"no deserializer is registered for {KEY} {key!r} (registered: "
+                f"{sorted(self.func_map)}); register one with "
+                f"@fanwise.core.serde.deserializer.register({key!r}), or import the module "
+                "that does, before loading"
+            )
+        return func(*args, **kwargs)
+
+
+deserializer = StringDispatch()
+"""Deserializers by the name their serializer stored under `KEY`."""
+
+
+@functools.singledispatch
+def serialize(value: Any, **kwargs: Any) -> Any:
+    """`value` as JSON-able data: by the function registered for its type with
+    `@serialize.register(Type)` (which returns a dict naming its deserializer under `KEY`),
+    a `register_type` type as its marker dict, else `str(value)`: as in Burr, this never
+    fails (persisters, stricter, refuse a value no serde covers, naming its field)."""
+    if value is None:
+        return None
+    entry = _find_type_serde(type(value))
+    if entry is None:
+        return str(value)
+    name, dump = entry
+    return {TYPE_MARKER: name, "value": serialize(dump(value), **kwargs)}
+
+
+_serialize_fallback = serialize.dispatch(object)
+
+
+@serialize.register(str)
+@serialize.register(int)
+@serialize.register(float)
+@serialize.register(bool)
+def _serialize_scalar(value: Any, **kwargs: Any) -> Any:
+    return value
+
+
+@serialize.register(dict)
+def _serialize_dict(value: dict[Any, Any], **kwargs: Any) -> dict[Any, Any]:
+    items = {key: serialize(item, **kwargs) for key, item in value.items()}
+    return {TYPE_MARKER: ESCAPED_DICT, "value": items} if TYPE_MARKER in value else items
+
+
+@serialize.register(list)
+@serialize.register(tuple)
+def _serialize_sequence(value: list[Any] | tuple[Any, ...], **kwargs: Any) -> list[Any]:
+    return [serialize(item, **kwargs) for item in value]
+
+
+def deserialize(value: Any, **kwargs: Any) -> Any:
+    """What `serialize` (or a persister's stored form) gave as `value`: a dict naming a
+    deserializer under `KEY` is handed to it whole, marker dicts are decoded, other dicts
+    and lists item by item."""
+    if isinstance(value, list):
+        return [deserialize(item, **kwargs) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if KEY in value:
+        return deserializer.call(value[KEY], value, **kwargs)
+    name = value.get(TYPE_MARKER)
+    if not isinstance(name, str) or value.keys() - {TYPE_MARKER, "value"}:
+        return {key: deserialize(item, **kwargs) for key, item in value.items()}
+    if name == ESCAPED_DICT:
+        return {key: deserialize(item, **kwargs) for key, item in value["value"].items()}
+    if name == DISPATCHED:
+        return deserialize(value["value"], **kwargs)
+    load = _type_loads.get(name)
+    if load is None:
+        raise _UnknownType(name)
+    return load(deserialize(value.get("value"), **kwargs))
 
 
 @dataclass(frozen=True)
@@ -83,27 +238,33 @@ class Registrations:
 def registrations() -> Registrations:
     """What this process has registered (its `generation` changes with every registration)."""
     types = tuple((type_, dump, _type_loads[name]) for type_, (name, dump) in _type_dumps.items())
-    fields = tuple((name, dump, load) for name, (dump, load) in _field_serdes.items())
+    fields = tuple((name, entry.dump, entry.load) for name, entry in _field_serdes.items())
     return Registrations(_generation, types, fields)
 
 
-def dumps_state(state: Mapping[str, Any], strict: bool = True, sort_keys: bool = False) -> str:
+def dumps_state(
+    state: Mapping[str, Any],
+    strict: bool = True,
+    sort_keys: bool = False,
+    serde_kwargs: Mapping[str, Any] | None = None,
+) -> str:
     """`state` as JSON text; `sort_keys=True` gives the same text for equal states
-    (fingerprints).
+    (fingerprints); `serde_kwargs` go to every serializer that takes `**kwargs`.
 
     Strict (persisters): a field that cannot be stored is a `StateSerialisationError` naming
     it. `strict=False` (trackers, logs) never raises: such a field is written as its repr,
     or as a placeholder naming its type when even the repr fails (a value nested deeper than
     the recursion limit), so that an observer never breaks the application it observes.
     """
-    fields = _dump_fields(state, strict)
+    kwargs = serde_kwargs or _NO_KWARGS
+    fields = _dump_fields(state, strict, kwargs)
     try:
-        return _encode(fields, strict, sort_keys)
+        return _encode(fields, strict, sort_keys, kwargs)
     except _ENCODING_ERRORS as exc:
         if strict:
-            raise _explain(fields, exc) from None
-    lenient = {field: _lenient_value(value, sort_keys) for field, value in fields.items()}
-    return _encode(lenient, False, sort_keys)
+            raise _explain(fields, exc, kwargs) from None
+    lenient = {field: _lenient_value(value, sort_keys, kwargs) for field, value in fields.items()}
+    return _encode(lenient, False, sort_keys, kwargs)
 
 
 def dumps_value(value: Any, sort_keys: bool = False, what: str = "the value") -> str:
@@ -117,8 +278,9 @@ def dumps_value(value: Any, sort_keys: bool = False, what: str = "the value") ->
         raise StateSerialisationError(f"{what} {_problem(exc)}") from None
 
 
-def loads_state(text: str) -> State:
-    """The `State` that `dumps_state` wrote as `text`."""
+def loads_state(text: str, serde_kwargs: Mapping[str, Any] | None = None) -> State:
+    """The `State` that `dumps_state` wrote as `text`; `serde_kwargs` go to every
+    deserializer that takes `**kwargs`."""
     try:
         data = json.loads(text)
     except RecursionError:
@@ -128,33 +290,72 @@ def loads_state(text: str) -> State:
         ) from None
     if not isinstance(data, dict):
         raise ValueError(f"state JSON must be an object, got {type(data).__name__}")
+    kwargs = serde_kwargs or _NO_KWARGS
     if TYPE_MARKER in text:
-        return deserialise_state(data)
-    return State(_load_fields(data))
+        return deserialise_state(data, kwargs)
+    return State(_load_fields(data, kwargs))
 
 
-def serialise_state(state: Mapping[str, Any], strict: bool = True) -> dict[str, Any]:
+def serialise_state(
+    state: Mapping[str, Any], strict: bool = True, serde_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """`state` as a JSON-able dict (custom values become marker dicts)."""
-    return json.loads(dumps_state(state, strict))
+    return json.loads(dumps_state(state, strict, serde_kwargs=serde_kwargs))
 
 
-def deserialise_state(data: Mapping[str, Any]) -> State:
+def deserialise_state(
+    data: Mapping[str, Any], serde_kwargs: Mapping[str, Any] | None = None
+) -> State:
     """The `State` that `serialise_state` returned as `data`."""
+    kwargs = serde_kwargs or _NO_KWARGS
     fields = {}
     for field, value in data.items():
         try:
-            fields[field] = _decode(value)
+            fields[field] = _decode(value, kwargs)
         except _UnknownType as exc:
             raise StateSerialisationError(
                 f"state field {field!r} holds a {exc.name} but no serde is registered for it in "
                 f"this process; call fanwise.core.serde.register_type(...) before loading"
             ) from None
+        except _UnknownDeserializer as exc:
+            raise StateSerialisationError(f"state field {field!r}: {exc}") from None
         except RecursionError:
             raise StateSerialisationError(
                 f"state field {field!r} is nested deeper than Python's recursion limit "
                 f"({sys.getrecursionlimit()}) lets it be read"
             ) from None
-    return State(_load_fields(fields))
+    return State(_load_fields(fields, kwargs))
+
+
+def serialize_fields(fields: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """`State.serialize`: each field by its field serde or `serialize`; a serde that raises
+    is a `ValueError` naming the field (as in Burr)."""
+    data = {}
+    for field, value in fields.items():
+        entry = _field_serdes.get(field)
+        try:
+            data[field] = (
+                serialize(value, **kwargs) if entry is None else entry.dumped(value, kwargs)
+            )
+        except Exception as exc:
+            raise ValueError(
+                f"cannot serialize state field {field!r} (a {_type_name(type(value))}): {exc}"
+            ) from exc
+    return data
+
+
+def deserialize_fields(data: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """`State.deserialize`: the fields that `serialize_fields` returned as `data`."""
+    fields = {}
+    for field, value in data.items():
+        entry = _field_serdes.get(field)
+        try:
+            fields[field] = (
+                deserialize(value, **kwargs) if entry is None else entry.loaded(value, kwargs)
+            )
+        except Exception as exc:
+            raise ValueError(f"cannot deserialize state field {field!r}: {exc}") from exc
+    return fields
 
 
 def _type_name(type_: type) -> str:
@@ -169,17 +370,22 @@ def _find_type_serde(type_: type) -> tuple[str, Dump] | None:
     return None
 
 
-def _encode_strict(obj: object) -> Any:
+def _encode_strict(obj: object, kwargs: Mapping[str, Any] = _NO_KWARGS) -> Any:
+    """The JSON encoder's hook for a value it cannot encode itself: a registered type's
+    marker dict, or a `serialize` implementation's output wrapped as `DISPATCHED`."""
     entry = _find_type_serde(type(obj))
-    if entry is None:
+    if entry is not None:
+        name, dump = entry
+        return {TYPE_MARKER: name, "value": dump(obj)}
+    implementation = serialize.dispatch(type(obj))
+    if implementation is _serialize_fallback:
         raise _Unserialisable(obj)
-    name, dump = entry
-    return {TYPE_MARKER: name, "value": dump(obj)}
+    return {TYPE_MARKER: DISPATCHED, "value": implementation(obj, **kwargs)}
 
 
-def _encode_lenient(obj: object) -> Any:
+def _encode_lenient(obj: object, kwargs: Mapping[str, Any] = _NO_KWARGS) -> Any:
     try:
-        return _encode_strict(obj)
+        return _encode_strict(obj, kwargs)
     except Exception:
         return _safe_repr(obj)
 
@@ -206,15 +412,22 @@ _ENCODERS = {
 }
 
 
-def _encode(value: Any, strict: bool, sort_keys: bool) -> str:
+def _encode(
+    value: Any, strict: bool, sort_keys: bool, kwargs: Mapping[str, Any] = _NO_KWARGS
+) -> str:
     """`value` as JSON text. Only a text that holds the marker key at all (custom values,
     or a user dict holding the key) is encoded again, through `_escaped`: plain data, by far
     the most common, takes one pass of the C encoder."""
-    encoder = _ENCODERS[strict, sort_keys]
+    hook = _encode_strict if strict else _encode_lenient
+    if kwargs:
+        hook = functools.partial(hook, kwargs=kwargs)
+        encoder = json.JSONEncoder(default=hook, sort_keys=sort_keys, separators=(",", ":"))
+    else:
+        encoder = _ENCODERS[strict, sort_keys]
     text = encoder.encode(value)
     if _MARKER_KEY not in text:
         return text
-    return encoder.encode(_escaped(value, _encode_strict if strict else _encode_lenient))
+    return encoder.encode(_escaped(value, hook))
 
 
 def _escaped(value: Any, default: Dump) -> Any:
@@ -242,14 +455,15 @@ def _escaped(value: Any, default: Dump) -> Any:
     return encoded
 
 
-def _dump_fields(state: Mapping[str, Any], strict: bool) -> dict[str, Any]:
+def _dump_fields(
+    state: Mapping[str, Any], strict: bool, kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
     fields = state.get_all() if isinstance(state, State) else dict(state)
     if not _field_serdes:
         return fields
     for field in _field_serdes.keys() & fields.keys():
-        dump = _field_serdes[field][0]
         try:
-            fields[field] = dump(fields[field])
+            fields[field] = _field_serdes[field].dumped(fields[field], kwargs)
         except Exception as exc:
             if strict:
                 raise StateSerialisationError(
@@ -259,11 +473,13 @@ def _dump_fields(state: Mapping[str, Any], strict: bool) -> dict[str, Any]:
     return fields
 
 
-def _explain(fields: dict[str, Any], error: Exception) -> StateSerialisationError:
+def _explain(
+    fields: dict[str, Any], error: Exception, kwargs: Mapping[str, Any]
+) -> StateSerialisationError:
     """Re-encode field by field to name the field that `error` came from."""
     for field, value in fields.items():
         try:
-            _encode(value, True, False)
+            _encode(value, True, False, kwargs)
         except _Unserialisable as exc:
             type_ = type(exc.obj)
             return StateSerialisationError(
@@ -291,51 +507,54 @@ def _problem(error: Exception) -> str:
     return f"cannot be serialised to JSON: {error}"
 
 
-def _lenient_value(value: Any, sort_keys: bool) -> Any:
+def _lenient_value(value: Any, sort_keys: bool, kwargs: Mapping[str, Any]) -> Any:
     try:
-        _encode(value, False, sort_keys)
+        _encode(value, False, sort_keys, kwargs)
     except Exception:
         return _safe_repr(value)
     return value
 
 
-def _decode(value: Any) -> Any:
-    """A stored value as it was saved (one frame per level of nesting, as in `_escaped`)."""
+def _decode(value: Any, kwargs: Mapping[str, Any]) -> Any:
+    """A stored value as it was saved (one frame per level of nesting, as in `_escaped`).
+    Unlike `deserialize`, a dict holding `KEY` is the user's own unless wrapped as
+    `DISPATCHED`: only what a serializer produced is dispatched."""
     if isinstance(value, list):
         elements = []
         for item in value:
-            elements.append(_decode(item))
+            elements.append(_decode(item, kwargs))
         return elements
     if not isinstance(value, dict):
         return value
     if TYPE_MARKER not in value:
-        return _decode_items(value)
+        return _decode_items(value, kwargs)
     name = value[TYPE_MARKER]
     if name == ESCAPED_DICT:
-        return _decode_items(value["value"])
+        return _decode_items(value["value"], kwargs)
     if not isinstance(name, str) or value.keys() - {TYPE_MARKER, "value"}:
         # not shaped like a marker dict: a user dict saved before escaping existed
-        return _decode_items(value)
+        return _decode_items(value, kwargs)
+    if name == DISPATCHED:
+        return deserialize(value["value"], **kwargs)
     load = _type_loads.get(name)
     if load is None:
         raise _UnknownType(name)
-    return load(_decode(value.get("value")))
+    return load(_decode(value.get("value"), kwargs))
 
 
-def _decode_items(value: dict[str, Any]) -> dict[str, Any]:
+def _decode_items(value: dict[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     items = {}
     for key, item in value.items():
-        items[key] = _decode(item)
+        items[key] = _decode(item, kwargs)
     return items
 
 
-def _load_fields(fields: dict[str, Any]) -> dict[str, Any]:
+def _load_fields(fields: dict[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     if not _field_serdes:
         return fields
     for field in _field_serdes.keys() & fields.keys():
-        load = _field_serdes[field][1]
         try:
-            fields[field] = load(fields[field])
+            fields[field] = _field_serdes[field].loaded(fields[field], kwargs)
         except Exception as exc:
             raise StateSerialisationError(
                 f"the serde registered for state field {field!r} failed to load it: {exc}"

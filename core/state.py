@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+
+class StateFieldTypeError(ValueError, TypeError):
+    """`append`/`extend`/`increment` of a field holding the wrong kind of value: a
+    `ValueError` as in Burr, and a `TypeError`, which is what it is."""
+
+
+def register_field_serde(
+    field_name: str, serializer: Callable[..., Any], deserializer: Callable[..., Any]
+) -> None:
+    """Burr's `burr.core.state.register_field_serde`: see `fanwise.core.serde`."""
+    from fanwise.core import serde  # serde builds States: importing it at the top is a cycle
+
+    serde.register_field_serde(field_name, serializer, deserializer)
 
 
 class State(Mapping[str, Any]):
@@ -23,14 +37,14 @@ class State(Mapping[str, Any]):
         """Append one item to each named list field (created if missing)."""
         data = dict(self._data)
         for key, value in items.items():
-            data[key] = [*self._list_field(key), value]
+            data[key] = [*self._list_field(key, "append to"), value]
         return State(data)
 
     def extend(self, **items: Any) -> State:
         """Extend each named list field with an iterable (created if missing)."""
         data = dict(self._data)
         for key, values in items.items():
-            data[key] = [*self._list_field(key), *values]
+            data[key] = [*self._list_field(key, "extend"), *values]
         return State(data)
 
     def increment(self, **deltas: int | float) -> State:
@@ -39,7 +53,9 @@ class State(Mapping[str, Any]):
         for key, delta in deltas.items():
             current = data.get(key, 0)
             if not isinstance(current, int | float):
-                raise TypeError(f"cannot increment state field {key!r}: it holds {current!r}")
+                raise StateFieldTypeError(
+                    f"cannot increment state field {key!r}: it holds {current!r}"
+                )
             data[key] = current + delta
         return State(data)
 
@@ -67,15 +83,34 @@ class State(Mapping[str, Any]):
         """A shallow copy of the fields as a plain dict."""
         return dict(self._data)
 
+    def keys(self) -> list[str]:  # type: ignore[override]
+        """The field names, as a list (Burr's return type)."""
+        return list(self._data)
+
+    def serialize(self, **kwargs: Any) -> dict[str, Any]:
+        """The fields as JSON-able data by `fanwise.core.serde.serialize` and the field
+        serdes; `kwargs` reach every serializer. A serde that fails is a `ValueError`
+        naming the field."""
+        from fanwise.core import serde  # serde builds States: importing it at the top is a cycle
+
+        return serde.serialize_fields(self._data, kwargs)
+
+    @classmethod
+    def deserialize(cls, json_dict: Mapping[str, Any], **kwargs: Any) -> State:
+        """The `State` that `serialize` returned as `json_dict`."""
+        from fanwise.core import serde  # serde builds States: importing it at the top is a cycle
+
+        return cls(serde.deserialize_fields(json_dict, kwargs))
+
     def deepcopy(self) -> State:
         """A copy whose mutable values are not shared with this one."""
         return State(copy.deepcopy(self._data))
 
-    def _list_field(self, key: str) -> list[Any]:
+    def _list_field(self, key: str, verb: str) -> list[Any]:
         current = self._data.get(key, [])
         if not isinstance(current, list):
             kind = type(current).__name__
-            raise TypeError(f"cannot append to state field {key!r}: it holds {kind}")
+            raise StateFieldTypeError(f"cannot {verb} state field {key!r}: it holds {kind}")
         return current
 
     def __getitem__(self, key: str) -> Any:
