@@ -157,18 +157,36 @@ class ApplicationBuilder:
 
     # -- adapters -----------------------------------------------------------------------
 
-    def with_tracker(self, tracker: Any, project: str | None = None, **kwargs: Any) -> (
-        ApplicationBuilder
-    ):
-        """A tracker instance, or `"local"` with `project=` for a `LocalTrackingClient`."""
-        if tracker == "local":
+    def with_tracker(
+        self,
+        tracker: Any = "local",
+        project: str = "default",
+        params: dict[str, Any] | None = None,
+        use_otel_tracing: bool = False,
+        **kwargs: Any,
+    ) -> ApplicationBuilder:
+        """A tracker instance (any object with hook methods), or `"local"` (the default) for
+        a `LocalTrackingClient(project, **params)`, e.g. `params={"storage_dir": ...}`;
+        its arguments may also be given as keywords (`storage_dir=...`)."""
+        if use_otel_tracing:
+            raise ValueError(
+                "with_tracker(use_otel_tracing=True) needs Burr's OpenTelemetry integration, "
+                "which fanwise does not have: pass an OpenTelemetry hook with with_hooks()"
+            )
+        if isinstance(tracker, str):
+            if tracker != "local":
+                raise ValueError(f"unknown tracker {tracker!r}; the built-in one is 'local'")
             from fanwise.core.tracking import LocalTrackingClient
 
-            if project is None:
-                raise ValueError('with_tracker("local") needs project="..."')
-            tracker = LocalTrackingClient(project, **kwargs)
-        elif isinstance(tracker, str):
-            raise ValueError(f"unknown tracker {tracker!r}; the built-in one is 'local'")
+            both = sorted(set(params or {}) & set(kwargs))
+            if both:
+                raise ValueError(f"with_tracker() got {both} both in params= and as keywords")
+            tracker = LocalTrackingClient(project, **{**(params or {}), **kwargs})
+        elif params is not None or kwargs:
+            raise ValueError(
+                f"with_tracker() got params for the tracker {type(tracker).__name__}, which is "
+                "already made: params= and keywords are for with_tracker('local', ...)"
+            )
         self._tracker = tracker
         return self
 
@@ -322,7 +340,7 @@ class ApplicationBuilder:
         graph.get_action(position)
         if init["override_state_values"]:
             state = state.update(**init["override_state_values"])
-        if data["status"] == "failed":  # that step again, under its own sequence id
+        if data["status"] != "completed":  # that step again, under its own sequence id
             return _Start(state, position, None, sequence_id, parent_pointer)
         if init["resume_at_next_action"]:
             return _Start(state, default_entrypoint or position, position, sequence_id + 1,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tenacity
+from fanwise.core.errors import LeaseLostError
 
 RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
@@ -23,6 +24,8 @@ class RetryPolicy:
     backoff_max: float = 30.0
 
     def accepts(self, exc: BaseException) -> bool:
+        if isinstance(exc, LeaseLostError):  # another driver may run the app: never retried
+            return False
         if isinstance(self.retry_on, tuple):
             return isinstance(exc, self.retry_on)
         return bool(self.retry_on(exc))

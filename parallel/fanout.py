@@ -7,8 +7,10 @@
                                                                                       │
        reduce ◀──Partial(result)── Window (task order: held / parked) ◀──Channel.get──┘
                                        ▲                  │
-                         re-read parked states      GroupCommit: shipped tracking records,
-                         (load_many, in order)      then final rows (save_many per store)
+                         re-read parked states      GroupCommit: tracking on disk (shipped
+                         (load_many, in order)      records written, the writer thread of
+                                                    in-process children flushed), then
+                                                    final rows (save_many per store)
 
 `Fanout.run()` is written once as a generator of effects (see `fanwise.core._runner`): it
 yields what may need awaiting (pulling from an async task generator, batch reads and
@@ -29,8 +31,9 @@ from itertools import islice
 from typing import Any, Literal
 
 from fanwise.core._runner import Partial
-from fanwise.core.errors import CorruptStateError
-from fanwise.core.protocols import RecordingTracker, StateLoader
+from fanwise.core.errors import CorruptStateError, LeaseLostError
+from fanwise.core.protocols import FlushingTracker, RecordingTracker, StateLoader
+from fanwise.executors.protocols import CAPACITY_POLL_SECONDS, ElasticExecutor
 from fanwise.parallel._channel import Channel
 from fanwise.parallel._commit import GroupCommit
 from fanwise.parallel._plan import PlanConfig, Planner, ResumeLookup
@@ -69,10 +72,16 @@ class FanoutConfig:
     keep_outcomes: bool
     shipped_tracker: RecordingTracker | None
     """The tracker whose `ingest` writes the records of children run in other processes."""
+    background_tracker: FlushingTracker | None = None
+    """The tracker whose writer thread writes the records of children run in this process."""
     sink: EventSink | None = None
     """Where this fan-out's events go (a watched run), wherever its children run."""
     is_async: bool = False
     """Driven by the async driver (then emitting may be awaited; a sync fan-out blocks)."""
+    elastic: ElasticExecutor | None = None
+    """The executor, if its capacity follows a cluster: asked every CAPACITY_POLL_SECONDS."""
+    follows_capacity: bool = False
+    """The window is the elastic executor's capacity (the action fixed no max_concurrency)."""
 
 
 @dataclass(slots=True)
@@ -94,12 +103,16 @@ class Fanout:
         self._window = Window(config.capacity, config.ordered, config.held_bytes_budget)
         self._planner = Planner(config.plan)
         self._lookup = ResumeLookup(self._planner, config.plan.loader)
-        self._commit = GroupCommit(config.shipped_tracker)
+        self._commit = GroupCommit(
+            config.shipped_tracker, config.background_tracker, config.is_async
+        )
         self._sink = config.sink
         self._listening = self._sink is not None or config.progress.enabled
         self._parked_meta: dict[int, tuple[str, int, float]] = {}
         self._resuming = False
         """The last batch pulled had only finished children (the next one is larger)."""
+        self._next_poll = 0.0
+        """When to ask the elastic executor for its capacity again (monotonic seconds)."""
         self.failures: list[ChildResult] = []
         """Failed children, in the order they failed."""
         self.abandoned = 0
@@ -112,6 +125,8 @@ class Fanout:
         try:
             while True:
                 # (each step is guarded here: most turns of a busy loop need few of them)
+                if self.config.elastic is not None:
+                    self._follow_capacity()
                 if window.free_slots() > 0:
                     yield from self._refill()
                 if self._commit.has_rows() and (yield from self._gather()):
@@ -184,6 +199,18 @@ class Fanout:
                     yield from self._resumed(*item)
             if self._resuming:
                 return  # hand these out before pulling more
+
+    def _follow_capacity(self) -> None:
+        """Ask the elastic executor for its capacity (which also sends children waiting
+        in it to slots that joined); the window follows unless the action fixed its own.
+        Children in flight beyond a smaller window finish; no new one starts until then."""
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + CAPACITY_POLL_SECONDS
+        capacity = self.config.elastic.capacity()
+        if self.config.follows_capacity:
+            self._window.resize(capacity)
 
     def _gather(self) -> Generator[Any, Any, bool]:
         """Group commit: while rows of finished children wait and others still run, wait
@@ -314,6 +341,8 @@ class Fanout:
     def _raise_stop(self) -> None:
         if self.failures:
             first = self.failures[0]
+            if isinstance(first.error, LeaseLostError):  # the driver's own fatal error
+                raise first.error
             error = first.failure(self._plan.action_name)
             for other in self.failures[1:]:
                 error.add_note(
@@ -377,7 +406,10 @@ class Fanout:
             self._sink.put(event)
 
     def _wait_seconds(self) -> float | None:
+        """Until the next child deadline, or the next capacity poll of an elastic executor."""
         deadline = self._window.next_deadline()
+        if self.config.elastic is not None:
+            deadline = self._next_poll if deadline is None else min(deadline, self._next_poll)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fanwise.core.errors import AppLockedError
+from fanwise.core.errors import AppLockedError, LeaseLostError
+from fanwise.core.persistence._leases import LeaseInfo
 from fanwise.core.persistence.base import (
     AsyncBaseStateLoader,
     AsyncBaseStatePersister,
@@ -15,7 +16,10 @@ from fanwise.core.persistence.base import (
     PersistedStateData,
     SaveRow,
 )
+from fanwise.core.persistence.devnull import AsyncDevNullPersister, DevNullPersister
+from fanwise.core.persistence.hooks import PersisterHook, PersisterHookAsync
 from fanwise.core.persistence.memory import InMemoryPersister
+from fanwise.core.persistence.memory_async import AsyncInMemoryPersister
 from fanwise.core.persistence.sqlite import SQLitePersister, SQLLitePersister
 from fanwise.core.persistence.sqlite_async import AsyncSQLitePersister
 
@@ -24,12 +28,19 @@ __all__ = [
     "AsyncBaseStateLoader",
     "AsyncBaseStatePersister",
     "AsyncBaseStateSaver",
+    "AsyncDevNullPersister",
+    "AsyncInMemoryPersister",
     "AsyncSQLitePersister",
     "BaseStateLoader",
     "BaseStatePersister",
     "BaseStateSaver",
+    "DevNullPersister",
     "InMemoryPersister",
+    "LeaseInfo",
+    "LeaseLostError",
     "PersistedStateData",
+    "PersisterHook",
+    "PersisterHookAsync",
     "PostgreSQLPersister",
     "SQLLitePersister",
     "SQLitePersister",

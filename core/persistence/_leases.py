@@ -12,25 +12,132 @@ import atexit
 import functools
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TypeVar
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from fanwise.core.errors import AppLockedError
-from fanwise.core.persistence.base import Lease
+from fanwise.core.persistence.base import Fence, Lease
 
 T = TypeVar("T")
 
 POLL_SECONDS = 0.1
 """How often a `wait=` acquisition asks the store again."""
 
+DEFAULT_TTL = 30.0
+"""Seconds a lease outlives its last renewal unless the persister is told otherwise."""
+
+RENEWALS_PER_TTL = 3
+"""A held lease is renewed every `ttl / RENEWALS_PER_TTL` s, so two renewals may fail (a
+dropped connection, a busy store) before it expires."""
+
 Release = Callable[[], None]
 
 _LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What a store hands back when it took its lease: how to release it, and the fence its
+    writes must carry (None for a store that does not fence)."""
+
+    release: Release
+    fence: Fence | None = None
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """One lease row as a store holds it (what `fanwise lease show` prints)."""
+
+    partition_key: str | None
+    app_id: str
+    host: str
+    pid: int
+    since: str
+    generation: int
+    expires_in: float
+    """Seconds until it expires unless renewed; <= 0 when it has expired."""
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_in <= 0
+
+    @property
+    def expires_at(self) -> str:
+        moment = datetime.now(UTC) + timedelta(seconds=self.expires_in)
+        return moment.isoformat(timespec="seconds")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "expired": self.expired, "expires_at": self.expires_at}
+
+    def holder(self) -> str:
+        """The holder, since when and when it expires, for `AppLockedError`."""
+        expiry = (
+            f"expired {-self.expires_in:.0f} s ago"
+            if self.expired
+            else f"expires at {self.expires_at} (in {self.expires_in:.0f} s) unless renewed"
+        )
+        return f"{holder_text(self.host, self.pid, self.since)}; its lease {expiry}"
+
+
+def new_generation() -> int:
+    """The fencing token of one acquisition: random, so that it differs from every earlier
+    holder's even after their rows were deleted (the stores compare tokens for equality)."""
+    return secrets.randbits(62) + 1
+
+
+def renew_every(ttl: float) -> float:
+    return ttl / RENEWALS_PER_TTL
+
+
+def check_ttl(ttl: float) -> float:
+    """`ttl` if it is a positive number of seconds, else a `ValueError` naming it."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+        raise ValueError(f"lease_ttl must be a positive number of seconds, got {ttl!r}")
+    return float(ttl)
+
+
+class Renewer:
+    """A daemon thread that calls `renew()` every `every` s until `stop()`: it keeps a lease
+    alive without costing a step of the run anything. `renew()` returns False once the
+    lease is lost (taken over or broken): renewing then stops, and the run learns it at its
+    next write, which the store refuses."""
+
+    def __init__(self, app_id: str, store: str, every: float, renew: Callable[[], bool]) -> None:
+        self._stop = threading.Event()
+        self._app_id = app_id
+        self._store = store
+        self._every = every
+        self._renew = renew
+        self._thread = threading.Thread(
+            target=self._loop, name=f"fanwise-lease-{app_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                renewed = self._renew()
+            except Exception as exc:  # the next round tries again; expiry is the bound
+                _LOG.warning("cannot renew the lease of app %r in %s: %s",
+                             self._app_id, self._store, exc)
+                continue
+            if not renewed:
+                if not self._stop.is_set():
+                    _LOG.warning(
+                        "app %r lost its lease in %s: it expired and another driver took it, "
+                        "or it was broken; this driver's writes are refused",
+                        self._app_id, self._store,
+                    )
+                return
 
 
 def me() -> tuple[str, int]:
@@ -83,6 +190,7 @@ class _Held:
     since: str = field(default_factory=now_text)
     count: int = 0
     release: Release | None = None
+    fence: Fence | None = None
 
     @property
     def holder(self) -> str:
@@ -99,14 +207,14 @@ _CHANGED = threading.Condition()
 def acquire(
     key: Hashable,
     app_id: str,
-    take: Callable[[float], Release],
+    take: Callable[[float], Taken],
     wait: float,
     owner: threading.Thread | None = None,
 ) -> Lease:
     """A `Lease` on `key` for the thread `owner` (default: this one).
 
     The first `Lease` of that thread calls `take(seconds)`, which takes the store's lease
-    (waiting up to `seconds` for another process) and returns its release; the last one
+    (waiting up to `seconds` for another process) and returns its release and fence; the last one
     released releases it. Another thread of this process waits up to `wait` s for the owner
     to release it, then gets `AppLockedError` naming the owner."""
     owner = owner or threading.current_thread()
@@ -128,19 +236,19 @@ def acquire(
                 raise AppLockedError(app_id, held.holder)
             _CHANGED.wait(left)
     try:
-        release = take(max(0.0, deadline - time.monotonic()))
+        taken = take(max(0.0, deadline - time.monotonic()))
     except BaseException:
         with _CHANGED:
             _retire(key, held)
         raise
     with _CHANGED:
-        held.release, held.count = release, 1
+        held.release, held.fence, held.count = taken.release, taken.fence, 1
         _CHANGED.notify_all()
     return _lease(key, held)
 
 
 def _lease(key: Hashable, held: _Held) -> Lease:
-    return Lease(held.app_id, held.holder, functools.partial(_drop, key, held))
+    return Lease(held.app_id, held.holder, functools.partial(_drop, key, held), held.fence)
 
 
 def _drop(key: Hashable, held: _Held) -> None:

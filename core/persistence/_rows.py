@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Self
 
 from fanwise.core import serde
 from fanwise.core.errors import CorruptStateError, StateSerialisationError
-from fanwise.core.persistence.base import PersistedStateData, SaveRow
+from fanwise.core.persistence.base import Fence, PersistedStateData, SaveRow
 from fanwise.core.secret import find_secret
 from fanwise.core.state import State
 
@@ -25,6 +26,8 @@ COLUMNS = (
     "meta",
 )
 STATUSES = ("completed", "failed")
+"""The statuses fanwise saves; any other string is stored as given (Burr's persisters store
+whatever they are handed), and a resume re-runs the saved action unless it is "completed"."""
 CREATE_TABLE = (
     "CREATE TABLE IF NOT EXISTS {table} (partition_key TEXT NOT NULL, app_id TEXT NOT NULL,"
     " sequence_id INTEGER NOT NULL, position TEXT NOT NULL, state TEXT NOT NULL,"
@@ -94,16 +97,18 @@ def encode_row(
     state: State,
     status: str,
     meta: dict[str, Any] | None = None,
+    serde_kwargs: Mapping[str, Any] | None = None,
 ) -> Row:
     """Validate and serialise one save for the store `source`; raises before anything is
     written."""
     stored_key = stored_partition_key(partition_key, source, app_id)
-    if status not in STATUSES:
+    if not isinstance(status, str):
         raise ValueError(
-            f"status of app {app_id!r} step {sequence_id} must be one of {STATUSES}, got {status!r}"
+            f"status of app {app_id!r} step {sequence_id} must be a string such as "
+            f"{STATUSES}, got {status!r}"
         )
     try:
-        state_text = serde.dumps_state(state)
+        state_text = serde.dumps_state(state, serde_kwargs=serde_kwargs)
         meta_text = None if meta is None else json.dumps(meta, separators=(",", ":"))
     except StateSerialisationError as exc:
         raise StateSerialisationError(
@@ -142,7 +147,9 @@ def _secret_problem(state: State) -> str | None:
     return None
 
 
-def encode_rows(source: str, rows: Iterable[SaveRow]) -> list[Row]:
+def encode_rows(
+    source: str, rows: Iterable[SaveRow], serde_kwargs: Mapping[str, Any] | None = None
+) -> list[Row]:
     """`encode_row` for each row of a `save_many` call."""
     return [
         encode_row(
@@ -154,6 +161,7 @@ def encode_rows(source: str, rows: Iterable[SaveRow]) -> list[Row]:
             row["state"],
             row["status"],
             row.get("meta"),
+            serde_kwargs,
         )
         for row in rows
     ]
@@ -161,14 +169,33 @@ def encode_rows(source: str, rows: Iterable[SaveRow]) -> list[Row]:
 
 class RowSaver:
     """`save` and `save_many` for persisters that store encoded rows: they implement
-    `_write(rows)`, which must write all of them in one transaction, and `_source()`, the
-    store's name in errors."""
+    `_write(rows)`, which must write all of them in one transaction (refusing them all
+    when `fence` no longer holds its slot), `_source()`, the store's name in errors, and
+    keep `fence` in their copies and pickles."""
+
+    _fence: Fence | None = None
+    serde_kwargs: Mapping[str, Any] = MappingProxyType({})
+    """Passed to every serializer and deserializer of this store's states (Burr's
+    `serde_kwargs`)."""
+
+    @property
+    def fence(self) -> Fence | None:
+        """The lease whose generation this persister's writes carry; None: unfenced."""
+        return self._fence
+
+    def fenced(self, fence: Fence | None) -> Self:
+        """A copy on the same store (same connections) whose writes, and those of its copies
+        and pickles (a fan-out's children, wherever they run), carry `fence`."""
+        twin = self.copy()
+        twin._fence = fence
+        return twin
 
     def stored_form(self, state: State) -> State:
         """`state` as loading it back gives it (JSON's form: string keys, lists for tuples,
         registered types decoded): what an application goes on with after saving a step,
         so that a resumed run sees exactly what an uninterrupted one does."""
-        return serde.loads_state(serde.dumps_state(state))
+        kwargs = self.serde_kwargs
+        return serde.loads_state(serde.dumps_state(state, serde_kwargs=kwargs), kwargs)
 
     def save(
         self,
@@ -185,13 +212,13 @@ class RowSaver:
             [
                 encode_row(
                     self._source(), partition_key, app_id, sequence_id, position, state,
-                    status, meta,
+                    status, meta, self.serde_kwargs,
                 )
             ]
         )
 
     def save_many(self, rows: Iterable[SaveRow]) -> None:
-        encoded = encode_rows(self._source(), rows)
+        encoded = encode_rows(self._source(), rows, self.serde_kwargs)
         if encoded:
             self._write(encoded)
 
@@ -202,17 +229,19 @@ class RowSaver:
         raise NotImplementedError
 
 
-def decode_row(row: Sequence[Any], source: str) -> PersistedStateData:
+def decode_row(
+    row: Sequence[Any], source: str, serde_kwargs: Mapping[str, Any] | None = None
+) -> PersistedStateData:
     """The step stored as `row` (columns in `COLUMNS` order); `source` names the store in errors."""
     partition_key, app_id, sequence_id, position, state_text, status, created_at, meta_text = row
     try:
         if not isinstance(position, str):
             raise ValueError("its position is missing")
-        if status not in STATUSES:
-            raise ValueError(f"its status {status!r} is not one of {STATUSES}")
+        if not isinstance(status, str):
+            raise ValueError(f"its status {status!r} is not a string")
         if not isinstance(created_at, str):
             raise ValueError("its created_at is missing")
-        state = serde.loads_state(state_text)
+        state = serde.loads_state(state_text, serde_kwargs)
         meta = None if meta_text is None else json.loads(meta_text)
         if meta is not None and not isinstance(meta, dict):
             raise ValueError(f"its meta is a {type(meta).__name__}, not an object")

@@ -6,11 +6,15 @@ import abc
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
 from fanwise.core.state import State
 
-Status = Literal["completed", "failed"]
+Status = Literal["completed", "failed"] | str
+"""fanwise saves "completed" or "failed" (the state before the step that raised); any other
+string is stored as given, as Burr's persisters do, and a resume re-runs the saved action
+unless its status is "completed"."""
 
 
 class PersistedStateData(TypedDict):
@@ -38,15 +42,38 @@ class SaveRow(TypedDict):
     meta: NotRequired[dict[str, Any] | None]
 
 
+@dataclass(frozen=True)
+class Fence:
+    """What every write of a run carries: the slot of its lease and the lease's generation
+    (a fencing token unique to one acquisition). A fencing store writes only while that
+    generation still holds the slot, checked in the statement that writes."""
+
+    partition_key: str
+    """As stored (`""` for no partition key)."""
+    app_id: str
+    generation: int
+
+
 class Lease:
     """The right of this driver to run one app id, until `release()` (idempotent).
 
     Only the process that acquired a lease can release it: a forked child leaves it alone.
+    `fence` is what its writes carry on a fencing store, and `store` that store's persister
+    whose writes (and whose copies' writes: a fan-out's children) carry it; None for
+    stores without fencing.
     """
 
-    def __init__(self, app_id: str, holder: str, release: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        holder: str,
+        release: Callable[[], None],
+        fence: Fence | None = None,
+    ) -> None:
         self.app_id = app_id
         self.holder = holder
+        self.fence = fence
+        self.store: Any = None
         self._release: Callable[[], None] | None = release
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -110,15 +137,20 @@ class BaseStateSaver(abc.ABC):
         for row in rows:
             self.save(**row)
 
+    def initialize(self) -> None:
+        """Create what the store needs (tables); idempotent."""
+
+    def is_initialized(self) -> bool:
+        """Whether `initialize()` has done its work; a store that cannot tell raises
+        `NotImplementedError` (Burr's default), which means "assume so"."""
+        raise NotImplementedError(f"{type(self).__name__} does not report is_initialized()")
+
     def is_async(self) -> bool:
         return False
 
 
 class BaseStatePersister(BaseStateLoader, BaseStateSaver, abc.ABC):
     """Both a loader and a saver."""
-
-    def initialize(self) -> None:
-        """Create what the store needs (tables); idempotent."""
 
     def copy(self) -> BaseStatePersister:
         """A persister on the same store, safe to hand to another thread or process."""
@@ -178,15 +210,19 @@ class AsyncBaseStateSaver(abc.ABC):
         for row in rows:
             await self.save(**row)
 
+    async def initialize(self) -> None:
+        """Create what the store needs; idempotent."""
+
+    async def is_initialized(self) -> bool:
+        """Async `BaseStateSaver.is_initialized`."""
+        raise NotImplementedError(f"{type(self).__name__} does not report is_initialized()")
+
     def is_async(self) -> bool:
         return True
 
 
 class AsyncBaseStatePersister(AsyncBaseStateLoader, AsyncBaseStateSaver, abc.ABC):
     """Both an async loader and an async saver."""
-
-    async def initialize(self) -> None:
-        """Create what the store needs; idempotent."""
 
     def copy(self) -> AsyncBaseStatePersister:
         return self

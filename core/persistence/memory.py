@@ -59,7 +59,7 @@ class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
             wait,
         )
 
-    def _take_lease(self, slot: tuple[str, str]) -> _leases.Release:
+    def _take_lease(self, slot: tuple[str, str]) -> _leases.Taken:
         mine = (*_leases.me(), _leases.now_text())
         with self._store.lock:
             holder = self._store.leases.get(slot)
@@ -72,7 +72,7 @@ class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
                 if self._store.leases.get(slot) == mine:
                     del self._store.leases[slot]
 
-        return release
+        return _leases.Taken(release)
 
     def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None
@@ -108,6 +108,10 @@ class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
                 self._store.apps.setdefault(partition_key, {}).setdefault(app_id, {})[
                     sequence_id
                 ] = row
+
+    def is_initialized(self) -> bool:
+        """Always: there is nothing to create."""
+        return True
 
     def _source(self) -> str:
         return "InMemoryPersister"

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 import zlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fanwise.core.errors import AppLockedError
+import tenacity
+from fanwise.core.errors import AppLockedError, LeaseLostError
 from fanwise.core.persistence import _leases, _rows
+from fanwise.core.persistence._dsn import redacted, redacted_text, server_of
+from fanwise.core.persistence._pools import POOLS
 from fanwise.core.persistence.base import (
     BaseStatePersister,
+    Fence,
     Lease,
     PersistedStateData,
 )
@@ -31,6 +34,13 @@ MAX_IDENTIFIER_BYTES = 63
 
 _ONE_STATEMENT_ROWS = 256
 """Writes of up to this many rows are a single INSERT of arrays (see `_write`)."""
+
+RETRY_ATTEMPTS = 5
+"""Attempts of a read, an upsert or a lease renewal whose connection dropped (each on a
+fresh connection, after dropping the pool's dead ones), waiting up to ~0.05, 0.1, 0.2, 0.4 s
+between them: a `pg_terminate_backend` of every session, or a failover, costs one retry."""
+
+T = TypeVar("T")
 
 _INHERITED: list[ConnectionPool] = []
 """Pools a forked child inherited: never closed here, as that would end the parent's sessions."""
@@ -56,8 +66,15 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         table_name: str = "fanwise_state",
         max_connections: int = 10,
         timeout: float = 30.0,
+        lease_ttl: float = _leases.DEFAULT_TTL,
     ) -> None:
-        """`timeout`: seconds to wait for a free (or new) connection before failing.
+        """`timeout`: seconds to wait for a free (or new) connection before failing;
+        `lease_ttl`: seconds a driver's lease outlives its last renewal (by the server's
+        clock; renewed every `lease_ttl / 3` s while held).
+
+        `dsn` may leave out the password (and more): libpq takes what it lacks from the
+        environment of the process that connects (`PGPASSWORD`, `PGPASSFILE`, `PGSERVICE`,
+        ...), so workers can get their secret there instead of inside every pickled task.
 
         `table_name` and its lease table `<table_name>_lease` must both fit in PostgreSQL's 63
         bytes (so at most 57 bytes): a longer name is refused, as PostgreSQL would silently
@@ -75,6 +92,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         self._dsn = dsn
         self._max_connections = max_connections
         self._timeout = timeout
+        self._lease_ttl = _leases.check_ttl(lease_ttl)
         self._shared = _Shared()
         table = f'"{table_name}"'
         self._sql_create = _rows.CREATE_TABLE.format(table=table)
@@ -86,10 +104,19 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         self._sql_insert = (
             f"INSERT INTO {table} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s){upsert}"
         )
-        self._sql_insert_arrays = (
+        arrays = (
             f"INSERT INTO {table} ({_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::text[],"
-            f" %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]){upsert}"
+            " %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
         )
+        self._sql_insert_arrays = f"{arrays}{upsert}"
+        lease = f'"{_rows.lease_table_name(table_name)}"'
+        slot = "partition_key = %s AND app_id = %s"
+        # FOR SHARE: a takeover (an UPDATE of the lease row) waits for a fenced write that
+        # holds it, and a write that waited for a takeover reads the new generation, so a
+        # write commits wholly before a takeover or is refused
+        fence = f"SELECT 1 FROM {lease} WHERE {slot} AND generation = %s FOR SHARE"
+        self._sql_insert_arrays_fenced = f"{arrays} WHERE EXISTS ({fence}){upsert}"
+        self._sql_fence = fence
         self._sql_select = f"SELECT {_COLUMNS} FROM {table}"
         self._sql_latest = (
             f"SELECT DISTINCT ON (app_id) {_COLUMNS} FROM {table}"
@@ -98,23 +125,40 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         self._sql_app_ids = (
             f"SELECT DISTINCT app_id FROM {table} WHERE partition_key = %s ORDER BY app_id"
         )
-        lease = f'"{_rows.lease_table_name(table_name)}"'
         self._sql_lease_create = (
             f"CREATE TABLE IF NOT EXISTS {lease} (partition_key TEXT NOT NULL,"
             " app_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, since TEXT NOT NULL,"
             " PRIMARY KEY (partition_key, app_id))"
         )
-        slot = "partition_key = %s AND app_id = %s"
-        self._sql_lease_get = f"SELECT host, pid, since FROM {lease} WHERE {slot}"
-        self._sql_lease_put = (
-            f"INSERT INTO {lease} (partition_key, app_id, host, pid, since)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (partition_key, app_id) DO UPDATE SET"
-            " host = EXCLUDED.host, pid = EXCLUDED.pid, since = EXCLUDED.since"
+        # lease tables made before leases were fenced and expired lack these (their rows
+        # then count as expired)
+        self._sql_lease_migrate = (
+            f"ALTER TABLE {lease} ADD COLUMN IF NOT EXISTS generation BIGINT NOT NULL DEFAULT 0,"
+            " ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ NOT NULL DEFAULT 'epoch'"
         )
-        self._sql_lease_drop = f"DELETE FROM {lease} WHERE {slot} AND host = %s AND pid = %s"
+        self._sql_lease_get = (
+            f"SELECT host, pid, since, generation,"
+            f" EXTRACT(EPOCH FROM expires_at - now())::float8 FROM {lease} WHERE {slot}"
+        )
+        # taken if free, expired, this process's own, or the generation of a holder seen dead
+        self._sql_lease_take = (
+            f"INSERT INTO {lease} AS held (partition_key, app_id, host, pid, since, generation,"
+            " expires_at) VALUES (%s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
+            " ON CONFLICT (partition_key, app_id) DO UPDATE SET host = EXCLUDED.host,"
+            " pid = EXCLUDED.pid, since = EXCLUDED.since, generation = EXCLUDED.generation,"
+            " expires_at = EXCLUDED.expires_at WHERE held.expires_at <= now()"
+            " OR (held.host = EXCLUDED.host AND held.pid = EXCLUDED.pid)"
+            " OR held.generation = %s RETURNING generation"
+        )
+        mine = f"{slot} AND generation = %s"
+        self._sql_lease_renew = (
+            f"UPDATE {lease} SET expires_at = now() + make_interval(secs => %s) WHERE {mine}"
+        )
+        self._sql_lease_drop = f"DELETE FROM {lease} WHERE {mine}"
 
     def __repr__(self) -> str:
-        return f"PostgreSQLPersister({self._dsn!r}, table_name={self._table_name!r})"
+        """Without the password (`redacted`)."""
+        return f"PostgreSQLPersister({redacted(self._dsn)!r}, table_name={self._table_name!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -122,17 +166,22 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
             "table_name": self._table_name,
             "max_connections": self._max_connections,
             "timeout": self._timeout,
+            "lease_ttl": self._lease_ttl,
+            "fence": self._fence,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        fence = state.pop("fence", None)
         self.__init__(**state)
+        self._fence = fence
 
     def copy(self) -> PostgreSQLPersister:
-        """A persister on the same table, sharing this one's connection pool."""
+        """A persister on the same table, sharing this one's connection pool and fence."""
         twin = PostgreSQLPersister(
-            self._dsn, self._table_name, self._max_connections, self._timeout
+            self._dsn, self._table_name, self._max_connections, self._timeout, self._lease_ttl
         )
         twin._shared = self._shared
+        twin._fence = self._fence
         return twin
 
     def close(self) -> None:
@@ -142,7 +191,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         if pool is not None and self._shared.pid != os.getpid():
             _INHERITED.append(pool)
         elif pool is not None:
-            pool.close()
+            POOLS.release(self._pool_key())
 
     def initialize(self) -> None:
         """Create the table if missing and check that an existing one has every column."""
@@ -163,6 +212,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
                 f"table {self._table_name!r} exists but lacks the columns {missing}; "
                 "choose another table_name= or migrate that table"
             )
+        POOLS.mark_ready(self._pool_key(), self._table_name)
         self._shared.initialized = True
 
     def load(
@@ -176,92 +226,197 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         if sequence_id is not None:
             sql += " AND sequence_id = %s"
             params.append(sequence_id)
-        with self._ready().connection() as connection:
-            row = connection.execute(f"{sql} ORDER BY sequence_id DESC LIMIT 1", params).fetchone()
+        row = self._retrying(
+            lambda connection: connection.execute(
+                f"{sql} ORDER BY sequence_id DESC LIMIT 1", params
+            ).fetchone()
+        )
         return None if row is None else _rows.decode_row(row, self._source())
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:
         stored_key = _rows.stored_partition_key(partition_key, self._source())
-        with self._ready().connection() as connection:
-            rows = connection.execute(self._sql_app_ids, [stored_key]).fetchall()
+        rows = self._retrying(
+            lambda connection: connection.execute(self._sql_app_ids, [stored_key]).fetchall()
+        )
         return [row[0] for row in rows]
 
     def load_many(
         self, partition_key: str | None, app_ids: Sequence[str]
     ) -> dict[str, PersistedStateData]:
         stored_key = _rows.stored_partition_key(partition_key, self._source())
-        with self._ready().connection() as connection:
-            rows = connection.execute(self._sql_latest, [stored_key, list(app_ids)]).fetchall()
+        params = [stored_key, list(app_ids)]
+        rows = self._retrying(
+            lambda connection: connection.execute(self._sql_latest, params).fetchall()
+        )
         source = self._source()
         return {row[1]: _rows.decode_row(row, source) for row in rows}
 
     def _write(self, rows: list[_rows.Row]) -> None:
-        """One transaction. A group commit of a fan-out (a few rows) is one statement, so one
-        round trip; a bulk write uses `executemany`, faster to encode. Last row of a key wins."""
-        with self._ready().connection() as connection:
-            if len(rows) > _ONE_STATEMENT_ROWS:
+        """One transaction, retried on a fresh connection if its connection drops (an upsert
+        writes the same rows again). A group commit of a fan-out (a few rows) is one statement,
+        so one round trip, its fence checked in it; a bulk write uses `executemany`, faster to
+        encode, after checking the fence in its transaction. Last row of a key wins. Refused
+        rows (the fence's lease was lost) are a `LeaseLostError`, never retried."""
+        fence = self._fence
+        token = [] if fence is None else [fence.partition_key, fence.app_id, fence.generation]
+        if len(rows) > _ONE_STATEMENT_ROWS:
+
+            def write(connection: Connection) -> bool:
                 with connection.transaction(), connection.cursor() as cursor:
+                    if token and cursor.execute(self._sql_fence, token).fetchone() is None:
+                        return False
                     cursor.executemany(self._sql_insert, rows)
-                return
-            unique = {row[:3]: row for row in rows}.values()
-            connection.execute(self._sql_insert_arrays, [list(c) for c in zip(*unique)])
+                return True
+        else:
+            unique = list({row[:3]: row for row in rows}.values())
+            columns = [list(c) for c in zip(*unique)]
+            sql = self._sql_insert_arrays if fence is None else self._sql_insert_arrays_fenced
+
+            def write(connection: Connection) -> bool:
+                return connection.execute(sql, [*columns, *token]).rowcount == len(unique)
+
+        if not self._retrying(write) and fence is not None:
+            raise self._lease_lost(fence)
+
+    def _lease_lost(self, fence: Fence) -> LeaseLostError:
+        """The error of a write refused because `fence` no longer holds its slot."""
+        info = self.lease_info(fence.partition_key or None, fence.app_id)
+        now = (
+            "no driver holds it now (it was broken or released)"
+            if info is None
+            else f"it is now held by {info.holder()}"
+        )
+        return LeaseLostError(fence.app_id, self._source(), now)
+
+    def lease_info(self, partition_key: str | None, app_id: str) -> _leases.LeaseInfo | None:
+        """Who holds the lease on `app_id` (expired or not, by the server's clock), or None if
+        no driver does."""
+        slot = [_rows.stored_partition_key(partition_key, self._source(), app_id), app_id]
+        self._ready_lease_table()
+        row = self._retrying(
+            lambda connection: connection.execute(self._sql_lease_get, slot).fetchone()
+        )
+        return None if row is None else _leases.LeaseInfo(partition_key, app_id, *row)
+
+    def break_lease(
+        self, partition_key: str | None, app_id: str, force: bool = False
+    ) -> _leases.LeaseInfo | None:
+        """Remove the lease on `app_id` so that another driver can take it at once; the
+        holder's later writes are refused (`LeaseLostError`). A lease that has not expired
+        is broken only with `force=True` (else `AppLockedError` naming its holder).
+        Returns the lease broken, or None if there was none."""
+        info = self.lease_info(partition_key, app_id)
+        if info is None:
+            return None
+        if not info.expired and not force:
+            raise AppLockedError(app_id, info.holder())
+        mine = [_rows.stored_partition_key(partition_key, self._source(), app_id), app_id,
+                info.generation]
+        self._retrying(lambda connection: connection.execute(self._sql_lease_drop, mine))
+        return info
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
-        """Hold `app_id` for this thread by a session-level advisory lock on a connection of its
-        own (the lock ends with the session if this driver dies); `<table_name>_lease` names
-        the holder."""
+        """Hold `app_id` for this thread by a row of `<table_name>_lease` with a fresh
+        generation and an expiry the server's clock checks, renewed every `lease_ttl / 3` s
+        by a daemon thread. A row past its expiry, or of a dead process on this host, is taken
+        over. `Lease.store` is this persister fenced by that generation."""
         slot = (_rows.stored_partition_key(partition_key, self._source(), app_id), app_id)
-        return _leases.acquire(
+        lease = _leases.acquire(
             ("postgres", self._dsn, self._table_name, *slot),
             app_id,
-            lambda left: self._take_lease(*slot, left),
+            lambda left: _leases.retry(lambda: self._take_lease(*slot), left),
             wait,
         )
+        lease.store = self.fenced(lease.fence)
+        return lease
 
-    def _take_lease(self, partition_key: str, app_id: str, wait: float) -> _leases.Release:
-        import psycopg
-
+    def _take_lease(self, partition_key: str, app_id: str) -> _leases.Taken:
+        """Take the lease row in one statement, or raise `AppLockedError` naming its holder."""
         host, pid = _leases.me()
-        since = _leases.now_text()
-        connection = psycopg.connect(
-            self._dsn, autocommit=True, connect_timeout=max(2, round(self._timeout))
+        fence = Fence(partition_key, app_id, _leases.new_generation())
+        self._ready_lease_table()
+        take = [partition_key, app_id, host, pid, _leases.now_text(), fence.generation,
+                self._lease_ttl]
+        taken = self._retrying(
+            lambda connection: connection.execute(self._sql_lease_take, [*take, None]).fetchone()
         )
-        try:
-            lock_id = _lease_lock_id(_schema(connection), self._table_name, partition_key, app_id)
-            if not self._shared.lease_table_ready:
-                with connection.transaction():
-                    self._lock_ddl(connection)
-                    connection.execute(self._sql_lease_create)
-                self._shared.lease_table_ready = True
-            slot, me = [partition_key, app_id], [host, pid, since]
-            _leases.retry(lambda: self._try_lock(connection, lock_id, slot, me), wait)
-        except BaseException:
-            connection.close()
-            raise
+        if taken is None:
+            info = self.lease_info(partition_key or None, app_id)
+            dead = info is not None and _leases.died_here(info.host, info.pid)
+            if dead:  # only that holder's generation: a rival taking it first wins
+                taken = self._retrying(
+                    lambda connection: connection.execute(
+                        self._sql_lease_take, [*take, info.generation]
+                    ).fetchone()
+                )
+            if taken is None:
+                holder = info.holder() if info is not None else "a driver that just released it"
+                raise AppLockedError(app_id, holder)
+        mine = [partition_key, app_id, fence.generation]
+        renewer = _leases.Renewer(
+            app_id, self._source(), _leases.renew_every(self._lease_ttl),
+            lambda: self._retrying(
+                lambda connection: connection.execute(
+                    self._sql_lease_renew, [self._lease_ttl, *mine]
+                ).rowcount == 1
+            ),
+        )
 
         def release() -> None:
+            renewer.stop()
             try:
-                connection.execute(self._sql_lease_drop, [partition_key, app_id, host, pid])
-            except psycopg.Error as exc:
-                _LOG.warning("cannot remove the lease row of app %r: %s", app_id, exc)
-            connection.close()  # ends the session, and with it the advisory lock
+                self._retrying(lambda connection: connection.execute(self._sql_lease_drop, mine))
+            except Exception as exc:  # it expires in lease_ttl s
+                _LOG.warning("cannot remove the lease row of app %r (it expires in %s s): %s",
+                             app_id, self._lease_ttl, exc)
 
-        return release
+        return _leases.Taken(release, fence)
 
-    def _try_lock(
-        self, connection: Connection, lock_id: int, slot: list[str], me: list[Any]
-    ) -> None:
-        """Take the advisory lock `lock_id` and record `me` (host, pid, since) as its holder,
-        or raise `AppLockedError` naming the holder. Both happen under a transaction lock of
-        their own, so a rival never sees the lock taken but the holder not yet recorded."""
-        with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", [_registration_id(lock_id)])
-            if connection.execute("SELECT pg_try_advisory_lock(%s)", [lock_id]).fetchone()[0]:
-                connection.execute(self._sql_lease_put, [*slot, *me])
-                return
-            row = connection.execute(self._sql_lease_get, slot).fetchone()
-        holder = _leases.holder_text(*row) if row else "a driver that recorded no lease row"
-        raise AppLockedError(slot[1], holder)
+    def _ready_lease_table(self) -> None:
+        """Create (or bring up to date) the lease table, once per persister family."""
+        if self._shared.lease_table_ready:
+            return
+
+        def create(connection: Connection) -> None:
+            with connection.transaction():
+                self._lock_ddl(connection)
+                connection.execute(self._sql_lease_create)
+                connection.execute(self._sql_lease_migrate)
+
+        self._retrying(create)
+        self._shared.lease_table_ready = True
+
+    def _retrying(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)` on a pooled connection; if the connection dropped (the server
+        ended the session, a failover, a network blip), again on a fresh one, up to
+        `RETRY_ATTEMPTS` times with backoff. `work` must be idempotent (reads, upserts,
+        fenced writes). What still fails is an `OperationalError` naming the server."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        def dropped(exc: BaseException) -> bool:
+            return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout)
+
+        def drop_dead_connections(_: tenacity.RetryCallState) -> None:
+            pool.check()  # one round trip per idle connection; the dead ones are replaced
+
+        pool = self._ready()  # an unreachable server fails here at once, not retried
+        try:
+            for attempt in tenacity.Retrying(
+                stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
+                wait=tenacity.wait_random_exponential(multiplier=0.05, max=1.0),
+                retry=tenacity.retry_if_exception(dropped),
+                before_sleep=drop_dead_connections,
+                reraise=True,
+            ):
+                with attempt, pool.connection() as connection:
+                    return work(connection)
+        except psycopg.OperationalError as exc:
+            raise psycopg.OperationalError(
+                f"PostgreSQL server {server_of(self._dsn)} failed {self._source()}: "
+                f"{redacted_text(str(exc), self._dsn)}"
+            ) from exc
+        raise AssertionError("tenacity.Retrying ends by returning or raising")
 
     def _lock_ddl(self, connection: Connection) -> None:
         """Serialise this table's DDL across drivers until the transaction ends."""
@@ -270,6 +425,10 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
 
     def _ready(self) -> ConnectionPool:
         if not self._shared.initialized:
+            pool = self._pool()
+            if POOLS.ready(self._pool_key(), self._table_name):  # set up in this process
+                self._shared.initialized = True
+                return pool
             self.initialize()
         return self._pool()
 
@@ -281,19 +440,27 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
             if shared.pool is None or shared.pid != os.getpid():
                 if shared.pool is not None:
                     _INHERITED.append(shared.pool)
-                from psycopg_pool import ConnectionPool
-
-                _check_reachable(self._dsn, self._timeout)
-                shared.pool = ConnectionPool(
-                    self._dsn,
-                    min_size=1,
-                    max_size=self._max_connections,
-                    timeout=self._timeout,
-                    kwargs={"autocommit": True},
-                    open=True,
-                )
+                # one pool per process and settings, whatever the number of persisters
+                # (each task shipped to a worker unpickles one): `_pools`
+                shared.pool = POOLS.acquire(self._pool_key(), self._open_pool)
                 shared.pid = os.getpid()
             return shared.pool
+
+    def _pool_key(self) -> tuple[str, int, float]:
+        return (self._dsn, self._max_connections, self._timeout)
+
+    def _open_pool(self) -> ConnectionPool:
+        from psycopg_pool import ConnectionPool
+
+        _check_reachable(self._dsn, self._timeout)
+        return ConnectionPool(
+            self._dsn,
+            min_size=1,
+            max_size=self._max_connections,
+            timeout=self._timeout,
+            kwargs={"autocommit": True},
+            open=True,
+        )
 
     def _source(self) -> str:
         return f"PostgreSQL table {self._table_name!r}"
@@ -303,19 +470,13 @@ def _check_reachable(dsn: str, timeout: float) -> None:
     """Connect once before opening a pool: an unreachable server is then an error naming it at
     once, rather than a pool that retries in the background until its `timeout`."""
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict
 
     try:
         psycopg.connect(dsn, connect_timeout=max(2, round(timeout))).close()
     except psycopg.OperationalError as exc:
-        params = conninfo_to_dict(dsn)
-        server = (
-            f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
-            f"/{params.get('dbname', '')}"
-        )
         raise psycopg.OperationalError(
-            f"cannot reach the PostgreSQL server {server} (check that it runs and that the dsn "
-            f"is right): {exc}"
+            f"cannot reach the PostgreSQL server {server_of(dsn)} (check that it runs and that "
+            f"the dsn is right): {redacted_text(str(exc), dsn)}"
         ) from exc
 
 
@@ -323,16 +484,3 @@ def _schema(connection: Connection) -> str:
     """The schema the unqualified table names of `connection` resolve to (advisory locks are
     per database, so their keys must name the schema)."""
     return connection.execute("SELECT current_schema()").fetchone()[0] or ""
-
-
-def _registration_id(lock_id: int) -> int:
-    """The transaction lock that serialises taking `lock_id` with recording its holder (the
-    lease's own key would wait for the holder's whole session)."""
-    digest = hashlib.blake2b(f"fanwise-lease-registration:{lock_id}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
-
-
-def _lease_lock_id(schema: str, table_name: str, partition_key: str, app_id: str) -> int:
-    """The 64-bit advisory lock key of one app id of one table of one schema."""
-    key = repr(("fanwise-lease", schema, table_name, partition_key, app_id)).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)

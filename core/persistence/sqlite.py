@@ -8,13 +8,17 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import closing
 from typing import Any
 
-from fanwise.core.errors import AppLockedError
+from fanwise.core.errors import AppLockedError, LeaseLostError
 from fanwise.core.persistence import _leases, _rows
+from fanwise.core.persistence._serial import SerialConnection
 from fanwise.core.persistence.base import (
     BaseStatePersister,
+    Fence,
     Lease,
     PersistedStateData,
 )
@@ -38,39 +42,58 @@ class _PerThread(threading.local):
 
 
 class _Shared:
-    """What a persister shares with its copies: a connection per thread, the table check."""
+    """What a persister shares with its copies: a connection per thread (or, for
+    `:memory:`, the one connection of the database), the table check."""
 
     def __init__(self) -> None:
         self.per_thread = _PerThread()
         self.initialized = False
+        self.serial: SerialConnection | None = None
+        self.lock = threading.Lock()
 
 
 class SQLitePersister(_rows.RowSaver, BaseStatePersister):
-    """Saves each step as a row of `table_name` in the SQLite file `db_path`."""
+    """Saves each step as a row of `table_name` in the SQLite file `db_path`, or in a
+    database in this process's memory (`":memory:"`, one connection shared by threads)."""
 
     def __init__(
         self,
         db_path: str | os.PathLike[str],
         table_name: str = "fanwise_state",
+        serde_kwargs: Mapping[str, Any] | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        *,
         timeout: float = 30.0,
-        lease_ttl: float = 30.0,
+        lease_ttl: float = _leases.DEFAULT_TTL,
     ) -> None:
-        """`timeout`: seconds a connection waits for another writer's lock before failing;
-        `lease_ttl`: seconds a driver's lease outlives its last renewal."""
-        if os.fspath(db_path) == ":memory:":
-            raise ValueError(
-                "SQLitePersister needs a file (':memory:' is private to one connection); "
-                "use InMemoryPersister for an in-memory store"
-            )
-        self._db_path = os.path.abspath(os.path.expanduser(os.fspath(db_path)))
+        """`serde_kwargs`: passed to every serializer and deserializer of the states;
+        `connect_kwargs`: passed to `sqlite3.connect` (its `timeout` wins over `timeout`);
+        `timeout`: seconds a connection waits for another writer's lock before failing;
+        `lease_ttl`: seconds a driver's lease outlives its last renewal (renewed every
+        `lease_ttl / 3` s while held)."""
+        self._connect_kwargs = _connect_options(connect_kwargs)
+        path = os.fspath(db_path)
+        self._memory = path == ":memory:"
+        # a URI (`connect_kwargs={"uri": True}`) is SQLite's to read, not a path to resolve
+        keep = self._memory or self._connect_kwargs.get("uri")
+        self._db_path = path if keep else os.path.abspath(os.path.expanduser(path))
         self._table_name = _rows.check_table_name(table_name)
-        self._timeout = timeout
-        self._lease_ttl = lease_ttl
+        self._timeout = self._connect_kwargs.pop("timeout", timeout)
+        self.serde_kwargs = dict(serde_kwargs or {})
+        self._lease_ttl = _leases.check_ttl(lease_ttl)
         self._shared = _Shared()
         table = f'"{table_name}"'
         self._sql_create = _rows.CREATE_TABLE.format(table=table)
         self._sql_insert = (
             f"INSERT OR REPLACE INTO {table} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        lease = f'"{_rows.lease_table_name(table_name)}"'
+        slot = "partition_key = ? AND app_id = ?"
+        # the fence is checked by the statement that writes, under the write lock that
+        # BEGIN IMMEDIATE holds: a takeover commits wholly before or wholly after it
+        self._sql_insert_fenced = (
+            f"INSERT OR REPLACE INTO {table} ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?"
+            f" WHERE EXISTS (SELECT 1 FROM {lease} WHERE {slot} AND generation = ?)"
         )
         self._sql_select = f"SELECT {_COLUMNS} FROM {table}"
         # With MAX(), SQLite takes the other (bare) columns from the row holding the maximum.
@@ -81,19 +104,24 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         self._sql_app_ids = (
             f"SELECT DISTINCT app_id FROM {table} WHERE partition_key = ? ORDER BY app_id"
         )
-        lease = f'"{_rows.lease_table_name(table_name)}"'
         self._sql_lease_create = (
             f"CREATE TABLE IF NOT EXISTS {lease} (partition_key TEXT NOT NULL,"
             " app_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, since TEXT NOT NULL,"
-            " expires_at REAL NOT NULL, PRIMARY KEY (partition_key, app_id))"
+            " expires_at REAL NOT NULL, generation INTEGER NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (partition_key, app_id))"
         )
-        slot = "partition_key = ? AND app_id = ?"
-        self._sql_lease_get = f"SELECT host, pid, since, expires_at FROM {lease} WHERE {slot}"
+        self._sql_lease_columns = f"PRAGMA table_info({lease})"
+        self._sql_lease_add_generation = (
+            f"ALTER TABLE {lease} ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"
+        )
+        self._sql_lease_get = (
+            f"SELECT host, pid, since, expires_at, generation FROM {lease} WHERE {slot}"
+        )
         self._sql_lease_put = (
-            f"INSERT OR REPLACE INTO {lease} (partition_key, app_id, host, pid, since, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
+            f"INSERT OR REPLACE INTO {lease} (partition_key, app_id, host, pid, since, expires_at,"
+            " generation) VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
-        mine = f"{slot} AND host = ? AND pid = ?"
+        mine = f"{slot} AND generation = ?"
         self._sql_lease_renew = f"UPDATE {lease} SET expires_at = ? WHERE {mine}"
         self._sql_lease_drop = f"DELETE FROM {lease} WHERE {mine}"
 
@@ -101,20 +129,39 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         return f"SQLitePersister({self._db_path!r}, table_name={self._table_name!r})"
 
     def __getstate__(self) -> dict[str, Any]:
+        if self._memory:
+            raise TypeError(
+                "SQLitePersister(':memory:') cannot be pickled: its database lives in this "
+                "process's memory, and a copy in another process would start empty; use a "
+                "file path, or a thread executor (children in threads share the database)"
+            )
         return {
             "db_path": self._db_path,
             "table_name": self._table_name,
+            "serde_kwargs": self.serde_kwargs,
+            "connect_kwargs": self._connect_kwargs,
             "timeout": self._timeout,
             "lease_ttl": self._lease_ttl,
+            "fence": self._fence,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        fence = state.pop("fence", None)
         self.__init__(**state)
+        self._fence = fence
 
     def copy(self) -> SQLitePersister:
-        """A persister on the same file, reusing this one's per-thread connections."""
-        twin = SQLitePersister(self._db_path, self._table_name, self._timeout, self._lease_ttl)
+        """A persister on the same database, reusing this one's connections."""
+        twin = SQLitePersister(
+            self._db_path,
+            self._table_name,
+            self.serde_kwargs,
+            self._connect_kwargs,
+            timeout=self._timeout,
+            lease_ttl=self._lease_ttl,
+        )
         twin._shared = self._shared
+        twin._fence = self._fence
         return twin
 
     def initialize(self) -> None:
@@ -129,6 +176,69 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
                 f"{missing}; choose another table_name= or migrate that table"
             )
         self._shared.initialized = True
+
+    def is_initialized(self) -> bool:
+        """Whether the table exists. Never required: the first use creates it, except in a
+        database this process can only read (there, use before the table exists is Burr's
+        `RuntimeError`)."""
+        if self._shared.initialized:
+            return True
+        found = self._connection().execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [self._table_name]
+        )
+        return found.fetchone() is not None
+
+    @property
+    def db_path(self) -> str:
+        return self._db_path
+
+    @property
+    def table_name(self) -> str:
+        return self._table_name
+
+    def set_serde_kwargs(self, serde_kwargs: Mapping[str, Any]) -> None:
+        """Replace the kwargs every serializer and deserializer of this store gets."""
+        self.serde_kwargs = dict(serde_kwargs)
+
+    @classmethod
+    def from_values(
+        cls,
+        db_path: str | os.PathLike[str],
+        table_name: str = "fanwise_state",
+        serde_kwargs: Mapping[str, Any] | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
+    ) -> SQLitePersister:
+        """Burr's alternative constructor: the same as calling the class."""
+        return cls(db_path, table_name, serde_kwargs, connect_kwargs)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SQLitePersister:
+        """`from_values(**config)`."""
+        return cls.from_values(**config)
+
+    def close(self) -> None:
+        """Close this thread's connection (`:memory:`: the database's only one, so its
+        data is gone); a later call opens a new one. Other threads' connections close
+        when those threads end."""
+        with self._shared.lock:
+            serial, self._shared.serial = self._shared.serial, None
+        if serial is not None:
+            serial.shut()
+            self._shared.initialized = False
+            return
+        local = self._shared.per_thread
+        if local.connection is not None and local.pid == os.getpid():
+            local.connection.close()
+        local.connection = None
+
+    cleanup = close
+    """Burr's name for `close`."""
+
+    def __enter__(self) -> SQLitePersister:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None
@@ -165,15 +275,70 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         return found
 
     def _write(self, rows: list[_rows.Row]) -> None:
+        """One transaction; with a fence, every row's statement checks it, and one refused
+        row (the lease was lost) refuses them all: `LeaseLostError`."""
         connection = self._ready()
+        fence = self._fence
         connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.executemany(self._sql_insert, rows)
+            if fence is None:
+                connection.executemany(self._sql_insert, rows)
+            else:
+                token = (fence.partition_key, fence.app_id, fence.generation)
+                written = connection.executemany(
+                    self._sql_insert_fenced, [(*row, *token) for row in rows]
+                ).rowcount
+                if written != len(rows):
+                    connection.execute("ROLLBACK")
+                    raise self._lease_lost(fence)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+
+    def _lease_lost(self, fence: Fence) -> LeaseLostError:
+        """The error of a write refused because `fence` no longer holds its slot."""
+        info = self.lease_info(fence.partition_key or None, fence.app_id)
+        now = (
+            "no driver holds it now (it was broken or released)"
+            if info is None
+            else f"it is now held by {info.holder()}"
+        )
+        return LeaseLostError(fence.app_id, self._source(), now)
+
+    def lease_info(self, partition_key: str | None, app_id: str) -> _leases.LeaseInfo | None:
+        """Who holds the lease on `app_id` (expired or not), or None if no driver does."""
+        stored_key = _rows.stored_partition_key(partition_key, self._source(), app_id)
+        connection = self._connection()
+        try:
+            row = connection.execute(self._sql_lease_get, [stored_key, app_id]).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        if row is None:
+            return None
+        host, pid, since, expires_at, generation = row
+        return _leases.LeaseInfo(
+            partition_key, app_id, host, pid, since, generation, expires_at - time.time()
+        )
+
+    def break_lease(
+        self, partition_key: str | None, app_id: str, force: bool = False
+    ) -> _leases.LeaseInfo | None:
+        """Remove the lease on `app_id` so that another driver can take it at once; the
+        holder's later writes are refused (`LeaseLostError`). A lease that has not expired
+        is broken only with `force=True` (else `AppLockedError` naming its holder).
+        Returns the lease broken, or None if there was none."""
+        info = self.lease_info(partition_key, app_id)
+        if info is None:
+            return None
+        if not info.expired and not force:
+            raise AppLockedError(app_id, info.holder())
+        slot = (_rows.stored_partition_key(partition_key, self._source(), app_id), app_id)
+        self._connection().execute(self._sql_lease_drop, [*slot, info.generation])
+        return info
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
         """Hold `app_id` for this thread by a row of `<table_name>_lease` that a daemon thread
@@ -186,21 +351,27 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
     ) -> Lease:
         """`acquire_lease` for the runner thread `owner`, which need not be this thread."""
         slot = (_rows.stored_partition_key(partition_key, self._source(), app_id), app_id)
-        return _leases.acquire(
-            ("sqlite", self._db_path, self._table_name, *slot),
+        lease = _leases.acquire(
+            ("sqlite", id(self._shared) if self._memory else self._db_path, self._table_name,
+             *slot),
             app_id,
             lambda left: _leases.retry(lambda: self._take_lease(*slot), left),
             wait,
             owner,
         )
+        lease.store = self.fenced(lease.fence)
+        return lease
 
-    def _take_lease(self, partition_key: str, app_id: str) -> _leases.Release:
+    def _take_lease(self, partition_key: str, app_id: str) -> _leases.Taken:
         host, pid = _leases.me()
         since, now = _leases.now_text(), time.time()
         connection = self._connection()
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.execute(self._sql_lease_create)
+            if not any(column[1] == "generation" for column in
+                       connection.execute(self._sql_lease_columns)):
+                connection.execute(self._sql_lease_add_generation)  # made before fencing
             row = connection.execute(self._sql_lease_get, [partition_key, app_id]).fetchone()
             if (
                 row is not None
@@ -208,28 +379,28 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
                 and row[3] > now
                 and not _leases.died_here(row[0], row[1])
             ):
-                raise AppLockedError(
-                    app_id,
-                    f"{_leases.holder_text(*row[:3])} (its lease in {self._db_path} expires in "
-                    f"{row[3] - now:.0f} s unless renewed)",
-                )
+                info = _leases.LeaseInfo(partition_key or None, app_id, row[0], row[1],
+                                         row[2], row[4], row[3] - now)
+                raise AppLockedError(app_id, f"{info.holder()} (in {self._db_path})")
+            fence = Fence(partition_key, app_id, _leases.new_generation())
             connection.execute(
                 self._sql_lease_put,
-                [partition_key, app_id, host, pid, since, now + self._lease_ttl],
+                [partition_key, app_id, host, pid, since, now + self._lease_ttl,
+                 fence.generation],
             )
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        ids = (partition_key, app_id, host, pid)
-        stop = threading.Event()
-        threading.Thread(
-            target=self._renew_lease, args=(stop, ids), name=f"fanwise-lease-{app_id}", daemon=True
-        ).start()
+        ids = (partition_key, app_id, fence.generation)
+        renewer = _leases.Renewer(
+            app_id, self._source(), _leases.renew_every(self._lease_ttl),
+            lambda: self._renew_lease(ids),
+        )
 
         def release() -> None:
-            stop.set()
+            renewer.stop()
             try:
                 self._connection().execute(self._sql_lease_drop, ids)
             except sqlite3.Error as exc:
@@ -240,63 +411,96 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
                     exc,
                 )
 
-        return release
+        return _leases.Taken(release, fence)
 
-    def _renew_lease(self, stop: threading.Event, ids: tuple[str, str, str, int]) -> None:
-        """Push the expiry of the lease row `ids` forward until `stop` is set."""
-        connection = sqlite3.connect(self._db_path, timeout=self._timeout, isolation_level=None)
-        try:
-            while not stop.wait(self._lease_ttl / 3):
-                try:
-                    renewed = connection.execute(
-                        self._sql_lease_renew, [time.time() + self._lease_ttl, *ids]
-                    ).rowcount
-                except sqlite3.Error as exc:
-                    _LOG.warning("cannot renew the lease of app %r: %s", ids[1], exc)
-                    continue
-                if not renewed and not stop.is_set():
-                    _LOG.warning(
-                        "app %r lost its lease in %s: it expired and another driver took it",
-                        ids[1],
-                        self._db_path,
-                    )
-                    return
-        finally:
-            connection.close()
+    def _renew_lease(self, ids: tuple[str, str, int]) -> bool:
+        """Push the expiry of the lease row `ids` forward; False if that generation lost it.
+        A connection of its own: the renewing thread lives apart from the runner's
+        (`:memory:` has only one, shared)."""
+        connection = self._connection() if self._memory else self._open()
+        with closing(connection):
+            renewed = connection.execute(
+                self._sql_lease_renew, [time.time() + self._lease_ttl, *ids]
+            ).rowcount
+        return renewed == 1
 
     def _ready(self) -> sqlite3.Connection:
         if not self._shared.initialized:
-            self.initialize()
+            try:
+                self.initialize()
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_READONLY:
+                    raise
+                raise RuntimeError(
+                    f"Uninitialized persister: table {self._table_name!r} does not exist in "
+                    f"{self._db_path}, and this connection cannot create it ({exc}); call "
+                    ".initialize() on a persister that can write to that database first"
+                ) from exc
         return self._connection()
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> sqlite3.Connection | SerialConnection:
+        if self._memory:
+            with self._shared.lock:
+                if self._shared.serial is None:
+                    self._shared.serial = SerialConnection(self._open(check_same_thread=False))
+                return self._shared.serial
         local = self._shared.per_thread
         if local.connection is not None and local.pid == os.getpid():
             return local.connection
         if local.connection is not None:
             _INHERITED.append(local.connection)
-        # `timeout` is SQLite's busy timeout; isolation_level=None lets us issue BEGIN ourselves.
-        connection = sqlite3.connect(self._db_path, timeout=self._timeout, isolation_level=None)
-        self._enable_wal(connection)
-        # WAL + NORMAL: a commit survives a crash of the process (not of the machine's power).
-        connection.execute("PRAGMA synchronous = NORMAL")
+        connection = self._open()
         local.connection, local.pid = connection, os.getpid()
         return connection
 
+    def _open(self, **options: Any) -> sqlite3.Connection:
+        """A new connection with the user's `connect_kwargs`, in WAL mode where it can be."""
+        # `timeout` is SQLite's busy timeout; isolation_level=None lets us issue BEGIN ourselves.
+        connection = sqlite3.connect(
+            self._db_path,
+            timeout=self._timeout,
+            **{**self._connect_kwargs, **options},
+            isolation_level=None,
+        )
+        self._enable_wal(connection)
+        # WAL + NORMAL: a commit survives a crash of the process (not of the machine's power).
+        connection.execute("PRAGMA synchronous = NORMAL")
+        return connection
+
     def _enable_wal(self, connection: sqlite3.Connection) -> None:
-        """Switch the file to WAL; retried, as that switch does not wait on the busy timeout."""
+        """Switch the file to WAL; retried, as that switch does not wait on the busy timeout.
+        A database this connection may only read keeps its journal mode."""
         deadline = time.monotonic() + self._timeout
         while True:
             try:
                 connection.execute("PRAGMA journal_mode = WAL")
                 return
             except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode == sqlite3.SQLITE_READONLY:
+                    return
                 if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
 
     def _source(self) -> str:
         return f"table {self._table_name!r} of {self._db_path}"
+
+
+def _connect_options(connect_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`connect_kwargs` for `sqlite3.connect`, less what the persister decides itself."""
+    options = dict(connect_kwargs or {})
+    if "database" in options:
+        raise ValueError("connect_kwargs must not hold 'database': db_path names the database")
+    for managed in ("isolation_level", "autocommit"):
+        if managed in options:
+            del options[managed]
+            warnings.warn(
+                f"SQLitePersister ignores connect_kwargs[{managed!r}]: it runs its own "
+                "transactions, one per save",
+                UserWarning,
+                stacklevel=3,
+            )
+    return options
 
 
 SQLLitePersister = SQLitePersister

@@ -6,11 +6,12 @@ import asyncio
 import copy
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fanwise.core.persistence.base import (
     AsyncBaseStatePersister,
+    Fence,
     Lease,
     PersistedStateData,
     SaveRow,
@@ -27,10 +28,20 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
         self,
         db_path: str | os.PathLike[str],
         table_name: str = "fanwise_state",
+        serde_kwargs: Mapping[str, Any] | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        *,
         timeout: float = 30.0,
         lease_ttl: float = 30.0,
     ) -> None:
-        self._sync = SQLitePersister(db_path, table_name, timeout, lease_ttl)
+        self._sync = SQLitePersister(
+            db_path,
+            table_name,
+            serde_kwargs,
+            connect_kwargs,
+            timeout=timeout,
+            lease_ttl=lease_ttl,
+        )
 
     def __repr__(self) -> str:
         return f"Async{self._sync!r}"
@@ -45,18 +56,41 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
     async def initialize(self) -> None:
         await asyncio.to_thread(self._sync.initialize)
 
+    async def is_initialized(self) -> bool:
+        """See `SQLitePersister.is_initialized`."""
+        return await asyncio.to_thread(self._sync.is_initialized)
+
+    def close(self) -> None:
+        """See `SQLitePersister.close`."""
+        self._sync.close()
+
+    cleanup = close
+
     async def acquire_lease(
         self, partition_key: str | None, app_id: str, wait: float = 0
     ) -> Lease:
         """The lease of `SQLitePersister.acquire_lease`, held by the thread that awaits this
         (its event loop's), not by the worker thread that takes it."""
-        return await asyncio.to_thread(
+        lease = await asyncio.to_thread(
             self._sync._acquire_lease_for,
             threading.current_thread(),
             partition_key,
             app_id,
             wait,
         )
+        lease.store = self.fenced(lease.fence)
+        return lease
+
+    @property
+    def fence(self) -> Fence | None:
+        """See `RowSaver.fence`."""
+        return self._sync.fence
+
+    def fenced(self, fence: Fence | None) -> AsyncSQLitePersister:
+        """See `RowSaver.fenced`."""
+        twin = copy.copy(self)
+        twin._sync = self._sync.fenced(fence)
+        return twin
 
     async def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None

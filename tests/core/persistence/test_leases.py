@@ -231,7 +231,8 @@ def test_a_stale_row_of_another_host_is_taken_over_but_a_live_one_is_not(tmp_pat
     now = time.time()
     with closing(sqlite3.connect(db)) as connection, connection:
         connection.executemany(
-            'INSERT INTO "fanwise_state_lease" VALUES (?, ?, ?, ?, ?, ?)',
+            'INSERT INTO "fanwise_state_lease" (partition_key, app_id, host, pid, since,'
+            " expires_at) VALUES (?, ?, ?, ?, ?, ?)",
             [
                 ("", "stale", "elsewhere", 4242, "2020-01-01T00:00:00+00:00", now - 1),
                 ("", "live", "elsewhere", 4242, "2020-01-01T00:00:00+00:00", now + 60),
