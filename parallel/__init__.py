@@ -15,7 +15,8 @@ from fanwise.parallel.errors import (
     FanoutCancelledError,
 )
 from fanwise.parallel.events import FanoutEvent
-from fanwise.parallel.graphs import RunnableGraph
+from fanwise.parallel.graphs import RunnableGraph, SubgraphType
+from fanwise.parallel.map_reduce import map_reduce_action
 from fanwise.parallel.outcomes import ChildOutcome
 from fanwise.parallel.tasks import SubGraphTask
 
@@ -32,6 +33,8 @@ __all__ = [
     "MapStates",
     "RunnableGraph",
     "SubGraphTask",
+    "SubgraphType",
     "TaskBasedParallelAction",
     "child_app_id",
+    "map_reduce_action",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import inspect
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sized
 from concurrent.futures import Executor
 from typing import Any, Literal
@@ -18,9 +19,15 @@ from fanwise.core._runner import Driver
 from fanwise.core.actions import Action
 from fanwise.core.context import ApplicationContext
 from fanwise.core.errors import AsyncMismatchError, GraphError
-from fanwise.core.protocols import RecordingTracker, RedactingTracker
+from fanwise.core.protocols import (
+    BackgroundWriting,
+    FlushingTracker,
+    RecordingTracker,
+    RedactingTracker,
+    conforms,
+)
 from fanwise.core.state import State
-from fanwise.executors.protocols import traits_of
+from fanwise.executors.protocols import ElasticExecutor, traits_of
 from fanwise.parallel._channel import AsyncChannel, Channel
 from fanwise.parallel._plan import PlanConfig
 from fanwise.parallel._retry import RetryOn, RetryPolicy
@@ -127,13 +134,16 @@ class TaskBasedParallelAction(Action):
         owner = type(self).__name__
         for name in self._plan_methods:
             check_params(owner, getattr(self, name), _PLAN_PARAMS)
-        reduce_params = list(inspect.signature(self.reduce).parameters)
-        if reduce_params[:2] != ["state", "states"] or any(
-            p not in _REDUCE_EXTRAS for p in reduce_params[2:]
+        reduce_params = inspect.signature(self.reduce).parameters
+        names = list(reduce_params)
+        if len(names) < 2 or any(
+            name not in _REDUCE_EXTRAS and reduce_params[name].default is inspect.Parameter.empty
+            for name in names[2:]
         ):
             raise GraphError(
-                f"{owner}.reduce() must be reduce(self, state, states) or "
-                f"reduce(self, state, states, outcomes), got ({reduce_params})"
+                f"{owner}.reduce() must be reduce(self, state, states) (any names: the two are "
+                f"passed by position, as Burr does) or reduce(self, state, states, outcomes), "
+                f"got ({', '.join(names)})"
             )
         if self.reduce_order not in ("task", "completion"):
             raise GraphError(f"{owner}.reduce_order must be 'task' or 'completion'")
@@ -225,6 +235,12 @@ class TaskBasedParallelAction(Action):
         shipped = tracker if (
             not traits.runs_in_process and isinstance(tracker, RecordingTracker)
         ) else None
+        # children in this process write their own, through one writer thread
+        background = None
+        if traits.runs_in_process and conforms(tracker, BackgroundWriting):
+            tracker = tracker.in_background()
+            if conforms(tracker, FlushingTracker):
+                background = tracker
         events = context.event_sink
         plan = PlanConfig(
             action_name=self.name,
@@ -248,10 +264,13 @@ class TaskBasedParallelAction(Action):
             on_failure=self.on_failure,
             held_bytes_budget=self.held_bytes_budget,
             progress=Progress(self.progress, self.name, total),
-            keep_outcomes="outcomes" in inspect.signature(self.reduce).parameters,
+            keep_outcomes=_takes_outcomes(self.reduce),
             shipped_tracker=shipped,
+            background_tracker=background,
             sink=events,
             is_async=is_async,
+            elastic=executor if conforms(executor, ElasticExecutor) else None,
+            follows_capacity=self.max_concurrency is None,
         )
         return executor, owned, config
 
@@ -286,6 +305,7 @@ class TaskBasedParallelAction(Action):
             states.close()
             if owned:
                 executor.shutdown(wait=not fanout.abandoned, cancel_futures=True)
+            _close_tracking(config.background_tracker)
         return {}, self._with_failures(self._checked(reduced), fanout)
 
     async def _execute_async(
@@ -305,6 +325,9 @@ class TaskBasedParallelAction(Action):
             await states.aclose()
             if owned:
                 executor.shutdown(wait=False, cancel_futures=True)
+            if config.background_tracker is not None:
+                await asyncio.wrap_future(config.background_tracker.flushed())
+            _close_tracking(config.background_tracker)
         return {}, self._with_failures(self._checked(reduced), fanout)
 
     def _checked(self, reduced: Any) -> State:
@@ -333,6 +356,25 @@ class TaskBasedParallelAction(Action):
         raise ChildrenFailedError(
             self.name, [r.failure(self.name) for r in failed], [r.outcome() for r in failed]
         )
+
+
+def _close_tracking(tracker: FlushingTracker | None) -> None:
+    """End the children's tracking writer once the fan-out is over. Its write error is
+    raised, unless the fan-out is failing already (the writer has logged it then)."""
+    if tracker is None:
+        return
+    if sys.exc_info()[1] is None:
+        tracker.close()
+        return
+    try:
+        tracker.close()
+    except Exception:  # noqa: S110 - the fan-out's own error is the one to see
+        pass
+
+
+def _takes_outcomes(reduce: Callable[..., Any]) -> bool:
+    """Whether `reduce` asks for `outcomes` (by name, after its two positional parameters)."""
+    return "outcomes" in list(inspect.signature(reduce).parameters)[2:]
 
 
 def _check_count(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,10 +44,20 @@ class RunnableGraph:
             return None
         return action
 
+    @staticmethod
+    def create(from_: SubgraphType) -> RunnableGraph:
+        """Burr's constructor: `from_` itself if a `RunnableGraph`, else a one-node graph of
+        the action or `@action` function that halts after it."""
+        return as_runnable(from_)
+
     @functools.cached_property
     def is_async(self) -> bool:
         """Whether any action is async (then children run on an event loop)."""
         return any(a.is_async() for a in self.graph.actions)
+
+
+SubgraphType = Action | Callable | RunnableGraph
+"""What a child may run (as in Burr): an action, an `@action` function or a graph."""
 
 
 def as_runnable(obj: Any) -> RunnableGraph:

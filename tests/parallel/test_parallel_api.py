@@ -352,8 +352,8 @@ def test_a_method_asking_for_an_unknown_parameter_is_a_graph_error_at_build_time
 
 def test_reduce_with_the_wrong_signature_is_a_graph_error_at_build_time():
     class BadReduce(SquareAll):
-        def reduce(self, results, state):
-            return state
+        def reduce(self, states):
+            return states
 
     with pytest.raises(GraphError, match="reduce"):
         ApplicationBuilder().with_actions(fan=BadReduce()).with_entrypoint("fan").build()
