@@ -53,6 +53,7 @@ from fanwise.executors._shipping import (
     unpicklable_part,
     unshippable_message,
 )
+from fanwise.executors.protocols import CAPACITY_POLL_SECONDS
 
 TARGET_BATCH_SECONDS = 0.05
 """What "auto" aims a batch to take on its worker: the ~1 ms a process, Ray or Dask task
@@ -408,3 +409,53 @@ class BatchingExecutor(Executor, ABC):
                 self._batching.wait_for(lambda: not self._unsettled and not self._buffer)
         if first:
             self._close_backend(wait, cancel_futures)
+
+
+class ClusterBatchingExecutor(BatchingExecutor):
+    """A `BatchingExecutor` on a cluster whose size changes while it runs (Ray, Dask): an
+    `ElasticExecutor`.
+
+    Unless `max_concurrency` is given, its slots are the cluster's capacity
+    (`_cluster_capacity`), re-read at most every `CAPACITY_POLL_SECONDS` (a round trip to
+    the cluster per submitted call would cost more than a tiny child), and at least 1, so
+    that a fan-out on a cluster still empty starts with one child waiting for the first
+    worker. `capacity()`, which a running fan-out calls as often, also sends the calls that
+    wait here to slots that joined meanwhile (otherwise they would wait for a task to end).
+    """
+
+    def __init__(self, chunk_size: int | str, max_concurrency: int | None) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        super().__init__(chunk_size)
+        self._max_concurrency = max_concurrency
+        self._capacity = 1
+        self._capacity_until = float("-inf")
+
+    @abstractmethod
+    def _cluster_capacity(self) -> int:
+        """How many calls the cluster runs at once right now (0 while it has no worker)."""
+
+    @property
+    def max_concurrency(self) -> int:
+        """The calls run at once: as given, else what the cluster runs right now (at least 1)."""
+        if self._max_concurrency is not None:
+            return self._max_concurrency
+        return max(1, self._cluster_capacity())
+
+    def _slots(self) -> int:
+        if self._max_concurrency is not None:
+            return self._max_concurrency
+        now = time.monotonic()
+        if now >= self._capacity_until:
+            self._capacity = self.max_concurrency
+            self._capacity_until = now + CAPACITY_POLL_SECONDS
+        return self._capacity
+
+    def capacity(self) -> int:
+        """The calls run at once now (`max_concurrency`, the cluster's re-read at most every
+        `CAPACITY_POLL_SECONDS`); waiting calls go out to slots that joined."""
+        slots = self._slots()
+        with self._batching:
+            batches = [] if self._closed else self._take(slots)
+        self._send(batches)
+        return slots

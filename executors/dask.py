@@ -12,16 +12,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
 from typing import Any
 
-from fanwise.executors._batching import Batch, BatchingExecutor, run_batch
+from fanwise.executors._batching import Batch, ClusterBatchingExecutor, run_batch
 
 _SUBMIT_OPTIONS = frozenset({"workers", "resources", "allow_other_workers"})
-_THREADS_REFRESH_SECONDS = 1.0
-"""How long the cluster's thread count is reused for the batch slots between queries."""
 
 
 def _distributed() -> Any:
@@ -34,11 +31,12 @@ def _distributed() -> Any:
     return distributed
 
 
-class DaskExecutor(BatchingExecutor):
+class DaskExecutor(ClusterBatchingExecutor):
     """Runs calls as Dask tasks, in batches; `shutdown()` closes only what this executor created.
 
-    At most `max_concurrency` tasks (default: the cluster's worker threads, re-read at most
-    once a second as workers come and go) are outstanding. Calls beyond that wait in the
+    At most `max_concurrency` tasks are outstanding. By default that is the cluster's worker
+    threads, followed while a fan-out runs as workers come and go (at least 1: while the
+    workers are still starting, one child waits for the first). Calls beyond that wait in the
     executor and, when a task ends, go out together as the next one (`chunk_size` calls at
     most, or with "auto" as many as take about 50 ms). So for tiny children, give the
     fan-out a window larger than the threads (the parallel action's `max_concurrency`, e.g.
@@ -67,13 +65,10 @@ class DaskExecutor(BatchingExecutor):
         **submit_kwargs: Any,
     ) -> None:
         _check_arguments(address, client, max_concurrency, retries, submit_kwargs)
-        super().__init__(chunk_size)
+        super().__init__(chunk_size, max_concurrency)
         distributed = _distributed()
         self.retries = retries
-        self._max_concurrency = max_concurrency
         self._submit_kwargs = submit_kwargs
-        self._threads = 1
-        self._threads_until = float("-inf")
         self._owned = contextlib.ExitStack()
         try:
             self.client = self._connect(distributed, address, client)
@@ -93,24 +88,9 @@ class DaskExecutor(BatchingExecutor):
             return self._owned.enter_context(session)
         return self._owned.enter_context(distributed.Client(address, set_as_default=False))
 
-    @property
-    def max_concurrency(self) -> int:
-        """The calls run at once: as given, else every worker thread of the cluster right now."""
-        if self._max_concurrency is not None:
-            return self._max_concurrency
-        return max(1, sum(self.client.nthreads().values()))
-
-    def _slots(self) -> int:
-        """`max_concurrency`, with the cluster's threads re-read at most every
-        `_THREADS_REFRESH_SECONDS` (a scheduler round trip per call would cost more than
-        a tiny child)."""
-        if self._max_concurrency is not None:
-            return self._max_concurrency
-        now = time.monotonic()
-        if now >= self._threads_until:
-            self._threads = self.max_concurrency
-            self._threads_until = now + _THREADS_REFRESH_SECONDS
-        return self._threads
+    def _cluster_capacity(self) -> int:
+        """Every worker thread of the cluster right now."""
+        return sum(self.client.nthreads().values())
 
     def _send_batch(self, batch: Batch) -> None:
         task = self.client.submit(

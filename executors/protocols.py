@@ -8,6 +8,10 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+CAPACITY_POLL_SECONDS = 1.0
+"""How often a running fan-out asks an `ElasticExecutor` for its capacity (and how long
+such an executor may reuse what its cluster last answered)."""
+
 NestedChoice = Executor | Callable[[], Executor] | None
 """What a child's own fan-out runs on: an executor, a factory of one, or None (the
 default executor, made inside the child)."""
@@ -34,6 +38,21 @@ class FanoutExecutor(Protocol):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]: ...
 
     def nested(self) -> NestedChoice: ...
+
+
+@runtime_checkable
+class ElasticExecutor(Protocol):
+    """An executor on a cluster that grows and shrinks while a fan-out runs (workers join
+    and leave): a running fan-out calls `capacity()` about every `CAPACITY_POLL_SECONDS`,
+    and its window follows the answer unless the parallel action fixed its own
+    `max_concurrency`.
+
+    `capacity()`: how many children it runs at once right now, at least 1 (also while the
+    cluster is still empty), never above a `max_concurrency` the user gave it; calling it
+    also lets the executor hand children waiting inside it to slots that joined.
+    """
+
+    def capacity(self) -> int: ...
 
 
 @dataclass(frozen=True)

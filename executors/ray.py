@@ -13,7 +13,7 @@ import concurrent.futures
 import functools
 from typing import Any
 
-from fanwise.executors._batching import Batch, BatchingExecutor, run_batch
+from fanwise.executors._batching import Batch, ClusterBatchingExecutor, run_batch
 
 INSTALL_HINT = "pip install 'fanwise[ray]'"
 DEFAULT_MAX_RETRIES = 3
@@ -33,17 +33,19 @@ def _trampoline() -> Any:
     return _import_ray().remote(run_batch)
 
 
-class RayExecutor(BatchingExecutor):
+class RayExecutor(ClusterBatchingExecutor):
     """Runs submitted calls as Ray tasks, in batches, and hands back one
     `concurrent.futures.Future` per call.
 
-    At most `max_concurrency` tasks (default: the cluster's CPUs over each task's
-    `num_cpus`) are outstanding. Calls beyond that wait in the executor and, when a task
-    ends, go out together as the next one (`chunk_size` calls at most, or with "auto" as
-    many as take about 50 ms). So for tiny children, give the fan-out a window larger than
-    the slots (the parallel action's `max_concurrency`, e.g. 512); with a window of
-    `max_concurrency`, each child is its own task. `chunk_size=1` turns batching off: every
-    call is its own Ray task, sent at once, and Ray queues them.
+    At most `max_concurrency` tasks are outstanding. By default that is the cluster's CPUs
+    over each task's `num_cpus`, followed while a fan-out runs as nodes join and leave (at
+    least 1: on a head started with `--num-cpus=0`, one child waits for the first worker
+    node, and the window grows within a second once nodes join). Calls beyond that wait in
+    the executor and, when a task ends, go out together as the next one (`chunk_size` calls
+    at most, or with "auto" as many as take about 50 ms). So for tiny children, give the
+    fan-out a window larger than the slots (the parallel action's `max_concurrency`, e.g.
+    512); with a window of `max_concurrency`, each child is its own task. `chunk_size=1`
+    turns batching off: every call is its own Ray task, sent at once, and Ray queues them.
 
     `address=None` starts (or joins) a local Ray with `init_kwargs`; `"auto"` or `"ray://..."`
     joins a cluster. Only a Ray started here is shut down by `shutdown()`. `remote_options`
@@ -64,9 +66,7 @@ class RayExecutor(BatchingExecutor):
         **remote_options: Any,
     ) -> None:
         ray = _import_ray()
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        super().__init__(chunk_size)
+        super().__init__(chunk_size, max_concurrency)
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
         self.remote_options = {
@@ -76,11 +76,13 @@ class RayExecutor(BatchingExecutor):
         if self.owns_ray:
             ray.init(address=address, **self.init_kwargs)
         self._remote = _trampoline().options(**self.remote_options)
-        self.max_concurrency = max_concurrency or _cluster_slots(ray, remote_options)
         self._join_address = _join_address(ray, address)
 
-    def _slots(self) -> int:
-        return self.max_concurrency
+    def _cluster_capacity(self) -> int:
+        """The cluster's CPUs (of the nodes alive now) over the CPUs each task asks for."""
+        cpus = _import_ray().cluster_resources().get("CPU", 0)
+        per_task = self.remote_options.get("num_cpus") or 1
+        return int(cpus // per_task)
 
     def _send_batch(self, batch: Batch) -> None:
         ref = self._remote.remote(batch.payloads, batch.serdes)
@@ -123,7 +125,7 @@ class RayExecutor(BatchingExecutor):
     def _config(self) -> dict[str, Any]:
         return {
             "address": self._join_address,
-            "max_concurrency": self.max_concurrency,
+            "max_concurrency": self._max_concurrency,
             "chunk_size": self.chunk_size,
             **self.remote_options,
         }
@@ -136,13 +138,6 @@ class RayExecutor(BatchingExecutor):
             f"RayExecutor(address={self._join_address!r}, "
             f"max_concurrency={self.max_concurrency}, chunk_size={self.chunk_size!r})"
         )
-
-
-def _cluster_slots(ray: Any, remote_options: dict[str, Any]) -> int:
-    """How many tasks fit at once: the cluster's CPUs over the CPUs each task asks for."""
-    cpus = ray.cluster_resources().get("CPU", 1)
-    per_task = remote_options.get("num_cpus") or 1
-    return max(1, int(cpus // per_task))
 
 
 def _join_address(ray: Any, address: str | None) -> str:

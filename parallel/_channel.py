@@ -12,7 +12,8 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from fanwise.executors.asyncio import AsyncExecutor
-from fanwise.parallel.child import ChildSpec, arun_child, run_child
+from fanwise.parallel._carried_tracking import carry_over, runner_for
+from fanwise.parallel.child import ChildSpec, arun_child
 
 Finished = tuple[int, "Future[Any] | asyncio.Future[Any]"]
 
@@ -27,7 +28,8 @@ class Channel:
         self._cancelled: set[int] = set()
 
     def submit(self, spec: ChildSpec) -> None:
-        self._track(spec.position, self._executor.submit(run_child, spec))
+        # (a child that records its steps in memory carries them in its saved rows)
+        self._track(spec.position, self._executor.submit(runner_for(spec), spec))
 
     def _track(self, position: int, future: Any) -> None:
         self._pending[position] = future
@@ -83,6 +85,7 @@ class AsyncChannel(Channel):
 
     def submit(self, spec: ChildSpec) -> None:
         if self._on_loop:
+            spec = carry_over(spec) if spec.resume_from is not None else spec
             self._track(spec.position, self._executor.submit_coroutine(arun_child(spec)))
         else:
             super().submit(spec)
@@ -93,6 +96,8 @@ class AsyncChannel(Channel):
 
     def _deliverer(self, position: int) -> Callable[[Any], None]:
         put, loop = self._done.put_nowait, self._loop
+        if self._on_loop:  # a task's callbacks run on its loop: no wake-up write needed
+            return lambda future: put((position, future))
         return lambda future: loop.call_soon_threadsafe(put, (position, future))
 
     async def get(self, timeout: float | None = None) -> Finished | None:
