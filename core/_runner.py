@@ -11,10 +11,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from fanwise.core import visibility
 from fanwise.core.errors import AsyncMismatchError, GraphError, InputError
-from fanwise.core.hooks import PostRunStepHookAsync, PreRunStepHookAsync
+from fanwise.core.hooks import HookSet, async_hook_reason
 from fanwise.core.protocols import MaybeAsync, conforms
 from fanwise.core.state import State
 
@@ -89,12 +91,9 @@ def async_only_reason(hooks: list[Any], saver: Any, built_async: bool = False) -
             "the application was built with .abuild(), so it runs with the async methods "
             "(astep/arun/aiterate/astream_result); build it with .build() to run it sync"
         )
-    for hook in hooks:
-        if isinstance(hook, PreRunStepHookAsync | PostRunStepHookAsync):
-            return (
-                f"hook {type(hook).__name__} is async: run the application with "
-                "arun/astep/aiterate, or use the sync hook classes"
-            )
+    reason = async_hook_reason(hooks)
+    if reason is not None:
+        return reason
     if is_async_adapter(saver):
         return (
             f"the state persister {type(saver).__name__} is async: run the application "
@@ -114,10 +113,59 @@ def _check_async_allowed(app: Application, action: Action, async_run: bool) -> N
         raise AsyncMismatchError(app._async_only_reason)
 
 
-def _run_action(action: Action, state: State, inputs: dict[str, Any]) -> StepGen:
+class _StreamReport:
+    """The stream hooks of one streaming step (`pre_start_stream`, `post_stream_item`,
+    `post_end_stream`), as effects of the step generator."""
+
+    def __init__(self, hooks: HookSet, ids: dict[str, Any]) -> None:
+        self._hooks = hooks
+        self._ids = ids
+        self._started = datetime.now(UTC)
+        self._first_item: datetime | None = None
+        self._items = 0
+
+    def started(self) -> Iterator[Any]:
+        for hook in self._hooks.methods("pre_start_stream"):
+            yield hook(**self._ids)
+
+    def item(self, value: Any) -> Iterator[Any]:
+        self._items += 1
+        if self._first_item is None:
+            self._first_item = datetime.now(UTC)
+        for hook in self._hooks.methods("post_stream_item"):
+            yield hook(
+                **self._ids,
+                item=value,
+                item_index=self._items,
+                stream_initialize_time=self._started,
+                first_stream_item_start_time=self._first_item,
+            )
+
+    def ended(self) -> Iterator[Any]:
+        for hook in self._hooks.methods("post_end_stream"):
+            yield hook(**self._ids)
+
+
+def _stream_report(app: Application, action: Action, sequence_id: int) -> _StreamReport | None:
+    if not action.streaming or not app._hook_set.streams:
+        return None
+    ids = {
+        "action": action.name,
+        "sequence_id": sequence_id,
+        "app_id": app.uid,
+        "partition_key": app.partition_key,
+    }
+    return _StreamReport(app._hook_set, ids)
+
+
+def _run_action(
+    action: Action, state: State, inputs: dict[str, Any], report: _StreamReport | None = None
+) -> StepGen:
     """Yield what the action needs awaited; return (result, state)."""
     if not action.streaming:
         return (yield action.execute(state, inputs))
+    if report is not None:
+        yield from report.started()
     stream = action.stream(state, inputs)
     if inspect.isasyncgen(stream):
         while True:
@@ -127,11 +175,15 @@ def _run_action(action: Action, state: State, inputs: dict[str, Any]) -> StepGen
                 break
             if item[1] is not None:
                 return item
+            if report is not None:
+                yield from report.item(item[0])
             yield Partial(item[0])
     else:
         for item in stream:
             if item[1] is not None:
                 return item
+            if report is not None:
+                yield from report.item(item[0])
             yield Partial(item[0])
     raise GraphError(
         f"streaming action {action.name!r} ended without yielding a final (result, state)"
@@ -152,12 +204,21 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
         chosen_with_context = {**chosen, context_param: app._context(action, sequence_id)}
     else:
         chosen_with_context = chosen
+    tracer = _tracer(app, action, sequence_id)
+    if tracer is not None and action.tracer_param is not None:
+        chosen_with_context = {**chosen_with_context, action.tracer_param: tracer}
+    report = _stream_report(app, action, sequence_id)
     before = app._state
     ids = {"app_id": app.uid, "partition_key": app.partition_key, "sequence_id": sequence_id}
     for hook in app._pre_hooks:
         yield hook.pre_run_step(**ids, state=before, action=action, inputs=chosen)
     try:
-        result, returned = yield from _run_action(action, before, chosen_with_context)
+        token = visibility.activate(tracer) if tracer is not None else None
+        try:
+            result, returned = yield from _run_action(action, before, chosen_with_context, report)
+        finally:
+            if token is not None:
+                visibility.deactivate(token)
         after = apply_writes(action, before, returned)
         if app._saver is not None:
             yield app._saver.save(
@@ -177,11 +238,25 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
             yield hook.post_run_step(
                 **ids, state=before, action=action, result=None, exception=exc
             )
+        if report is not None:
+            yield from report.ended()
         raise
     app._advance(action, after, sequence_id)
     for hook in app._post_hooks:
         yield hook.post_run_step(**ids, state=after, action=action, result=result, exception=None)
+    if report is not None:
+        yield from report.ended()
     return StepOutcome(action, result, after)
+
+
+def _tracer(app: Application, action: Action, sequence_id: int) -> visibility.TracerFactory | None:
+    """The step's `TracerFactory`: for a `__tracer` parameter, or for `@trace()` functions
+    when some hook records spans (without one, a span would reach no one)."""
+    if action.tracer_param is None and not app._hook_set.traces:
+        return None
+    return visibility.TracerFactory(
+        action.name, sequence_id, app.uid, app.partition_key, app._hook_set
+    )
 
 
 _PLAIN = frozenset({type(None), list, dict, tuple, bool, int, str})

@@ -58,6 +58,14 @@ def _is_context_param(name: str) -> bool:
     return name == CONTEXT_PARAM or (name.startswith("_") and name.endswith(CONTEXT_PARAM))
 
 
+TRACER_PARAM = "__tracer"
+
+
+def _is_tracer_param(name: str) -> bool:
+    """`__tracer` (a `fanwise.core.visibility.TracerFactory`), also after name mangling."""
+    return name == TRACER_PARAM or (name.startswith("_") and name.endswith(TRACER_PARAM))
+
+
 class Function(abc.ABC):
     """The computing half of an action: reads fields of the state, returns a result dict."""
 
@@ -170,6 +178,16 @@ class Action(Function, Reducer, abc.ABC):
             params = inspect.signature(self._entry_point()).parameters
             cached = next((p for p in params if _is_context_param(p)), None)
             self.__dict__["_context_param"] = cached
+        return cached
+
+    @property
+    def tracer_param(self) -> str | None:
+        """The name under which the action takes its step's `TracerFactory`, if it does."""
+        cached = self.__dict__.get("_tracer_param", _UNSET)
+        if cached is _UNSET:
+            params = inspect.signature(self._entry_point()).parameters
+            cached = next((p for p in params if _is_tracer_param(p)), None)
+            self.__dict__["_tracer_param"] = cached
         return cached
 
     def validate(self) -> None:
@@ -293,7 +311,7 @@ def parse_signature(
             continue
         elif _is_context_param(param.name):
             context_param = param.name
-        elif param.name in bound:
+        elif _is_tracer_param(param.name) or param.name in bound:
             continue
         elif param.default is param.empty:
             required.append(param.name)
@@ -361,6 +379,15 @@ class _FunctionActionMixin:
     @property
     def context_param(self) -> str | None:
         return self._context_param
+
+    @property
+    def tracer_param(self) -> str | None:
+        cached = self.__dict__.get("_tracer_param", _UNSET)
+        if cached is _UNSET:
+            params = inspect.signature(self._fn).parameters
+            cached = next((p for p in params if _is_tracer_param(p)), None)
+            self.__dict__["_tracer_param"] = cached
+        return cached
 
     def get_source(self) -> str:
         try:

@@ -12,7 +12,14 @@ from fanwise.core.actions import Action
 from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.errors import ApplicationClosedError
 from fanwise.core.graph import ApplicationGraph, Graph
-from fanwise.core.hooks import LifecycleHook, hooks_for
+from fanwise.core.hooks import (
+    ExecuteMethod,
+    HookSet,
+    LifecycleHook,
+    aexecute_call,
+    execute_call,
+    hooks_for,
+)
 from fanwise.core.protocols import StoresForm, conforms
 from fanwise.core.state import State
 from fanwise.core.streaming import AsyncStreamingResultContainer, StreamingResultContainer
@@ -63,6 +70,9 @@ class Application:
         self._next_action_name: str | None = None
         self._uid = app_id
         self._partition_key = partition_key
+        self._hook_set = HookSet(hooks)
+        self._executing: ExecuteMethod | None = None
+        """The outermost public method running (execute-call hooks report it alone)."""
         self._pre_hooks = hooks_for(hooks, "pre_run_step")
         self._post_hooks = hooks_for(hooks, "post_run_step")
         self._async_only_reason = _runner.async_only_reason(hooks, saver, built_async)
@@ -266,7 +276,8 @@ class Application:
 
     def step(self, inputs: dict[str, Any] | None = None) -> RunOutcome | None:
         """Run the next action; None when there is none."""
-        outcome = _runner.drive_sync(_runner.step(self, inputs, async_run=False))
+        with execute_call(self, ExecuteMethod.step):
+            outcome = _runner.drive_sync(_runner.step(self, inputs, async_run=False))
         return None if outcome is None else (outcome.action, outcome.result, outcome.state)
 
     def iterate(
@@ -284,12 +295,13 @@ class Application:
         halt_before, halt_after = self._check_halts(halt_before, halt_after)
         prior: Action | None = None
         result: dict[str, Any] | None = None
-        while self.get_next_action() is not None:
-            outcome = self.step(inputs)
-            prior, result = outcome[0], outcome[1]
-            yield outcome
-            if self._should_halt(halt_before, halt_after, prior):
-                break
+        with execute_call(self, ExecuteMethod.iterate):
+            while self.get_next_action() is not None:
+                outcome = self.step(inputs)
+                prior, result = outcome[0], outcome[1]
+                yield outcome
+                if self._should_halt(halt_before, halt_after, prior):
+                    break
         return self._final(halt_before, halt_after, prior, result)
 
     def run(
@@ -300,12 +312,13 @@ class Application:
     ) -> RunOutcome:
         """Run until a halt, as `iterate` does. Returns (next action, None, state) when halted
         before an action, else the last (action, result, state) run."""
-        steps = self.iterate(halt_before, halt_after, inputs)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                return stop.value
+        with execute_call(self, ExecuteMethod.run):
+            steps = self.iterate(halt_before, halt_after, inputs)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as stop:
+                    return stop.value
 
     def stream_result(
         self,
@@ -319,15 +332,16 @@ class Application:
         both lists as `halt_before`; halted before an action of `halt_before` only (or at the
         end of the graph), the container is empty and `get()` gives (None, state)."""
         halt_before, halt_after = self._check_halts(halt_before, halt_after)
-        action = self.get_next_action()
-        if action is not None and action.name not in halt_after:
-            self.run(halt_before=[*halt_after, *halt_before], inputs=inputs)
+        with execute_call(self, ExecuteMethod.stream_result):
             action = self.get_next_action()
-        if action is None or action.name not in halt_after:
-            return action, StreamingResultContainer.pass_through(None, self._state)
-        self._check_open()
-        driver = _runner.Driver(_runner.step(self, inputs, async_run=False))
-        return action, StreamingResultContainer(driver)
+            if action is not None and action.name not in halt_after:
+                self.run(halt_before=[*halt_after, *halt_before], inputs=inputs)
+                action = self.get_next_action()
+            if action is None or action.name not in halt_after:
+                return action, StreamingResultContainer.pass_through(None, self._state)
+            self._check_open()
+            driver = _runner.Driver(_runner.step(self, inputs, async_run=False))
+            return action, StreamingResultContainer(driver)
 
     def stream_fanout(
         self,
@@ -347,7 +361,8 @@ class Application:
 
     async def astep(self, inputs: dict[str, Any] | None = None) -> RunOutcome | None:
         """Async `step`: awaits async actions, hooks and persisters."""
-        outcome = await _runner.drive_async(_runner.step(self, inputs, async_run=True))
+        async with aexecute_call(self, ExecuteMethod.astep):
+            outcome = await _runner.drive_async(_runner.step(self, inputs, async_run=True))
         return None if outcome is None else (outcome.action, outcome.result, outcome.state)
 
     async def aiterate(
@@ -358,11 +373,12 @@ class Application:
     ) -> AsyncIterator[RunOutcome]:
         """Async `iterate` (an async generator returns nothing: `arun` gives the outcome)."""
         halt_before, halt_after = self._check_halts(halt_before, halt_after)
-        while self.get_next_action() is not None:
-            outcome = await self.astep(inputs)
-            yield outcome
-            if self._should_halt(halt_before, halt_after, outcome[0]):
-                break
+        async with aexecute_call(self, ExecuteMethod.aiterate):
+            while self.get_next_action() is not None:
+                outcome = await self.astep(inputs)
+                yield outcome
+                if self._should_halt(halt_before, halt_after, outcome[0]):
+                    break
 
     async def arun(
         self,
@@ -374,8 +390,9 @@ class Application:
         halt_before, halt_after = self._check_halts(halt_before, halt_after)
         prior: Action | None = None
         result: dict[str, Any] | None = None
-        async for prior, result, _ in self.aiterate(halt_before, halt_after, inputs):
-            pass
+        async with aexecute_call(self, ExecuteMethod.arun):
+            async for prior, result, _ in self.aiterate(halt_before, halt_after, inputs):
+                pass
         return self._final(halt_before, halt_after, prior, result)
 
     async def astream_result(
@@ -386,15 +403,16 @@ class Application:
     ) -> tuple[Action | None, AsyncStreamingResultContainer]:
         """Async `stream_result`."""
         halt_before, halt_after = self._check_halts(halt_before, halt_after)
-        action = self.get_next_action()
-        if action is not None and action.name not in halt_after:
-            await self.arun(halt_before=[*halt_after, *halt_before], inputs=inputs)
+        async with aexecute_call(self, ExecuteMethod.astream_result):
             action = self.get_next_action()
-        if action is None or action.name not in halt_after:
-            return action, AsyncStreamingResultContainer.pass_through(None, self._state)
-        self._check_open()
-        driver = _runner.Driver(_runner.step(self, inputs, async_run=True))
-        return action, AsyncStreamingResultContainer(driver)
+            if action is not None and action.name not in halt_after:
+                await self.arun(halt_before=[*halt_after, *halt_before], inputs=inputs)
+                action = self.get_next_action()
+            if action is None or action.name not in halt_after:
+                return action, AsyncStreamingResultContainer.pass_through(None, self._state)
+            self._check_open()
+            driver = _runner.Driver(_runner.step(self, inputs, async_run=True))
+            return action, AsyncStreamingResultContainer(driver)
 
     def astream_fanout(
         self,

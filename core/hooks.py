@@ -1,24 +1,60 @@
-"""Lifecycle hooks: subclass one, implement its method, pass it to `with_hooks`.
+"""Lifecycle hooks (Burr's `burr.lifecycle`): implement a hook method, pass the object to
+`with_hooks` (a tracker given to `with_tracker` is one too).
 
 Every hook method takes keyword-only arguments and must accept `**future_kwargs`, so that
-new arguments can be added without breaking existing hooks. Sync hooks also run in an
-async application; an async hook in a sync run is an `AsyncMismatchError`.
+new arguments can be added without breaking existing hooks. The base classes below are one
+way to get the methods; any object that has a hook method receives that hook (its role is
+decided by method presence, through a `typing.Protocol`, once per class). Sync hooks also
+run in an async application; an async hook in a sync run is an `AsyncMismatchError`.
+
+Where each hook is called (one step of a streaming action shown; `run` and `iterate` call
+the execute-call hooks once around all their steps, not per step):
+
+    pre_run_execute_call(method=ExecuteMethod.run)
+      pre_run_step -> [pre_start_stream -> post_stream_item ...] -> action
+        (spans: pre_start_span / do_log_attributes / post_end_span, from `__tracer`)
+      -> post_run_step -> [post_end_stream]
+    post_run_execute_call(method=ExecuteMethod.run, exception=...)
 """
 
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any
+import datetime
+import enum
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
 if TYPE_CHECKING:
     from fanwise.core.actions import Action
     from fanwise.core.context import ParentPointer
     from fanwise.core.graph import Graph
     from fanwise.core.state import State
+    from fanwise.core.visibility import ActionSpan
 
 
 class LifecycleHook:
-    """Marker base of every hook."""
+    """Marker base of every hook class below."""
+
+
+class ExecuteMethod(enum.Enum):
+    """The application method a `pre_run_execute_call`/`post_run_execute_call` is about."""
+
+    step = "step"
+    astep = "astep"
+    iterate = "iterate"
+    aiterate = "aiterate"
+    run = "run"
+    arun = "arun"
+    stream_result = "stream_result"
+    astream_result = "astream_result"
+    stream_iterate = "stream_iterate"
+    astream_iterate = "astream_iterate"
+
+
+# -- application ---------------------------------------------------------------------------
 
 
 class PostApplicationCreateHook(LifecycleHook, abc.ABC):
@@ -36,6 +72,71 @@ class PostApplicationCreateHook(LifecycleHook, abc.ABC):
         spawning_parent_pointer: ParentPointer | None,
         **future_kwargs: Any,
     ) -> None: ...
+
+
+class PreApplicationExecuteCallHook(LifecycleHook, abc.ABC):
+    """Called when `step`/`iterate`/`run`/`stream_result` starts (the outermost call only)."""
+
+    @abc.abstractmethod
+    def pre_run_execute_call(
+        self,
+        *,
+        app_id: str,
+        partition_key: str | None,
+        state: State,
+        method: ExecuteMethod,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PreApplicationExecuteCallHookAsync(LifecycleHook, abc.ABC):
+    """Async twin of `PreApplicationExecuteCallHook`; only allowed in async runs."""
+
+    @abc.abstractmethod
+    async def pre_run_execute_call(
+        self,
+        *,
+        app_id: str,
+        partition_key: str | None,
+        state: State,
+        method: ExecuteMethod,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PostApplicationExecuteCallHook(LifecycleHook, abc.ABC):
+    """Called when that outermost call ends, with the exception it raised (or None)."""
+
+    @abc.abstractmethod
+    def post_run_execute_call(
+        self,
+        *,
+        app_id: str,
+        partition_key: str | None,
+        state: State,
+        method: ExecuteMethod,
+        exception: BaseException | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PostApplicationExecuteCallHookAsync(LifecycleHook, abc.ABC):
+    """Async twin of `PostApplicationExecuteCallHook`; only allowed in async runs."""
+
+    @abc.abstractmethod
+    async def post_run_execute_call(
+        self,
+        *,
+        app_id: str,
+        partition_key: str | None,
+        state: State,
+        method: ExecuteMethod,
+        exception: BaseException | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+# -- steps ---------------------------------------------------------------------------------
 
 
 class PreRunStepHook(LifecycleHook, abc.ABC):
@@ -108,14 +209,461 @@ class PostRunStepHookAsync(LifecycleHook, abc.ABC):
     ) -> None: ...
 
 
-_HOOK_METHODS = {
-    "post_application_create": (PostApplicationCreateHook,),
-    "pre_run_step": (PreRunStepHook, PreRunStepHookAsync),
-    "post_run_step": (PostRunStepHook, PostRunStepHookAsync),
+# -- streaming actions ---------------------------------------------------------------------
+
+
+class PreStartStreamHook(LifecycleHook, abc.ABC):
+    """Called when a streaming action's generator is started."""
+
+    @abc.abstractmethod
+    def pre_start_stream(
+        self,
+        *,
+        action: str,
+        sequence_id: int,
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PreStartStreamHookAsync(LifecycleHook, abc.ABC):
+    """Async twin of `PreStartStreamHook`; only allowed in async runs."""
+
+    @abc.abstractmethod
+    async def pre_start_stream(
+        self,
+        *,
+        action: str,
+        sequence_id: int,
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PostStreamItemHook(LifecycleHook, abc.ABC):
+    """Called after each intermediate item a streaming action yields (`item_index` from 1)."""
+
+    @abc.abstractmethod
+    def post_stream_item(
+        self,
+        *,
+        item: Any,
+        item_index: int,
+        stream_initialize_time: datetime.datetime,
+        first_stream_item_start_time: datetime.datetime,
+        action: str,
+        sequence_id: int,
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PostStreamItemHookAsync(LifecycleHook, abc.ABC):
+    """Async twin of `PostStreamItemHook`; only allowed in async runs."""
+
+    @abc.abstractmethod
+    async def post_stream_item(
+        self,
+        *,
+        item: Any,
+        item_index: int,
+        stream_initialize_time: datetime.datetime,
+        first_stream_item_start_time: datetime.datetime,
+        action: str,
+        sequence_id: int,
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PostEndStreamHook(LifecycleHook, abc.ABC):
+    """Called once a streaming action's step is over (after `post_run_step`)."""
+
+    @abc.abstractmethod
+    def post_end_stream(
+        self,
+        *,
+        action: str,
+        sequence_id: int,
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PostEndStreamHookAsync(LifecycleHook, abc.ABC):
+    """Async twin of `PostEndStreamHook`; only allowed in async runs."""
+
+    @abc.abstractmethod
+    async def post_end_stream(
+        self,
+        *,
+        action: str,
+        sequence_id: int,
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+# -- spans (`fanwise.core.visibility`) -----------------------------------------------------
+
+
+class PreStartSpanHook(LifecycleHook, abc.ABC):
+    """Called when a `__tracer` span is entered."""
+
+    @abc.abstractmethod
+    def pre_start_span(
+        self,
+        *,
+        action: str,
+        action_sequence_id: int,
+        span: ActionSpan,
+        span_dependencies: list[str],
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PreStartSpanHookAsync(LifecycleHook, abc.ABC):
+    """Async twin of `PreStartSpanHook` (awaited by `async with __tracer(...)`)."""
+
+    @abc.abstractmethod
+    async def pre_start_span(
+        self,
+        *,
+        action: str,
+        action_sequence_id: int,
+        span: ActionSpan,
+        span_dependencies: list[str],
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PostEndSpanHook(LifecycleHook, abc.ABC):
+    """Called when a `__tracer` span is left."""
+
+    @abc.abstractmethod
+    def post_end_span(
+        self,
+        *,
+        action: str,
+        action_sequence_id: int,
+        span: ActionSpan,
+        span_dependencies: list[str],
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class PostEndSpanHookAsync(LifecycleHook, abc.ABC):
+    """Async twin of `PostEndSpanHook` (awaited by `async with __tracer(...)`)."""
+
+    @abc.abstractmethod
+    async def post_end_span(
+        self,
+        *,
+        action: str,
+        action_sequence_id: int,
+        span: ActionSpan,
+        span_dependencies: list[str],
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class DoLogAttributeHook(LifecycleHook, abc.ABC):
+    """Called by `log_attributes` of a tracer (`span` is None outside every span)."""
+
+    @abc.abstractmethod
+    def do_log_attributes(
+        self,
+        *,
+        attributes: dict[str, Any],
+        action: str,
+        action_sequence_id: int,
+        span: ActionSpan | None,
+        tags: dict[str, str],
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+class DoLogAttributeHookAsync(LifecycleHook, abc.ABC):
+    """Async twin of `DoLogAttributeHook`; tracers call only sync hooks, as Burr's do."""
+
+    @abc.abstractmethod
+    async def do_log_attributes(
+        self,
+        *,
+        attributes: dict[str, Any],
+        action: str,
+        action_sequence_id: int,
+        span: ActionSpan | None,
+        tags: dict[str, str],
+        app_id: str,
+        partition_key: str | None,
+        **future_kwargs: Any,
+    ) -> None: ...
+
+
+LifecycleAdapter = Union[  # noqa: UP007 (a runtime alias, as Burr's, usable in isinstance)
+    PostApplicationCreateHook,
+    PreApplicationExecuteCallHook,
+    PreApplicationExecuteCallHookAsync,
+    PostApplicationExecuteCallHook,
+    PostApplicationExecuteCallHookAsync,
+    PreRunStepHook,
+    PreRunStepHookAsync,
+    PostRunStepHook,
+    PostRunStepHookAsync,
+    PreStartStreamHook,
+    PreStartStreamHookAsync,
+    PostStreamItemHook,
+    PostStreamItemHookAsync,
+    PostEndStreamHook,
+    PostEndStreamHookAsync,
+    PreStartSpanHook,
+    PreStartSpanHookAsync,
+    PostEndSpanHook,
+    PostEndSpanHookAsync,
+    DoLogAttributeHook,
+    DoLogAttributeHookAsync,
+]
+"""Any hook class (Burr's name); an object of no such class with hook methods is a hook too."""
+
+
+# -- roles: which hooks an object implements ------------------------------------------------
+
+
+@runtime_checkable
+class _PostApplicationCreate(Protocol):
+    def post_application_create(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PreRunExecuteCall(Protocol):
+    def pre_run_execute_call(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PostRunExecuteCall(Protocol):
+    def post_run_execute_call(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PreRunStep(Protocol):
+    def pre_run_step(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PostRunStep(Protocol):
+    def post_run_step(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PreStartStream(Protocol):
+    def pre_start_stream(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PostStreamItem(Protocol):
+    def post_stream_item(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PostEndStream(Protocol):
+    def post_end_stream(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PreStartSpan(Protocol):
+    def pre_start_span(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PostEndSpan(Protocol):
+    def post_end_span(self, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class _DoLogAttributes(Protocol):
+    def do_log_attributes(self, **kwargs: Any) -> Any: ...
+
+
+_ROLES: dict[str, type] = {
+    "post_application_create": _PostApplicationCreate,
+    "pre_run_execute_call": _PreRunExecuteCall,
+    "post_run_execute_call": _PostRunExecuteCall,
+    "pre_run_step": _PreRunStep,
+    "post_run_step": _PostRunStep,
+    "pre_start_stream": _PreStartStream,
+    "post_stream_item": _PostStreamItem,
+    "post_end_stream": _PostEndStream,
+    "pre_start_span": _PreStartSpan,
+    "post_end_span": _PostEndSpan,
+    "do_log_attributes": _DoLogAttributes,
 }
+HOOK_METHODS = tuple(_ROLES)
+"""Every hook method name, in the order of the lifecycle."""
+
+_METHODS_OF: dict[type, tuple[tuple[str, bool], ...]] = {}
 
 
-def hooks_for(hooks: list[LifecycleHook], method: str) -> list[LifecycleHook]:
+def hook_methods_of(hook: object) -> tuple[tuple[str, bool], ...]:
+    """`(method name, is async)` of each hook method `hook` has, decided once per class (a
+    runtime Protocol check costs ~10 µs and every child of a fan-out builds an app)."""
+    cls = type(hook)
+    found = _METHODS_OF.get(cls)
+    if found is None:
+        found = _METHODS_OF[cls] = tuple(
+            (name, inspect.iscoroutinefunction(getattr(cls, name, None)))
+            for name, role in _ROLES.items()
+            if isinstance(hook, role)
+        )
+    return found
+
+
+def hooks_for(hooks: list[Any], method: str) -> list[Any]:
     """The hooks that implement `method`, in registration order."""
-    kinds = _HOOK_METHODS[method]
-    return [hook for hook in hooks if isinstance(hook, kinds)]
+    if method not in _ROLES:
+        raise ValueError(f"{method!r} is not a lifecycle hook; the hooks are {list(HOOK_METHODS)}")
+    return [hook for hook in hooks if any(name == method for name, _ in hook_methods_of(hook))]
+
+
+class HookSet:
+    """An application's hooks, grouped by hook method once when the application is built."""
+
+    def __init__(self, hooks: list[Any]) -> None:
+        self.hooks = list(hooks)
+        self._sync: dict[str, list[Callable[..., Any]]] = {}
+        self._async: dict[str, list[Callable[..., Any]]] = {}
+        for hook in self.hooks:
+            for name, is_async in hook_methods_of(hook):
+                (self._async if is_async else self._sync).setdefault(name, []).append(
+                    getattr(hook, name)
+                )
+        self.traces = any(self.does(m) for m in ("pre_start_span", "do_log_attributes"))
+        """Whether any hook records spans or attributes (else a step needs no tracer)."""
+        self.streams = any(
+            self.does(m) for m in ("pre_start_stream", "post_stream_item", "post_end_stream")
+        )
+
+    def does(self, method: str) -> bool:
+        """Whether any hook implements `method` (sync or async)."""
+        return method in self._sync or method in self._async
+
+    def methods(self, method: str) -> list[Callable[..., Any]]:
+        """The bound `method`s of the hooks, sync and async, in registration order."""
+        return [
+            getattr(hook, name)
+            for hook in self.hooks
+            for name, _ in hook_methods_of(hook)
+            if name == method
+        ]
+
+    def call_sync(self, method: str, **kwargs: Any) -> None:
+        """Call the sync implementations of `method` (a tracer's spans, execute calls)."""
+        for bound in self._sync.get(method, ()):
+            bound(**kwargs)
+
+    async def call_async(self, method: str, **kwargs: Any) -> None:
+        """Call the sync implementations of `method`, then await the async ones in turn."""
+        self.call_sync(method, **kwargs)
+        for bound in self._async.get(method, ()):
+            await bound(**kwargs)
+
+
+def async_hook_reason(hooks: list[Any]) -> str | None:
+    """Why an application with these hooks can run only in an async run (an async hook
+    method, whatever its class), or None."""
+    for hook in hooks:
+        names = [name for name, is_async in hook_methods_of(hook) if is_async]
+        if names:
+            return (
+                f"hook {type(hook).__name__} is async ({', '.join(names)}): run the "
+                "application with arun/astep/aiterate, or use the sync hook classes"
+            )
+    return None
+
+
+class _Executing(Protocol):
+    """An application as the execute-call hooks see it."""
+
+    _hook_set: HookSet
+    _executing: ExecuteMethod | None
+
+    @property
+    def uid(self) -> str: ...
+
+    @property
+    def partition_key(self) -> str | None: ...
+
+    @property
+    def state(self) -> State: ...
+
+
+def _reports_calls(app: _Executing) -> bool:
+    """Whether this call of `app` is its outermost one and some hook wants to hear of it."""
+    hooks = app._hook_set
+    return app._executing is None and (
+        hooks.does("pre_run_execute_call") or hooks.does("post_run_execute_call")
+    )
+
+
+def _failure(exc: BaseException) -> BaseException | None:
+    """What a call that ended with `exc` reports: closing a generator early is no failure."""
+    return None if isinstance(exc, GeneratorExit) else exc
+
+
+@contextmanager
+def execute_call(app: _Executing, method: ExecuteMethod) -> Iterator[None]:
+    """Call `pre_run_execute_call`/`post_run_execute_call` around the outermost `method`
+    call of `app` (`run` calls `iterate` and `step`: only `run` is reported)."""
+    if not _reports_calls(app):
+        yield
+        return
+    ids = {"app_id": app.uid, "partition_key": app.partition_key, "method": method}
+    app._executing = method
+    error: BaseException | None = None
+    try:
+        app._hook_set.call_sync("pre_run_execute_call", **ids, state=app.state)
+        yield
+    except BaseException as exc:
+        error = _failure(exc)
+        raise
+    finally:
+        app._executing = None
+        app._hook_set.call_sync("post_run_execute_call", **ids, state=app.state, exception=error)
+
+
+@asynccontextmanager
+async def aexecute_call(app: _Executing, method: ExecuteMethod) -> AsyncIterator[None]:
+    """Async `execute_call`: sync hooks are called, then async ones awaited."""
+    if not _reports_calls(app):
+        yield
+        return
+    ids = {"app_id": app.uid, "partition_key": app.partition_key, "method": method}
+    app._executing = method
+    error: BaseException | None = None
+    try:
+        await app._hook_set.call_async("pre_run_execute_call", **ids, state=app.state)
+        yield
+    except BaseException as exc:
+        error = _failure(exc)
+        raise
+    finally:
+        app._executing = None
+        await app._hook_set.call_async(
+            "post_run_execute_call", **ids, state=app.state, exception=error
+        )

@@ -108,6 +108,12 @@ class Window:
     def free_slots(self) -> int:
         return 0 if self.stopping else self.capacity - len(self.inflight)
 
+    def resize(self, capacity: int) -> None:
+        """Follow an executor whose capacity changed (`ElasticExecutor`): fewer slots
+        free no child in flight, they only start none until enough have finished."""
+        self.capacity = capacity
+        self.hold_limit = max(self.hold_limit, 4 * capacity)
+
     def has_finished(self) -> bool:
         """Whether any finished child waits to be handed out."""
         return bool(self.held) or bool(self.parked)

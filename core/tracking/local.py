@@ -36,14 +36,15 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fanwise.core.errors import CorruptStateError
-from fanwise.core.hooks import PostApplicationCreateHook, PostRunStepHook, PreRunStepHook
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData
 from fanwise.core.serde import deserialise_state, dumps_state
+from fanwise.core.tracking import _records
+from fanwise.core.tracking._spans import SpanRecords
 
 if TYPE_CHECKING:
     from fanwise.core.context import ParentPointer
@@ -82,10 +83,12 @@ def partition_folder(partition_key: str) -> str:
     return f"{PARTITION_PREFIX}{readable}-{digest}"
 
 
-class LocalTrackingClient(
-    PostApplicationCreateHook, PreRunStepHook, PostRunStepHook, BaseStateLoader
-):
-    """Records every step of every application of `project` under `storage_dir`.
+class LocalTrackingClient(SpanRecords, BaseStateLoader):
+    """Records every step of every application of `project` under `storage_dir`, and the
+    spans, attributes and streams of those steps, in Burr's format (`_records`).
+
+    `serde_kwargs` go to every serializer and deserializer of state, results and attributes
+    that takes `**kwargs` (as Burr's).
 
     `redact` keeps inputs out of the step log (`begin_entry` records them): an iterable of
     input names, recorded as `"***"`, or a callable `redact(action_name, inputs) -> dict`
@@ -97,17 +100,26 @@ class LocalTrackingClient(
         self,
         project: str,
         storage_dir: str = "~/.fanwise",
+        serde_kwargs: Mapping[str, Any] | None = None,
         redact: Iterable[str] | Redact | None = None,
     ) -> None:
         _check_project(project)
         self.project = project
         self.storage_dir = os.path.expanduser(str(storage_dir))
+        self.serde_kwargs = _check_serde_kwargs(serde_kwargs)
         self.redact = _redactor(redact)
         self._setup()
+
+    @property
+    def project_id(self) -> str:
+        """The project (Burr's name for it)."""
+        return self.project
 
     def _setup(self) -> None:
         self._root = os.path.join(self.storage_dir, self.project)
         self._lock = threading.Lock()
+        self._streamed: dict[tuple[str | None, str, int], int] = {}
+        self._streamed_lock = threading.Lock()
         self._logs: OrderedDict[AppKey, _AppLog] = OrderedDict()
         self._started: dict[tuple[str | None, str, int], tuple[str, float]] = {}
         self._graphs: dict[int, tuple[Any, bytes]] = {}
@@ -128,23 +140,16 @@ class LocalTrackingClient(
         **future_kwargs: Any,
     ) -> None:
         self._check_app(partition_key, app_id)
-        metadata = {
-            "app_id": app_id,
-            "partition_key": partition_key,
-            "parent_pointer": _pointer(parent_pointer),
-            "spawning_parent_pointer": _pointer(spawning_parent_pointer),
-            "created_at": _now(),
-        }
+        metadata = _records.metadata_record(
+            app_id, partition_key, parent_pointer, spawning_parent_pointer, _now()
+        )
         created_at = self._write_app(
             partition_key, app_id, self._graph_bytes(application_graph), metadata
         )
         if spawning_parent_pointer is not None:
-            entry = {
-                "child_app_id": app_id,
-                "sequence_id": spawning_parent_pointer.sequence_id,
-                "partition_key": partition_key,
-                "created_at": created_at,
-            }
+            entry = _records.child_record(
+                app_id, partition_key, spawning_parent_pointer.sequence_id, created_at
+            )
             parent = (spawning_parent_pointer.partition_key, spawning_parent_pointer.app_id)
             self._append_children(parent, (partition_key, app_id), _line(entry))
 
@@ -172,7 +177,9 @@ class LocalTrackingClient(
             "inputs": user_inputs,
             "start_time": start_time,
         }
-        self._append_log((partition_key, app_id), _line(record, lenient=("inputs",)))
+        line = _line(record, lenient=("inputs",))
+        _records.check_no_lone_surrogate(line, user_inputs, "input")
+        self._append_log((partition_key, app_id), line)
 
     def post_run_step(
         self,
@@ -206,10 +213,12 @@ class LocalTrackingClient(
             "duration_ms": duration_ms,
         }
         line = _line(record, lenient=("result",))
+        _records.check_no_lone_surrogate(line, result, "result field")
         # the state, encoded once, goes in as it is (not decoded to be encoded again)
-        state_text = dumps_state(state, strict=False)
+        state_bytes = dumps_state(state, strict=False, serde_kwargs=self.serde_kwargs).encode()
+        _records.check_no_lone_surrogate(state_bytes, state, "state field")
         self._append_log(
-            (partition_key, app_id), line[:-2] + b', "state": ' + state_text.encode() + b"}\n"
+            (partition_key, app_id), line[:-2] + b', "state": ' + state_bytes + b"}\n"
         )
 
     def _redacted(self, action_name: str, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -221,17 +230,25 @@ class LocalTrackingClient(
             )
         return recorded
 
+    def _append_record(
+        self, app: AppKey, record: dict[str, Any], lenient: tuple[str, ...] = ()
+    ) -> None:
+        line = _line(record, lenient)
+        _records.check_no_lone_surrogate(line, record, "record field")
+        self._append_log(app, line)
+
     # -- writes (a `RecordingTracker` captures these instead) ---------------------------
 
     def _graph_bytes(self, graph: Any) -> bytes:
-        """The graph as JSON, encoded once per graph (children of a fan-out share one)."""
+        """The graph as JSON (`_records.graph_record`), encoded once per graph (children of
+        a fan-out share one)."""
         if graph is None:
             return b"null"
         with self._lock:
             cached = self._graphs.get(id(graph))
         if cached is not None and cached[0] is graph:
             return cached[1]
-        encoded = json.dumps(graph.to_dict(), default=repr).encode()
+        encoded = json.dumps(_records.graph_record(graph), default=repr).encode()
         with self._lock:
             if len(self._graphs) >= 64:
                 self._graphs.clear()
@@ -343,7 +360,9 @@ class LocalTrackingClient(
 
     def recorder(self) -> RecordingTracker:
         """A tracker for children running elsewhere; their records come back to `ingest`."""
-        return RecordingTracker(self.project, self.storage_dir, self.redact)
+        return RecordingTracker(
+            self.project, self.storage_dir, self.serde_kwargs, redact=self.redact
+        )
 
     def redacting(self, names: Iterable[str]) -> LocalTrackingClient:
         """A copy that also records the inputs `names` as `"***"` (what a fan-out does for
@@ -351,7 +370,7 @@ class LocalTrackingClient(
         leaked)."""
         extra = _RedactNames(frozenset(names))
         combined = extra if self.redact is None else _RedactBoth(extra, self.redact)
-        return type(self)(self.project, self.storage_dir, combined)
+        return type(self)(self.project, self.storage_dir, self.serde_kwargs, redact=combined)
 
     def ingest(self, records: list[dict[str, Any]]) -> None:
         """Write what `RecordingTracker`s captured (`take`), batching the parents' children
@@ -394,7 +413,7 @@ class LocalTrackingClient(
             return None
         record = ends[-1]
         try:
-            state = deserialise_state(record["state"])
+            state = deserialise_state(record["state"], self.serde_kwargs)
             return PersistedStateData(
                 partition_key=partition_key,
                 app_id=app_id,
@@ -460,14 +479,18 @@ class LocalTrackingClient(
             return []
         by_child: dict[str, dict[str, Any]] = {}
         for record in records:
-            by_child[record.get("child_app_id")] = record
+            view = _records.child_view(record)
+            if view is not None:
+                by_child[view["child_app_id"]] = view
         return list(by_child.values())
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def copy(self) -> LocalTrackingClient:
         """A client on the same project and folder, sharing no file handles."""
-        return LocalTrackingClient(self.project, self.storage_dir, self.redact)
+        return LocalTrackingClient(
+            self.project, self.storage_dir, self.serde_kwargs, redact=self.redact
+        )
 
     def close(self) -> None:
         """Close open log files; the client stays usable and reopens them on demand."""
@@ -478,11 +501,17 @@ class LocalTrackingClient(
             log.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"project": self.project, "storage_dir": self.storage_dir, "redact": self.redact}
+        return {
+            "project": self.project,
+            "storage_dir": self.storage_dir,
+            "serde_kwargs": self.serde_kwargs,
+            "redact": self.redact,
+        }
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         self.project = data["project"]
         self.storage_dir = data["storage_dir"]
+        self.serde_kwargs = data.get("serde_kwargs") or {}
         self.redact = data.get("redact")
         self._setup()
 
@@ -717,6 +746,17 @@ def _flatten(records: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
         yield from _flatten(record.get("nested") or ())
 
 
+def _check_serde_kwargs(serde_kwargs: object) -> dict[str, Any]:
+    if serde_kwargs is None:
+        return {}
+    if not isinstance(serde_kwargs, Mapping):
+        raise TypeError(
+            f"serde_kwargs= of LocalTrackingClient is a {type(serde_kwargs).__name__}: it must "
+            "be a dict of keyword arguments for the serializers (redact= is a keyword argument)"
+        )
+    return dict(serde_kwargs)
+
+
 def _check_project(project: object) -> None:
     if not isinstance(project, str) or not _SAFE_PROJECT.fullmatch(project) or ".." in project:
         raise ValueError(
@@ -741,10 +781,6 @@ def _partition_key_of(metadata: dict[str, Any]) -> str | None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _pointer(pointer: ParentPointer | None) -> dict[str, Any] | None:
-    return None if pointer is None else pointer.to_dict()
 
 
 def _line(record: dict[str, Any], lenient: tuple[str, ...] = ()) -> bytes:

@@ -172,9 +172,12 @@ def test_unknown_tracker_name_is_a_value_error():
         builder().with_tracker("cloud")
 
 
-def test_local_tracker_needs_a_project():
-    with pytest.raises(ValueError, match="project"):
-        builder().with_tracker("local")
+def test_params_for_a_tracker_already_made_are_a_value_error(tmp_path):
+    from fanwise.core.tracking import LocalTrackingClient
+
+    made = LocalTrackingClient("p", storage_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="params"):
+        builder().with_tracker(made, params={"storage_dir": str(tmp_path)})
 
 
 # -- the error hierarchy -----------------------------------------------------------------

@@ -18,11 +18,24 @@ from fanwise.core.tracking import LocalTrackingClient
 from fanwise.core.tracking.local import partition_folder
 from fanwise.parallel import MapStates, child_app_id
 
-GRAPH = {
+GRAPH = {  # already in Burr's ApplicationModel form: the tracker writes it as it is
+    "type": "application",
     "actions": [
-        {"name": "count", "reads": ["n"], "writes": ["n"], "inputs": [], "is_async": False}
+        {
+            "type": "action",
+            "name": "count",
+            "reads": ["n"],
+            "writes": ["n"],
+            "inputs": [],
+            "optional_inputs": [],
+            "code": "def count(state): ...",
+            "is_async": False,
+        }
     ],
-    "transitions": [{"from": "count", "to": "count", "condition": "default"}],
+    "transitions": [
+        {"type": "transition", "from": "count", "from_": "count", "to": "count",
+         "condition": "default"}
+    ],
     "entrypoint": "count",
 }
 
