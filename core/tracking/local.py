@@ -653,17 +653,37 @@ class RecordingTracker(LocalTrackingClient):
             record["nested"] = nested
         return record
 
+    def peek(self, app_id: str, partition_key: str | None) -> dict[str, Any] | None:
+        """What `take` would hand back for `app_id` of `partition_key`, copied and kept
+        here: a child saving a step carries its records so far in the row
+        (`fanwise.parallel._carried_tracking`)."""
+        with self._lock:
+            record = self._records.get((partition_key, app_id))
+            if record is None:
+                return None
+            copied = {**record, "log": list(record["log"])}
+            nested = [{**self._records[key], "log": list(self._records[key]["log"])}
+                      for key in self._spawned_keys((partition_key, app_id))]
+        if nested:
+            copied["nested"] = nested
+        return copied
+
     def _take_spawned(self, parent: AppKey) -> list[dict[str, Any]]:
         """Pop the records of every app spawned, directly or not, by `parent` (lock held)."""
-        taken, parents = [], {parent}
+        return [self._records.pop(key) for key in self._spawned_keys(parent)]
+
+    def _spawned_keys(self, parent: AppKey) -> list[AppKey]:
+        """Every app spawned, directly or not, by `parent`, parents first (lock held)."""
+        found, parents = [], {parent}
         while True:
             spawned = [
                 key for key, record in self._records.items()
                 if "child_of" in record and tuple(record["child_of"][:2]) in parents
+                and key not in found
             ]
             if not spawned:
-                return taken
-            taken.extend(self._records.pop(key) for key in spawned)
+                return found
+            found.extend(spawned)
             parents = set(spawned)
 
 
