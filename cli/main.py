@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+from fanwise.cli import _lease
+
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for a program that its reader stopped (`| head`)."""
 
@@ -50,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         "--partition-key", default=None, help="list apps of this partition key (default: none)"
     )
     apps.set_defaults(run=_apps)
+
+    _lease.add_parser(commands)
 
     show_version = commands.add_parser("version", help="print the installed fanwise version")
     show_version.set_defaults(run=_version)

@@ -68,12 +68,19 @@ class LeaseInfo:
         return self.expires_in <= 0
 
     @property
+    def live(self) -> bool:
+        """Not expired, and its holder is not a process of this host that is gone: another
+        driver cannot take it over now."""
+        return not self.expired and not died_here(self.host, self.pid)
+
+    @property
     def expires_at(self) -> str:
         moment = datetime.now(UTC) + timedelta(seconds=self.expires_in)
         return moment.isoformat(timespec="seconds")
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "expired": self.expired, "expires_at": self.expires_at}
+        return {**asdict(self), "expired": self.expired, "live": self.live,
+                "expires_at": self.expires_at}
 
     def holder(self) -> str:
         """The holder, since when and when it expires, for `AppLockedError`."""

@@ -291,24 +291,34 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
     def lease_info(self, partition_key: str | None, app_id: str) -> _leases.LeaseInfo | None:
         """Who holds the lease on `app_id` (expired or not, by the server's clock), or None if
         no driver does."""
+        from psycopg.errors import UndefinedTable
+
         slot = [_rows.stored_partition_key(partition_key, self._source(), app_id), app_id]
-        self._ready_lease_table()
-        row = self._retrying(
-            lambda connection: connection.execute(self._sql_lease_get, slot).fetchone()
-        )
+        if not self._shared.lease_table_ready:  # a look creates no table
+            try:
+                row = self._retrying(
+                    lambda connection: connection.execute(self._sql_lease_get, slot).fetchone(),
+                    set_up=False,
+                )
+            except UndefinedTable:
+                return None
+        else:
+            row = self._retrying(
+                lambda connection: connection.execute(self._sql_lease_get, slot).fetchone()
+            )
         return None if row is None else _leases.LeaseInfo(partition_key, app_id, *row)
 
     def break_lease(
         self, partition_key: str | None, app_id: str, force: bool = False
     ) -> _leases.LeaseInfo | None:
         """Remove the lease on `app_id` so that another driver can take it at once; the
-        holder's later writes are refused (`LeaseLostError`). A lease that has not expired
+        holder's later writes are refused (`LeaseLostError`). A live lease (`LeaseInfo.live`)
         is broken only with `force=True` (else `AppLockedError` naming its holder).
         Returns the lease broken, or None if there was none."""
         info = self.lease_info(partition_key, app_id)
         if info is None:
             return None
-        if not info.expired and not force:
+        if info.live and not force:
             raise AppLockedError(app_id, info.holder())
         mine = [_rows.stored_partition_key(partition_key, self._source(), app_id), app_id,
                 info.generation]
@@ -362,10 +372,19 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
             ),
         )
 
+        def drop(connection: Connection) -> None:
+            connection.execute(self._sql_lease_drop, mine)
+
         def release() -> None:
+            from psycopg_pool import PoolClosed
+
             renewer.stop()
             try:
-                self._retrying(lambda connection: connection.execute(self._sql_lease_drop, mine))
+                try:
+                    self._retrying(drop)
+                except PoolClosed:  # at interpreter exit, after this process's pools closed
+                    with self._connect() as connection:
+                        drop(connection)
             except Exception as exc:  # it expires in lease_ttl s
                 _LOG.warning("cannot remove the lease row of app %r (it expires in %s s): %s",
                              app_id, self._lease_ttl, exc)
@@ -386,21 +405,25 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         self._retrying(create)
         self._shared.lease_table_ready = True
 
-    def _retrying(self, work: Callable[[Connection], T]) -> T:
+    def _retrying(self, work: Callable[[Connection], T], set_up: bool = True) -> T:
         """`work(connection)` on a pooled connection; if the connection dropped (the server
         ended the session, a failover, a network blip), again on a fresh one, up to
         `RETRY_ATTEMPTS` times with backoff. `work` must be idempotent (reads, upserts,
-        fenced writes). What still fails is an `OperationalError` naming the server."""
+        fenced writes). What still fails is an `OperationalError` naming the server.
+        `set_up=False` leaves the state table as it is (it may not exist)."""
         import psycopg
-        from psycopg_pool import PoolTimeout
+        from psycopg_pool import PoolClosed, PoolTimeout
 
         def dropped(exc: BaseException) -> bool:
-            return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout)
+            return isinstance(exc, psycopg.OperationalError) and not isinstance(
+                exc, PoolTimeout | PoolClosed
+            )
 
         def drop_dead_connections(_: tenacity.RetryCallState) -> None:
             pool.check()  # one round trip per idle connection; the dead ones are replaced
 
-        pool = self._ready()  # an unreachable server fails here at once, not retried
+        # an unreachable server fails here at once, not retried
+        pool = self._ready() if set_up else self._pool()
         try:
             for attempt in tenacity.Retrying(
                 stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
@@ -411,12 +434,22 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
             ):
                 with attempt, pool.connection() as connection:
                     return work(connection)
+        except PoolClosed:
+            raise
         except psycopg.OperationalError as exc:
             raise psycopg.OperationalError(
-                f"PostgreSQL server {server_of(self._dsn)} failed {self._source()}: "
+                f"{self._source()} on the PostgreSQL server {server_of(self._dsn)}: "
                 f"{redacted_text(str(exc), self._dsn)}"
             ) from exc
         raise AssertionError("tenacity.Retrying ends by returning or raising")
+
+    def _connect(self) -> Connection:
+        """A connection of its own, outside the pool."""
+        import psycopg
+
+        return psycopg.connect(
+            self._dsn, autocommit=True, connect_timeout=max(2, round(self._timeout))
+        )
 
     def _lock_ddl(self, connection: Connection) -> None:
         """Serialise this table's DDL across drivers until the transaction ends."""

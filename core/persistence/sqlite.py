@@ -252,7 +252,7 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
             sql += " AND sequence_id = ?"
             params.append(sequence_id)
         row = self._ready().execute(f"{sql} ORDER BY sequence_id DESC LIMIT 1", params).fetchone()
-        return None if row is None else _rows.decode_row(row, self._source())
+        return None if row is None else _rows.decode_row(row, self._source(), self.serde_kwargs)
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:
         stored_key = _rows.stored_partition_key(partition_key, self._source())
@@ -271,7 +271,7 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
             chunk = unique_ids[start : start + _CHUNK]
             sql = self._sql_latest.format(marks=", ".join("?" * len(chunk)))
             for row in connection.execute(sql, [stored_key, *chunk]):
-                found[row[1]] = _rows.decode_row(row, source)
+                found[row[1]] = _rows.decode_row(row, source, self.serde_kwargs)
         return found
 
     def _write(self, rows: list[_rows.Row]) -> None:
@@ -328,13 +328,13 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         self, partition_key: str | None, app_id: str, force: bool = False
     ) -> _leases.LeaseInfo | None:
         """Remove the lease on `app_id` so that another driver can take it at once; the
-        holder's later writes are refused (`LeaseLostError`). A lease that has not expired
+        holder's later writes are refused (`LeaseLostError`). A live lease (`LeaseInfo.live`)
         is broken only with `force=True` (else `AppLockedError` naming its holder).
         Returns the lease broken, or None if there was none."""
         info = self.lease_info(partition_key, app_id)
         if info is None:
             return None
-        if not info.expired and not force:
+        if info.live and not force:
             raise AppLockedError(app_id, info.holder())
         slot = (_rows.stored_partition_key(partition_key, self._source(), app_id), app_id)
         self._connection().execute(self._sql_lease_drop, [*slot, info.generation])
