@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from fanwise.core.persistence.base import Lease, PersistedStateData, SaveRow
     from fanwise.core.state import State
 
@@ -96,6 +98,24 @@ class RecordingTracker(Protocol):
     def recorder(self) -> Any: ...
 
     def ingest(self, records: list[dict[str, Any]]) -> None: ...
+
+
+@runtime_checkable
+class BackgroundWriting(Protocol):
+    """A tracker that can hand out a copy whose writes one background thread performs
+    (for the children of a fan-out that run in this process)."""
+
+    def in_background(self) -> Any: ...
+
+
+@runtime_checkable
+class FlushingTracker(Protocol):
+    """A tracker whose writes may be pending: `flushed()` is a future done once what was
+    handed over is on disk; `close()` writes the rest and ends its lifetime."""
+
+    def flushed(self) -> Future[None]: ...
+
+    def close(self) -> None: ...
 
 
 _CONFORMS: dict[tuple[type, type], bool] = {}

@@ -1,9 +1,11 @@
-"""Group commit: the final rows of finished children, one batch per persister, after the
-tracking records of children that ran in other processes are written (a child's records
-are on disk before its state counts as finished)."""
+"""Group commit: the final rows of finished children, one batch per persister, after their
+tracking is on disk (records of children that ran in other processes written; the writer
+thread of those that ran in this process flushed): a child's records are on disk before
+its state counts as finished."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Generator
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 from fanwise.core import serde
 from fanwise.core.errors import StateSerialisationError
 from fanwise.core.persistence.base import SaveRow
-from fanwise.core.protocols import RecordingTracker, StateSaver
+from fanwise.core.protocols import FlushingTracker, RecordingTracker, StateSaver
 
 MAX_GATHER_SECONDS = 0.05
 """The longest a finished child's row waits for others to share its commit (group commit:
@@ -21,8 +23,15 @@ the fan-out rows of `benchmarks/durability.py`, SQLite and PostgreSQL)."""
 class GroupCommit:
     """Rows and shipped tracking records of finished children, waiting to be written."""
 
-    def __init__(self, tracker: RecordingTracker | None) -> None:
+    def __init__(
+        self,
+        tracker: RecordingTracker | None,
+        background: FlushingTracker | None = None,
+        is_async: bool = False,
+    ) -> None:
         self._tracker = tracker
+        self._background = background
+        self._is_async = is_async
         self._rows: list[tuple[StateSaver, SaveRow, int]] = []
         self._records: list[tuple[int, dict[str, Any]]] = []
         self.last_seconds = 0.0
@@ -46,6 +55,12 @@ class GroupCommit:
         if self._records:
             records, self._records = sorted(self._records, key=lambda item: item[0]), []
             self._tracker.ingest([record for _, record in records])
+        if self._background is not None and self._rows:
+            flushed = self._background.flushed()
+            if self._is_async:  # the loop goes on running children meanwhile
+                yield asyncio.wrap_future(flushed)
+            else:
+                flushed.result()
         groups: dict[int, tuple[StateSaver, list[SaveRow]]] = {}
         for saver, row, _ in self._rows:
             groups.setdefault(id(saver), (saver, []))[1].append(row)

@@ -21,7 +21,7 @@ from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData, SaveRow
-from fanwise.core.protocols import StateLoader, StateSaver, StoresForm, conforms
+from fanwise.core.protocols import FlushingTracker, StateLoader, StateSaver, StoresForm, conforms
 from fanwise.core.state import State
 from fanwise.core.tracking.local import RecordingTracker
 from fanwise.executors.protocols import NestedChoice
@@ -111,10 +111,12 @@ class _DeferredSaver:
     the final row travels back in the result and is committed in a batch by the driver.
     """
 
-    def __init__(self, inner: Any, fingerprint: str | None) -> None:
+    def __init__(self, inner: Any, fingerprint: str | None, tracker: Any = None) -> None:
         self._inner = inner
         self._meta = {"fingerprint": fingerprint} if fingerprint else None
         self.held: SaveRow | None = None
+        self._tracking = tracker if conforms(tracker, FlushingTracker) else None
+        """Tracking written in the background: on disk before a row goes to the store."""
 
     def copy(self) -> Any:
         """What a nested fan-out cascades: a copy of the real persister, not this wrapper."""
@@ -144,7 +146,10 @@ class _DeferredSaver:
         return due
 
     def save(self, partition_key, app_id, sequence_id, position, state, status, **kwargs):
-        for row in self._stage(partition_key, app_id, sequence_id, position, state, status):
+        due = self._stage(partition_key, app_id, sequence_id, position, state, status)
+        if due and self._tracking is not None:
+            self._tracking.flushed().result()
+        for row in due:
             self._inner.save(**row)
 
 
@@ -155,7 +160,10 @@ class _AsyncDeferredSaver(_DeferredSaver):
         return True
 
     async def save(self, partition_key, app_id, sequence_id, position, state, status, **kwargs):
-        for row in self._stage(partition_key, app_id, sequence_id, position, state, status):
+        due = self._stage(partition_key, app_id, sequence_id, position, state, status)
+        if due and self._tracking is not None:
+            await asyncio.wrap_future(self._tracking.flushed())
+        for row in due:
             await self._inner.save(**row)
 
 
@@ -294,7 +302,10 @@ def _attempt(
         spec.resume_from = _runner.drive_sync(_reloading(spec, savers[-1]))
     if _plain(spec):
         return _run_direct(spec.runnable.direct_action, spec.state, spec.inputs), None
-    saver = _DeferredSaver(spec.saver, spec.fingerprint) if spec.saver is not None else None
+    saver = (
+        _DeferredSaver(spec.saver, spec.fingerprint, spec.tracker)
+        if spec.saver is not None else None
+    )
     if savers is not None:
         savers.append(saver)
     app = _builder(spec, saver).build()
@@ -350,7 +361,10 @@ async def _aattempt(
     if savers:
         spec.resume_from = await _runner.drive_async(_reloading(spec, savers[-1]))
     deferred: Callable[..., _DeferredSaver] = _AsyncDeferredSaver if is_async else _DeferredSaver
-    saver = deferred(spec.saver, spec.fingerprint) if spec.saver is not None else None
+    saver = (
+        deferred(spec.saver, spec.fingerprint, spec.tracker)
+        if spec.saver is not None else None
+    )
     if savers is not None:
         savers.append(saver)
     app = await _builder(spec, saver).abuild()

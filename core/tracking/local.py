@@ -364,6 +364,14 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             self.project, self.storage_dir, self.serde_kwargs, redact=self.redact
         )
 
+    def in_background(self) -> LocalTrackingClient:
+        """A copy whose file writes one thread performs, in order: what a fan-out gives its
+        children that run in this process (`fanwise.core.tracking._writer`); the fan-out
+        flushes it before each commit and closes it at its end."""
+        from fanwise.core.tracking._writer import BackgroundTrackingClient
+
+        return BackgroundTrackingClient.sharing(self)
+
     def redacting(self, names: Iterable[str]) -> LocalTrackingClient:
         """A copy that also records the inputs `names` as `"***"` (what a fan-out does for
         its `resource_inputs`: shared data is neither copied into every child's log nor
@@ -618,6 +626,10 @@ class RecordingTracker(LocalTrackingClient):
 
     def copy(self) -> RecordingTracker:
         """This recorder: a nested fan-out's in-process children record into it."""
+        return self
+
+    def in_background(self) -> RecordingTracker:
+        """This recorder: it writes no files."""
         return self
 
     def ingest(self, records: list[dict[str, Any]]) -> None:

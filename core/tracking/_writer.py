@@ -1,0 +1,245 @@
+"""Tracking of a fan-out's in-process children, written by one thread per fan-out.
+
+    child threads / event loop ──records──▶ TrackingWriter queue ──one thread──▶ files
+                                                       ▲
+    GroupCommit (before each batch of rows) ──flushed()┘   fan-out end ──close()
+
+Children on threads or asyncio build their records themselves (on their thread: errors in
+a record surface there), and hand the file writes to the fan-out's `TrackingWriter`. Many
+threads creating folders and appending to one parent's `children.jsonl` at once made the
+kernel serialise them (sys time per child 4-5x that of the same writes from one thread),
+and on asyncio every write stalled the loop: the threads and async "+ SQLite + tracking"
+rows of `benchmarks/workloads.py`. One thread writes in order, in batches: a batch's lines
+for one file go out in one `write`.
+
+Invariant: a child's row reaches the store only after its tracking is on disk (the fan-out
+waits for `flushed()` before each commit, a multi-step child before each intermediate row),
+so a crash never leaves a stored step without its tracking.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from queue import Empty, SimpleQueue
+from typing import TYPE_CHECKING, Any
+
+from fanwise.core.tracking.local import (
+    CHILDREN_FILE,
+    AppKey,
+    LocalTrackingClient,
+    _append_line,
+)
+
+if TYPE_CHECKING:
+    from fanwise.core.persistence.base import PersistedStateData
+
+_LOG = logging.getLogger(__name__)
+
+_BATCH = 4096
+"""Most queued writes taken at once (their lines per file are joined into one write)."""
+
+Write = Callable[[Any, bytes], None]
+"""`write(key, lines)`: append whole lines to the file that `key` names."""
+
+
+class TrackingWriter:
+    """One thread performing queued folder creations and line appends, in order.
+
+    An error in a write is kept and raised by the next `submit`, `append`, `flush` or
+    `close` (so a fan-out fails with it, nothing is dropped silently); later writes still
+    happen.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[[], None]) -> None:
+        """Run `call()` on the writer thread, after everything submitted before."""
+        self._check_open()
+        self._queue.put((call,))
+
+    def append(self, write: Write, key: Hashable, line: bytes) -> None:
+        """Append `line` to the file `key` names (with `write(key, lines)`), in order."""
+        self._check_open()
+        self._queue.put((write, key, line))
+
+    def flushed(self) -> Future[None]:
+        """A future done once everything submitted so far is written."""
+        self._check_open()
+        done: Future[None] = Future()
+        self._queue.put((None, done))
+        return done
+
+    def flush(self) -> None:
+        """Wait until everything submitted so far is written; raise a write's error."""
+        if not self._closed:
+            self.flushed().result()
+        self._check()
+
+    def close(self) -> None:
+        """Write what is queued and stop the thread; raise a write's error."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(())
+            self._thread.join()
+        self._check()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _check_open(self) -> None:
+        self._check()
+        if self._closed:
+            raise RuntimeError(
+                f"{self._thread.name} is closed: the fan-out whose children it tracked has "
+                "ended (a child that outlives its fan-out cannot be tracked)"
+            )
+
+    def _serve(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            try:
+                while len(batch) < _BATCH:
+                    batch.append(self._queue.get_nowait())
+            except Empty:
+                pass
+            lines: dict[tuple[Write, Hashable], list[bytes]] = {}
+            barriers: list[Future[None]] = []
+            stop = False
+            for item in batch:
+                if len(item) == 3:
+                    lines.setdefault((item[0], item[1]), []).append(item[2])
+                elif len(item) == 1:
+                    # a folder is created before any line of its files, which come later
+                    # in this batch or in a later one: appends may wait for the batch end
+                    self._run(item[0])
+                elif len(item) == 2:
+                    barriers.append(item[1])
+                else:
+                    stop = True
+            for (write, key), pending in lines.items():
+                self._run(lambda w=write, k=key, p=pending: w(k, b"".join(p)))
+            for barrier in barriers:
+                barrier.set_result(None)
+            if stop:
+                return
+
+    def _run(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except BaseException as exc:  # kept for the producers; the thread goes on
+            _LOG.error("tracking write failed: %r", exc)
+            if self._error is None:
+                self._error = exc
+
+
+class BackgroundTrackingClient(LocalTrackingClient):
+    """A `LocalTrackingClient` whose file writes go to a `TrackingWriter` thread: what a
+    fan-out gives its children that run in the driver's process (`in_background()`).
+
+    Copies and redacting copies share the writer; the client `in_background()` made owns
+    it (`close()` stops it). Reads wait for pending writes first. It pickles as a plain
+    `LocalTrackingClient` (a thread does not travel).
+    """
+
+    _writer: TrackingWriter
+    _owner: bool
+
+    @classmethod
+    def sharing(
+        cls, client: LocalTrackingClient, writer: TrackingWriter | None = None
+    ) -> BackgroundTrackingClient:
+        """`client`'s settings, writing through `writer` (a new one, owned, when None)."""
+        shared = cls.__new__(cls)
+        shared.__setstate__(client.__getstate__())
+        shared._owner = writer is None
+        shared._writer = writer or TrackingWriter(f"fanwise-tracking-{client.project}")
+        return shared
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _write_app(
+        self, partition_key: str | None, app_id: str, graph: bytes, metadata: dict[str, Any]
+    ) -> str:
+        # created (or, resumed, its files replaced) in order with its other writes; an error
+        # (a folder of another partition key) is raised at the fan-out's next commit
+        write_app = super()._write_app
+
+        def create() -> None:
+            write_app(partition_key, app_id, graph, metadata)
+
+        self._writer.submit(create)
+        return metadata["created_at"]
+
+    def _append_children(self, parent: AppKey, child: AppKey, line: bytes) -> None:
+        self._writer.append(_append_line, os.path.join(self._app_dir(*parent), CHILDREN_FILE),
+                            line)
+
+    def _append_log(self, app: AppKey, line: bytes) -> None:
+        self._writer.append(self._write_log, app, line)
+
+    def _write_log(self, app: AppKey, lines: bytes) -> None:
+        self._log(app).append(lines)
+
+    # -- reads wait for the writes -------------------------------------------------------
+
+    def load(
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+    ) -> PersistedStateData | None:
+        self._writer.flush()
+        return super().load(partition_key, app_id, sequence_id)
+
+    def list_app_ids(self, partition_key: str | None, on_unreadable: Any = None) -> list[str]:
+        self._writer.flush()
+        return super().list_app_ids(partition_key, on_unreadable)
+
+    def children(self, app_id: str, partition_key: str | None = None) -> list[dict[str, Any]]:
+        self._writer.flush()
+        return super().children(app_id, partition_key)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def in_background(self) -> BackgroundTrackingClient:
+        return self
+
+    def flushed(self) -> Future[None]:
+        """A future done once every record handed over so far is on disk."""
+        return self._writer.flushed()
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def copy(self) -> BackgroundTrackingClient:
+        return BackgroundTrackingClient.sharing(super().copy(), self._writer)
+
+    def redacting(self, names: Any) -> BackgroundTrackingClient:
+        return BackgroundTrackingClient.sharing(super().redacting(names), self._writer)
+
+    def close(self) -> None:
+        """Write what is pending (stopping the writer if this client owns it), then close
+        the log files."""
+        try:
+            if self._owner:
+                self._writer.close()
+            else:
+                self._writer.flush()
+        finally:
+            super().close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_plain_client, (self.__getstate__(),))
+
+
+def _plain_client(settings: dict[str, Any]) -> LocalTrackingClient:
+    client = LocalTrackingClient.__new__(LocalTrackingClient)
+    client.__setstate__(settings)
+    return client
