@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+
+class FieldNames(list[str]):
+    """What `State.keys()` returns: a list, as in Burr, that also takes the set operators
+    of a mapping's keys view (`&`, `|`, `-`, `^`), which code written for a `Mapping` uses."""
+
+    def __and__(self, other: Iterable[Any]) -> set[Any]:  # type: ignore[override]
+        return set(self) & set(other)
+
+    def __or__(self, other: Iterable[Any]) -> set[Any]:
+        return set(self) | set(other)
+
+    def __sub__(self, other: Iterable[Any]) -> set[Any]:
+        return set(self) - set(other)
+
+    def __xor__(self, other: Iterable[Any]) -> set[Any]:
+        return set(self) ^ set(other)
+
+    __rand__ = __and__
+    __ror__ = __or__
+    __rxor__ = __xor__
+
+    def __rsub__(self, other: Iterable[Any]) -> set[Any]:
+        return set(other) - set(self)
 
 
 class StateFieldTypeError(ValueError, TypeError):
@@ -83,9 +107,9 @@ class State(Mapping[str, Any]):
         """A shallow copy of the fields as a plain dict."""
         return dict(self._data)
 
-    def keys(self) -> list[str]:  # type: ignore[override]
-        """The field names, as a list (Burr's return type)."""
-        return list(self._data)
+    def keys(self) -> FieldNames:  # type: ignore[override]
+        """The field names, as a list (Burr's return type) with set operators."""
+        return FieldNames(self._data)
 
     def serialize(self, **kwargs: Any) -> dict[str, Any]:
         """The fields as JSON-able data by `fanwise.core.serde.serialize` and the field

@@ -335,13 +335,13 @@ def test_corrupt_row_names_app_id_and_sequence_id_and_stays_untouched(sql_store)
     assert persister.load(None, APP, 0)["state"]["n"] == 1
 
 
-def test_corrupt_status_names_app_id_and_sequence_id(sql_store):
+def test_a_status_string_of_another_writer_loads_as_saved(sql_store):
+    # Burr's persisters store any status string; only a non-string one is refused
     persister = sql_store.persister()
     persister.save(None, APP, 0, "start", State({"n": 1}), "completed")
     sql_store.execute(f'UPDATE "{sql_store.table}" SET status = ?', ["finished?"])
 
-    with pytest.raises(CorruptStateError, match=rf"app '{APP}' at sequence id 0.*'finished\?'"):
-        persister.load(None, APP)
+    assert persister.load(None, APP)["status"] == "finished?"
 
 
 def test_table_with_wrong_schema_names_table_and_missing_columns(sql_store):
@@ -422,11 +422,6 @@ def test_unreachable_postgres_names_the_server_quickly(call):
     assert len(outcome) == 1 and isinstance(outcome[0], psycopg.OperationalError), outcome
     assert "127.0.0.1" in str(outcome[0]) and str(port) in str(outcome[0])
     persister.close()
-
-
-def test_sqlite_memory_path_is_refused_with_a_pointer_to_in_memory_persister():
-    with pytest.raises(ValueError, match="InMemoryPersister"):
-        SQLitePersister(":memory:")
 
 
 def test_sync_build_with_an_async_persister_says_abuild(tmp_path):

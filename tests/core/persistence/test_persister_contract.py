@@ -167,9 +167,9 @@ def test_non_serialisable_field_names_the_field_and_nothing_is_written(persister
     assert persister.list_app_ids("pk") == []
 
 
-def test_invalid_status_is_rejected_before_writing(persister):
-    with pytest.raises(ValueError, match="'done'"):
-        persister.save("pk", "app", 0, "start", State(), "done")
+def test_non_string_status_is_rejected_before_writing(persister):
+    with pytest.raises(ValueError, match="status of app 'app' step 0 must be a string"):
+        persister.save("pk", "app", 0, "start", State(), 1)
 
     assert persister.load("pk", "app") is None
 

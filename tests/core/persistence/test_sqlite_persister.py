@@ -85,7 +85,7 @@ def test_table_with_wrong_schema_names_table_and_missing_columns(tmp_path):
 
 @pytest.mark.parametrize(
     ("column", "value"),
-    [("state", "{not json"), ("state", "[1, 2]"), ("status", "weird"), ("meta", "[1]")],
+    [("state", "{not json"), ("state", "[1, 2]"), ("status", b"weird"), ("meta", "[1]")],
 )
 def test_corrupt_row_error_names_app_id_and_sequence_id(tmp_path, column, value):
     path = tmp_path / "state.db"
@@ -98,11 +98,6 @@ def test_corrupt_row_error_names_app_id_and_sequence_id(tmp_path, column, value)
         persister.load("pk", "broken-app")
     with pytest.raises(CorruptStateError, match=r"'broken-app'.*sequence id 7"):
         persister.load_many("pk", ["broken-app"])
-
-
-def test_memory_path_is_rejected_in_favour_of_in_memory_persister():
-    with pytest.raises(ValueError, match="InMemoryPersister"):
-        SQLitePersister(":memory:")
 
 
 def test_relative_path_is_resolved_at_construction(tmp_path, monkeypatch):
