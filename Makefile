@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint bench clean graphviz-dot
+.PHONY: demo test lint bench clean graphviz-dot image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/core_steps.py
+
+# The image the manifests in k8s/ run (k8s/README.md), tagged with the project's version.
+IMAGE ?= fanwise:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+
+image:
+	docker build --tag $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
