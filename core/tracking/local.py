@@ -213,10 +213,10 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             "duration_ms": duration_ms,
         }
         line = _line(record, lenient=("result",))
-        _records.check_no_lone_surrogate(line, result, "result field")
         # the state, encoded once, goes in as it is (not decoded to be encoded again)
         state_bytes = dumps_state(state, strict=False, serde_kwargs=self.serde_kwargs).encode()
         _records.check_no_lone_surrogate(state_bytes, state, "state field")
+        _records.check_no_lone_surrogate(line, result, "result field")
         self._append_log(
             (partition_key, app_id), line[:-2] + b', "state": ' + state_bytes + b"}\n"
         )
