@@ -6,6 +6,29 @@ import copy
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from fanwise.core._deltas import (
+    AppendFields,
+    DeleteField,
+    ExtendFields,
+    IncrementFields,
+    SetFields,
+    StateDelta,
+    StateFieldTypeError,
+)
+
+__all__ = [
+    "AppendFields",
+    "DeleteField",
+    "ExtendFields",
+    "FieldNames",
+    "IncrementFields",
+    "SetFields",
+    "State",
+    "StateDelta",
+    "StateFieldTypeError",
+    "register_field_serde",
+]
+
 
 class FieldNames(list[str]):
     """What `State.keys()` returns: a list, as in Burr, that also takes the set operators
@@ -31,11 +54,6 @@ class FieldNames(list[str]):
         return set(other) - set(self)
 
 
-class StateFieldTypeError(ValueError, TypeError):
-    """`append`/`extend`/`increment` of a field holding the wrong kind of value: a
-    `ValueError` as in Burr, and a `TypeError`, which is what it is."""
-
-
 def register_field_serde(
     field_name: str, serializer: Callable[..., Any], deserializer: Callable[..., Any]
 ) -> None:
@@ -55,41 +73,47 @@ class State(Mapping[str, Any]):
 
     def update(self, **updates: Any) -> State:
         """Set fields, replacing their previous values."""
-        return State({**self._data, **updates})
+        return self._applied(SetFields(updates))
 
     def append(self, **items: Any) -> State:
-        """Append one item to each named list field (created if missing)."""
-        data = dict(self._data)
-        for key, value in items.items():
-            data[key] = [*self._list_field(key, "append to"), value]
-        return State(data)
+        """Append one item to each named list field (created if missing); a field that
+        holds something else is a `StateFieldTypeError` (a `ValueError`) naming it."""
+        return self._applied(AppendFields(items))
 
     def extend(self, **items: Any) -> State:
         """Extend each named list field with an iterable (created if missing)."""
-        data = dict(self._data)
-        for key, values in items.items():
-            data[key] = [*self._list_field(key, "extend"), *values]
-        return State(data)
+        return self._applied(ExtendFields(items))
 
     def increment(self, **deltas: int | float) -> State:
         """Add a number to each named field (missing fields start at 0)."""
+        return self._applied(IncrementFields(deltas))
+
+    def apply_operation(self, operation: StateDelta) -> State:
+        """A new State: `operation` applied to a copy of the fields, with deep copies of
+        the fields it reads (it may change those in place)."""
         data = dict(self._data)
-        for key, delta in deltas.items():
-            current = data.get(key, 0)
-            if not isinstance(current, int | float):
-                raise StateFieldTypeError(
-                    f"cannot increment state field {key!r}: it holds {current!r}"
-                )
-            data[key] = current + delta
+        for field in operation.reads():
+            if field in data:
+                data[field] = copy.deepcopy(data[field])
+        operation.validate(data)
+        operation.apply_mutate(data)
+        return State(data)
+
+    def _applied(self, operation: StateDelta) -> State:
+        """`apply_operation` for a built-in delta, which changes no value in place and
+        checks each field as it applies (so `validate` would only repeat the checks)."""
+        data = dict(self._data)
+        operation.apply_mutate(data)
         return State(data)
 
     def wipe(self, delete: list[str] | None = None, keep: list[str] | None = None) -> State:
         """Drop the fields in `delete`, or every field not in `keep` (exactly one of the two)."""
         if (delete is None) == (keep is None):
             raise ValueError("State.wipe needs exactly one of delete=[...] or keep=[...]")
-        if delete is not None:
-            return State({k: v for k, v in self._data.items() if k not in set(delete)})
-        return State({k: v for k, v in self._data.items() if k in set(keep or [])})
+        if delete is None:
+            kept = set(keep or [])
+            delete = [field for field in self._data if field not in kept]
+        return self._applied(DeleteField(list(delete)))
 
     def merge(self, other: Mapping[str, Any]) -> State:
         """Fields of `other` win over ours."""
@@ -129,13 +153,6 @@ class State(Mapping[str, Any]):
     def deepcopy(self) -> State:
         """A copy whose mutable values are not shared with this one."""
         return State(copy.deepcopy(self._data))
-
-    def _list_field(self, key: str, verb: str) -> list[Any]:
-        current = self._data.get(key, [])
-        if not isinstance(current, list):
-            kind = type(current).__name__
-            raise StateFieldTypeError(f"cannot {verb} state field {key!r}: it holds {kind}")
-        return current
 
     def __getitem__(self, key: str) -> Any:
         try:

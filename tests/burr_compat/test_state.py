@@ -1,10 +1,20 @@
 """`burr.core.state` as fanwise.core.state: State's methods, errors and serde hooks as
 Burr 0.43 documents them."""
 
+import dataclasses
 import json
 
 import pytest
-from fanwise.core.state import State, register_field_serde
+from fanwise.core.state import (
+    AppendFields,
+    DeleteField,
+    ExtendFields,
+    IncrementFields,
+    SetFields,
+    State,
+    StateDelta,
+    register_field_serde,
+)
 
 
 def test_append_to_a_field_that_is_not_a_list_is_a_value_error_naming_it():
@@ -163,3 +173,61 @@ def test_a_field_serde_that_raises_is_a_value_error_naming_the_field():
 
     with pytest.raises(ValueError, match="'burr_compat_state_broken'.*cannot"):
         State({"burr_compat_state_broken": 1}).serialize()
+
+
+def test_apply_operation_applies_a_users_delta_to_deep_copies_of_what_it_reads():
+    @dataclasses.dataclass
+    class Push(StateDelta):
+        """Appends in place to the list it reads."""
+
+        key: str
+        item: int
+
+        @classmethod
+        def name(cls):
+            return "push"
+
+        def reads(self):
+            return [self.key]
+
+        def writes(self):
+            return [self.key]
+
+        def apply_mutate(self, inputs):
+            inputs[self.key].append(self.item)
+
+    items = [1]
+    state = State({"items": items, "other": {"x": 1}})
+
+    pushed = state.apply_operation(Push("items", 2))
+
+    assert pushed["items"] == [1, 2]
+    assert items == [1] and state["items"] == [1]
+    assert pushed["other"] is state["other"]  # not read: shared, as in Burr
+    assert Push("items", 2).base_serialize() == {
+        "name": "push", "operation": {"key": "items", "item": 2}
+    }
+
+
+@pytest.mark.parametrize(
+    ("delta", "expected"),
+    [
+        (SetFields({"a": 2}), {"a": 2, "items": [1]}),
+        (AppendFields({"items": 2}), {"a": 1, "items": [1, 2]}),
+        (ExtendFields({"items": [2, 3]}), {"a": 1, "items": [1, 2, 3]}),
+        (IncrementFields({"a": 5}), {"a": 6, "items": [1]}),
+        (DeleteField(["a", "missing"]), {"items": [1]}),
+    ],
+    ids=["set", "append", "extend", "increment", "delete"],
+)
+def test_burrs_built_in_deltas_apply_as_the_state_methods_do(delta, expected):
+    state = State({"a": 1, "items": [1]})
+
+    assert state.apply_operation(delta).get_all() == expected
+    assert state.get_all() == {"a": 1, "items": [1]}
+    assert type(delta).deserialize(delta.serialize()) == delta
+
+
+def test_a_built_in_delta_on_the_wrong_kind_of_field_is_a_value_error():
+    with pytest.raises(ValueError, match="'a'"):
+        State({"a": 1}).apply_operation(AppendFields({"a": 2}))
