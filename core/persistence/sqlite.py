@@ -241,17 +241,21 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         self.close()
 
     def load(
-        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+        self, partition_key: str | None, app_id: str | None, sequence_id: int | None = None
     ) -> PersistedStateData | None:
-        sql = f"{self._sql_select} WHERE partition_key = ? AND app_id = ?"
-        params: list[Any] = [
-            _rows.stored_partition_key(partition_key, self._source(), app_id),
-            app_id,
-        ]
-        if sequence_id is not None:
-            sql += " AND sequence_id = ?"
-            params.append(sequence_id)
-        row = self._ready().execute(f"{sql} ORDER BY sequence_id DESC LIMIT 1", params).fetchone()
+        """The step `sequence_id` of the app, or its latest; with `app_id=None`, the step
+        saved last under `partition_key` (Burr's "resume the latest app")."""
+        params: list[Any] = [_rows.stored_partition_key(partition_key, self._source(), app_id)]
+        if app_id is None:
+            sql = f"{self._sql_select} WHERE partition_key = ? ORDER BY created_at DESC, rowid DESC"
+        else:
+            sql = f"{self._sql_select} WHERE partition_key = ? AND app_id = ?"
+            params.append(app_id)
+            if sequence_id is not None:
+                sql += " AND sequence_id = ?"
+                params.append(sequence_id)
+            sql += " ORDER BY sequence_id DESC"
+        row = self._ready().execute(f"{sql} LIMIT 1", params).fetchone()
         return None if row is None else _rows.decode_row(row, self._source(), self.serde_kwargs)
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:

@@ -491,3 +491,15 @@ def test_in_memory_and_dev_null_persisters_are_always_initialized():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert asyncio.run(AsyncInMemoryPersister().is_initialized()) is True
+
+
+def test_sqlite_load_without_an_app_id_gives_the_step_saved_last_in_the_partition(tmp_path):
+    persister = SQLitePersister(tmp_path / "state.db")
+    persister.save("pk", "first", 5, "counter", State({"n": 1}), "completed")
+    persister.save("pk", "second", 0, "counter", State({"n": 2}), "completed")
+    persister.save("other", "third", 0, "counter", State({"n": 3}), "completed")
+
+    latest = persister.load("pk", None)
+
+    assert (latest["app_id"], latest["state"]) == ("second", State({"n": 2}))
+    assert SQLitePersister(tmp_path / "state.db").load("empty", None) is None
