@@ -572,15 +572,15 @@ class HookSet:
             if name == method
         ]
 
-    def call_sync(self, method: str, **kwargs: Any) -> None:
-        """Call the sync implementations of `method` (a tracer's spans, execute calls)."""
-        for bound in self._sync.get(method, ()):
+    def call_sync(self, hook: str, /, **kwargs: Any) -> None:
+        """Call the sync implementations of `hook` (a tracer's spans, execute calls)."""
+        for bound in self._sync.get(hook, ()):
             bound(**kwargs)
 
-    async def call_async(self, method: str, **kwargs: Any) -> None:
-        """Call the sync implementations of `method`, then await the async ones in turn."""
-        self.call_sync(method, **kwargs)
-        for bound in self._async.get(method, ()):
+    async def call_async(self, hook: str, /, **kwargs: Any) -> None:
+        """Call the sync implementations of `hook`, then await the async ones in turn."""
+        self.call_sync(hook, **kwargs)
+        for bound in self._async.get(hook, ()):
             await bound(**kwargs)
 
 
