@@ -9,13 +9,15 @@ Streaming actions additionally yield `Partial` items, which `stream_result` hand
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fanwise.core import visibility
-from fanwise.core.errors import AsyncMismatchError, GraphError, InputError
+from fanwise.core._declared_reads import UndeclaredWriteWarning
+from fanwise.core.errors import AsyncMismatchError, GraphError, InputError, LeaseLostError
 from fanwise.core.hooks import HookSet, async_hook_reason
 from fanwise.core.protocols import MaybeAsync, conforms
 from fanwise.core.state import State
@@ -60,21 +62,37 @@ def select_inputs(action: Action, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_writes(action: Action, before: State, after: State) -> State:
-    """`before` with the fields `action` declares as writes taken from `after`."""
+    """`before` with the fields `action` declares as writes taken from `after`.
+
+    A field changed but not declared is an error for a two-step action (`run` + `update`),
+    as in Burr; a single-step action (`@action` functions) keeps it with an
+    `UndeclaredWriteWarning`, since Burr lets such a write through."""
     old, new = before._data, after._data
     writes = action.writes
+    undeclared: list[str] = []
     for key, value in new.items():
         if key not in writes and (key not in old or old[key] is not value):
-            raise GraphError(
-                f"action {action.name!r} changed state field {key!r}, which is not in its "
-                f"writes={list(writes)}"
-            )
+            if not action.single_step:
+                raise GraphError(
+                    f"action {action.name!r} changed state field {key!r}, which is not in its "
+                    f"writes={list(writes)}"
+                )
+            undeclared.append(key)
     data = dict(old)
     for key in writes:
         if key in new:
             data[key] = new[key]
         else:
             data.pop(key, None)
+    if undeclared:
+        warnings.warn(
+            UndeclaredWriteWarning(
+                f"action {action.name!r} changed state field(s) {undeclared}, which are not "
+                f"in its writes={list(writes)}: kept, as Burr does; declare them in writes"
+            ),
+            stacklevel=2,
+        )
+        data.update((key, new[key]) for key in undeclared)
     return State(data)
 
 
@@ -227,11 +245,14 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
             if app._stored_form is not None:  # go on as a resumed run would
                 after = app._stored_form(after)
     except Exception as exc:
-        if app._saver is not None:
+        lost = None  # a lost lease outranks the step's own error: this driver must stop
+        if app._saver is not None and not isinstance(exc, LeaseLostError):
             try:
                 yield app._saver.save(
                     app.partition_key, app.uid, sequence_id, action.name, before, "failed"
                 )
+            except LeaseLostError as save_exc:
+                lost = save_exc
             except Exception as save_exc:  # the step's own error stays the one raised
                 exc.add_note(f"saving the failed step {sequence_id} also failed: {save_exc!r}")
         for hook in app._post_hooks:
@@ -240,6 +261,8 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
             )
         if report is not None:
             yield from report.ended()
+        if lost is not None:
+            raise lost from exc
         raise
     app._advance(action, after, sequence_id)
     for hook in app._post_hooks:

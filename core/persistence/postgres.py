@@ -195,17 +195,21 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
 
     def initialize(self) -> None:
         """Create the table if missing and check that an existing one has every column."""
-        with self._pool().connection() as connection, connection.transaction():
-            self._lock_ddl(connection)
-            connection.execute(self._sql_create)
-            present = {
-                row[0]
-                for row in connection.execute(
-                    "SELECT column_name FROM information_schema.columns"
-                    " WHERE table_schema = current_schema() AND table_name = %s",
-                    [self._table_name],
-                )
-            }
+
+        def create(connection: Connection) -> set[str]:
+            with connection.transaction():
+                self._lock_ddl(connection)
+                connection.execute(self._sql_create)
+                return {
+                    row[0]
+                    for row in connection.execute(
+                        "SELECT column_name FROM information_schema.columns"
+                        " WHERE table_schema = current_schema() AND table_name = %s",
+                        [self._table_name],
+                    )
+                }
+
+        present = self._retrying(create, set_up=False)
         missing = [column for column in _rows.COLUMNS if column not in present]
         if missing:
             raise ValueError(
@@ -419,8 +423,6 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
                 exc, PoolTimeout | PoolClosed
             )
 
-        def drop_dead_connections(_: tenacity.RetryCallState) -> None:
-            pool.check()  # one round trip per idle connection; the dead ones are replaced
 
         # an unreachable server fails here at once, not retried
         pool = self._ready() if set_up else self._pool()
@@ -429,11 +431,13 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
                 stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
                 wait=tenacity.wait_random_exponential(multiplier=0.05, max=1.0),
                 retry=tenacity.retry_if_exception(dropped),
-                before_sleep=drop_dead_connections,
                 reraise=True,
             ):
-                with attempt, pool.connection() as connection:
-                    return work(connection)
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        pool.check()  # a round trip per idle connection: dead ones replaced
+                    with pool.connection() as connection:
+                        return work(connection)
         except PoolClosed:
             raise
         except psycopg.OperationalError as exc:
