@@ -7,10 +7,11 @@ from fanwise.core.actions import (
     Result,
     action,
     streaming_action,
+    type_eraser,
 )
 from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
-from fanwise.core.conditions import Condition, default, expr, when
+from fanwise.core.conditions import Condition, default, expr, safe_expr, when
 from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.errors import (
     ApplicationClosedError,
@@ -51,6 +52,8 @@ __all__ = [
     "action",
     "default",
     "expr",
+    "safe_expr",
     "streaming_action",
+    "type_eraser",
     "when",
 ]

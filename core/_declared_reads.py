@@ -11,12 +11,15 @@ annotation (`from __future__ import annotations`).
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import textwrap
 import warnings
 from collections.abc import Callable
+from types import CodeType
 from typing import Any
 
+from fanwise.core._parsing import parse
 from fanwise.core.errors import GraphError
 from fanwise.core.state import State
 
@@ -25,16 +28,20 @@ class UndeclaredReadWarning(UserWarning):
     """An action's source reads a state field that is not in its `reads`."""
 
 
+class UndeclaredWriteWarning(UserWarning):
+    """A single-step action changed a state field that is not in its `writes` (kept)."""
+
+
 def check_declared_reads(fn: Callable[..., Any], reads: list[str]) -> None:
     """Raise or warn, as the module docstring says, if `fn` reads undeclared fields."""
     param, annotated = _state_parameter(fn)
-    if param is None:
+    code = getattr(fn, "__code__", None)
+    if param is None or code is None:
         return
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    except (OSError, TypeError, SyntaxError):  # no source (REPL, generated code): no check
+    found = _literal_reads(code, param)
+    if found is None:
         return
-    subscripted, got = _literal_reads(tree, param)
+    subscripted, got = found
     declared = set(reads)
     undeclared = [k for k in dict.fromkeys(subscripted) if k not in declared]
     name = getattr(fn, "__name__", repr(fn))
@@ -70,8 +77,15 @@ def _state_parameter(fn: Callable[..., Any]) -> tuple[str | None, bool]:
     return (params[0].name, False) if params else (None, False)
 
 
-def _literal_reads(tree: ast.AST, param: str) -> tuple[list[str], list[str]]:
-    """String keys read from `param` in `tree`: by `param["key"]` and by `param.get("key")`."""
+@functools.lru_cache(maxsize=1024)
+def _literal_reads(code: CodeType, param: str) -> tuple[list[str], list[str]] | None:
+    """String keys read from `param` in the source of `code`: by `param["key"]` and by
+    `param.get("key")`; None without source (REPL, generated code). Cached: actions made
+    inside a function (one per fan-out child) parse their source once."""
+    try:
+        tree = parse(textwrap.dedent(inspect.getsource(code)))
+    except (OSError, TypeError, SyntaxError):
+        return None
     subscripted: list[str] = []
     got: list[str] = []
     for node in ast.walk(tree):

@@ -21,6 +21,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fanwise.core._parsing import parse
 from fanwise.core.errors import GraphError
 
 Evaluator = Callable[[Mapping[str, Any]], Any]
@@ -86,7 +87,7 @@ class SafeExpression:
 
     def __init__(self, source: str) -> None:
         try:
-            tree = ast.parse(source, mode="eval")
+            tree = parse(source, mode="eval")
         except SyntaxError as exc:
             raise GraphError(f"safe_expr {source!r} is not a valid expression: {exc}") from exc
         self.source = source

@@ -20,7 +20,12 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from fanwise.core._declared_reads import UndeclaredReadWarning, check_declared_reads
+from fanwise.core._declared_reads import (
+    UndeclaredReadWarning,
+    UndeclaredWriteWarning,
+    check_declared_reads,
+)
+from fanwise.core._parsing import source_of
 from fanwise.core.errors import GraphError, InputError
 from fanwise.core.state import State
 
@@ -45,6 +50,7 @@ __all__ = [
     "StreamingAction",
     "StreamingResultContainer",
     "UndeclaredReadWarning",
+    "UndeclaredWriteWarning",
     "action",
     "as_action",
     "create_action",
@@ -200,7 +206,7 @@ class Action(Function, Reducer, abc.ABC):
     def get_source(self) -> str:
         """The source code of the action, for trackers."""
         try:
-            return inspect.getsource(type(self))
+            return source_of(type(self))
         except (OSError, TypeError):
             return "No source available"
 
@@ -377,6 +383,10 @@ class _FunctionActionMixin:
         return self._optional
 
     @property
+    def input_spec(self) -> tuple[list[str], list[str]]:
+        return self._required, self._optional
+
+    @property
     def context_param(self) -> str | None:
         return self._context_param
 
@@ -391,7 +401,7 @@ class _FunctionActionMixin:
 
     def get_source(self) -> str:
         try:
-            return inspect.getsource(self._originating_fn)
+            return source_of(self._originating_fn)
         except (OSError, TypeError):
             return "No source available"
 

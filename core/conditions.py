@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Container, Iterable
 from typing import Any, ClassVar
 
+from fanwise.core._parsing import compile_tree, parse
 from fanwise.core._safe_expr import SafeExpression
 from fanwise.core.actions import Function
 from fanwise.core.errors import GraphError
@@ -106,7 +107,7 @@ class Condition(Function):
         and every builtin: write it yourself; for text from users use `safe_expr`. Names
         bound inside the expression (comprehension variables) are not state fields."""
         try:
-            tree = ast.parse(expr, mode="eval")
+            tree = parse(expr, mode="eval")
         except SyntaxError as exc:
             raise GraphError(f"condition expression {expr!r} is not valid: {exc}") from exc
         nodes = list(ast.walk(tree))
@@ -115,7 +116,7 @@ class Condition(Function):
         loaded = {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
         keys = sorted(loaded - bound - set(_BUILTINS))
         shadowing = sorted((loaded - bound) & set(_BUILTINS))
-        code = compile(tree, f"<condition {expr}>", "eval")
+        code = compile_tree(tree, f"<condition {expr}>")
 
         def resolve(state: State) -> Any:
             # Fields go in the globals so that comprehensions (own scope) see them too; a

@@ -1,8 +1,10 @@
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fanwise.core import (
+    Action,
     ApplicationBuilder,
     ApplicationContext,
     GraphError,
@@ -13,6 +15,7 @@ from fanwise.core import (
     action,
     expr,
 )
+from fanwise.core.actions import UndeclaredWriteWarning
 
 
 @action(reads=["n"], writes=["n"])
@@ -252,19 +255,19 @@ def test_run_inputs_reach_every_step_that_declares_them():
 # -- writes ------------------------------------------------------------------------------
 
 
-def test_writing_an_undeclared_field_names_it_and_leaves_state_unchanged():
+def test_a_function_action_writing_an_undeclared_field_warns_naming_it_and_keeps_it():
+    # Burr lets a single-step action write undeclared fields; fanwise warns.
     @action(reads=[], writes=["allowed"])
     def sneaky(state):
         return state.update(allowed=1, forbidden=2)
 
     app = single(sneaky)
-    with pytest.raises(GraphError, match=r"'sneaky'.*'forbidden'"):
+    with pytest.warns(UndeclaredWriteWarning, match=r"'sneaky'.*'forbidden'"):
         app.step()
-    assert app.state == State()
-    assert app.get_next_action().name == "sneaky"
+    assert app.state == State({"allowed": 1, "forbidden": 2})
 
 
-def test_changing_an_existing_undeclared_field_names_it():
+def test_undeclared_writes_as_errors_leave_the_state_unchanged():
     @action(reads=["n"], writes=[])
     def meddle(state):
         return state.update(n=state["n"] + 1)
@@ -272,9 +275,29 @@ def test_changing_an_existing_undeclared_field_names_it():
     app = (
         ApplicationBuilder().with_actions(meddle).with_state(n=1).with_entrypoint("meddle").build()
     )
-    with pytest.raises(GraphError, match="'n'"):
-        app.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndeclaredWriteWarning)
+        with pytest.raises(UndeclaredWriteWarning, match="'n'"):
+            app.step()
     assert app.state["n"] == 1
+    assert app.get_next_action().name == "meddle"
+
+
+def test_a_run_and_update_action_writing_an_undeclared_field_is_an_error_naming_it():
+    class Sneaky(Action):
+        reads, writes = [], ["allowed"]
+
+        def run(self, state):
+            return {}
+
+        def update(self, result, state):
+            return state.update(allowed=1, forbidden=2)
+
+    app = ApplicationBuilder().with_actions(sneaky=Sneaky()).with_entrypoint("sneaky").build()
+    with pytest.raises(GraphError, match=r"'sneaky'.*'forbidden'"):
+        app.step()
+    assert app.state == State()
+    assert app.get_next_action().name == "sneaky"
 
 
 def test_unchanged_undeclared_fields_pass_through():
