@@ -9,6 +9,11 @@ state); the resume rebuilds the app from the store and re-runs the fan-out step,
 skip every child. The baseline writes the same N rows with one `save_many` call. Goals (issue
 5): PostgreSQL >= 2,000 children/s; resume of N = 10k finished children < 1 s.
 
+Fencing (issue 11): every write of a run carries its lease's generation, checked by the store
+in the writing statement. The "unfenced" rows run the same fan-out, and the same
+`save_many`, through a persister that takes no lease (so writes carry no fence): the
+difference is what fencing costs.
+
     .venv/bin/python benchmarks/durability.py [--children N] [--workers W] [--rounds R]
                                               [--skip-postgres] [--dsn DSN]
 """
@@ -36,7 +41,7 @@ APP_ID = "durability-bench"
 PARENT_SEQUENCE_ID = 0
 POSTGRES_GOAL = 2_000.0
 RESUME_GOAL = 1.0
-ORDER = ("save_many", "fan-out", "resume")
+ORDER = ("save_many", "save_many unfenced", "fan-out", "fan-out unfenced", "resume")
 
 
 @action(reads=["x"], writes=["y"])
@@ -71,12 +76,24 @@ class SumChildren(MapStates):
         return state.update(total=total)
 
 
+class NoLease:
+    """A persister mixin that takes no lease, so that its runs write without a fence."""
+
+    def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> None:
+        return None
+
+
+class UnleasedSQLitePersister(NoLease, SQLitePersister):
+    """`SQLitePersister` whose runs write unfenced."""
+
+
 @dataclass
 class Backend:
-    """One store: how to make a fresh persister, count its rows, and clean up."""
+    """One store: how to make a fresh persister (with or without leases), count its rows,
+    and clean up."""
 
     name: str
-    make: Callable[[], Any]
+    make: Callable[..., Any]
     count: Callable[[], int]
     drop: Callable[[], None]
 
@@ -93,18 +110,25 @@ def sqlite_backend(workdir: str) -> Backend:
             if os.path.exists(path + suffix):
                 os.remove(path + suffix)
 
-    return Backend("sqlite", lambda: SQLitePersister(path), count, drop)
+    def make(leases: bool = True) -> Any:
+        return (SQLitePersister if leases else UnleasedSQLitePersister)(path)
+
+    return Backend("sqlite", make, count, drop)
 
 
 def postgres_backend(dsn: str) -> Backend:
     import psycopg
     from fanwise.core.persistence import PostgreSQLPersister
 
+    class UnleasedPostgreSQLPersister(NoLease, PostgreSQLPersister):
+        """`PostgreSQLPersister` whose runs write unfenced."""
+
     table = f"fanwise_bench_{uuid.uuid4().hex[:12]}"
     made: list[Any] = []
 
-    def make() -> Any:
-        made.append(PostgreSQLPersister(dsn, table_name=table))
+    def make(leases: bool = True) -> Any:
+        kind = PostgreSQLPersister if leases else UnleasedPostgreSQLPersister
+        made.append(kind(dsn, table_name=table))
         return made[-1]
 
     def count() -> int:
@@ -138,10 +162,12 @@ def fan_app(persister: Any, children: int, workers: int, die: bool, resume: bool
     return builder.with_state(total=0).with_entrypoint("fan").build()
 
 
-def run_fan_out(backend: Backend, children: int, workers: int) -> tuple[float, float]:
+def run_fan_out(
+    backend: Backend, children: int, workers: int, fenced: bool = True
+) -> tuple[float, float]:
     """(seconds to run and persist every child, seconds to resume them all as finished)."""
     expected = sum(x + 1 for x in range(children))
-    app = fan_app(backend.make(), children, workers, die=True, resume=False)
+    app = fan_app(backend.make(fenced), children, workers, die=True, resume=False)
     started = time.perf_counter()
     try:
         app.run(halt_after=["fan"])
@@ -159,7 +185,7 @@ def run_fan_out(backend: Backend, children: int, workers: int) -> tuple[float, f
         raise RuntimeError(f"{backend.name}: {rows} rows after {children} children")
 
     started = time.perf_counter()
-    with fan_app(backend.make(), children, workers, die=False, resume=True) as resumed:
+    with fan_app(backend.make(fenced), children, workers, die=False, resume=True) as resumed:
         total = resumed.run(halt_after=["fan"])[2]["total"]
     resume_seconds = time.perf_counter() - started
     if total != expected:
@@ -196,14 +222,19 @@ def child_rows(children: int) -> list[SaveRow]:
     return rows
 
 
-def run_baseline(backend: Backend, children: int) -> float:
-    """Seconds for one `save_many` of the same rows (the persister already initialised)."""
+def run_baseline(backend: Backend, children: int, fenced: bool = True) -> float:
+    """Seconds for one `save_many` of the same rows (the persister already initialised),
+    fenced by a lease on the parent app id, or not."""
     persister = backend.make()
     persister.initialize()
+    lease = persister.acquire_lease(None, APP_ID) if fenced else None
+    saver = persister if lease is None else lease.store
     rows = child_rows(children)
     started = time.perf_counter()
-    persister.save_many(rows)
+    saver.save_many(rows)
     seconds = time.perf_counter() - started
+    if lease is not None:
+        lease.release()
     if backend.count() != children:
         raise RuntimeError(f"{backend.name}: save_many left {backend.count()} rows")
     return seconds
@@ -221,24 +252,27 @@ def measure(
     for _ in range(rounds):
         keep("(none)", "fan-out", run_unsaved(children, workers))
         for make_backend in backends:
-            backend = make_backend()
-            try:
-                persist, resume = run_fan_out(backend, children, workers)
-            finally:
-                backend.drop()
-            keep(backend.name, "fan-out", persist)
-            keep(backend.name, "resume", resume)
-            backend = make_backend()
-            try:
-                keep(backend.name, "save_many", run_baseline(backend, children))
-            finally:
-                backend.drop()
+            for fenced, suffix in ((True, ""), (False, " unfenced")):
+                backend = make_backend()
+                try:
+                    persist, resume = run_fan_out(backend, children, workers, fenced)
+                finally:
+                    backend.drop()
+                keep(backend.name, f"fan-out{suffix}", persist)
+                if fenced:
+                    keep(backend.name, "resume", resume)
+                backend = make_backend()
+                try:
+                    keep(backend.name, f"save_many{suffix}",
+                         run_baseline(backend, children, fenced))
+                finally:
+                    backend.drop()
     results = []
     stores = ["(none)", "sqlite", "postgres"]
     for store, what in sorted(best, key=lambda k: (stores.index(k[0]), ORDER.index(k[1]))):
         seconds = best[(store, what)]
         goal = ""
-        if what == "fan-out" and store == "postgres":
+        if what.startswith("fan-out") and store == "postgres":
             met = children / seconds >= POSTGRES_GOAL
             goal = f">= {POSTGRES_GOAL:,.0f}/s: {'met' if met else 'MISSED'}"
         elif what == "resume":
@@ -258,12 +292,14 @@ def report(results: list[tuple[str, str, float, str]], children: int, workers: i
     ]
     labels = {
         "fan-out": "fan-out, children saved",
+        "fan-out unfenced": "fan-out, unfenced",
         "save_many": "save_many baseline",
+        "save_many unfenced": "save_many, unfenced",
         "resume": "resume, all finished",
     }
     for store, what, seconds, goal in results:
         ratio = ""
-        if store in baselines and what == "fan-out":
+        if store in baselines and what.startswith("fan-out"):
             ratio = f"{seconds / baselines[store]:.1f}"
         label = "fan-out, nothing saved" if store == "(none)" else labels[what]
         lines.append(

@@ -1,0 +1,108 @@
+"""What fencing costs a write: µs per `save` of one step row, fenced by a held lease (its
+generation checked in the writing statement) or not, from 1 thread and from 8 threads at
+once (on PostgreSQL the fenced statement takes a share lock on the one lease row, so
+concurrent writers meet there), with SQLite and PostgreSQL.
+
+    .venv/bin/python benchmarks/lease_fencing.py [--writes N] [--rounds R] [--skip-postgres]
+                                                 [--dsn DSN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fanwise.core import State
+from fanwise.core.persistence import SQLitePersister
+
+THREADS = (1, 8)
+
+
+def timed_saves(saver: Any, writes: int, threads: int) -> float:
+    """Seconds for `writes` single-row saves spread over `threads` threads."""
+    state = State({"x": 1, "text": "a" * 100})
+
+    def write(worker: int) -> None:
+        for i in range(writes // threads):
+            saver.save(None, f"child-{worker}", i, "step", state, "completed")
+
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        list(pool.map(write, range(threads)))
+        return time.perf_counter() - started
+
+
+def measure(make: Callable[[], Any], writes: int, rounds: int) -> dict[tuple[str, int], float]:
+    """Best µs per write of `rounds`, by (fenced or not, threads), each on a fresh store."""
+    best: dict[tuple[str, int], float] = {}
+    for _ in range(rounds):
+        for threads in THREADS:
+            for kind in ("unfenced", "fenced"):
+                persister = make()
+                persister.initialize()
+                lease = persister.acquire_lease(None, f"parent-{uuid.uuid4().hex}")
+                saver = lease.store if kind == "fenced" else persister
+                seconds = timed_saves(saver, writes, threads)
+                lease.release()
+                key = (kind, threads)
+                best[key] = min(best.get(key, float("inf")), seconds / writes * 1e6)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writes", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get(
+            "FANWISE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+    )
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="fanwise-fencing-") as workdir:
+
+        def sqlite() -> Any:
+            return SQLitePersister(os.path.join(workdir, f"{uuid.uuid4().hex}.sqlite"))
+
+        results["sqlite"] = measure(sqlite, args.writes, args.rounds)
+    if not args.skip_postgres:
+        import psycopg
+        from fanwise.core.persistence import PostgreSQLPersister
+
+        tables: list[str] = []
+        made: list[Any] = []
+
+        def postgres() -> Any:
+            tables.append(f"fanwise_bench_{uuid.uuid4().hex[:12]}")
+            made.append(PostgreSQLPersister(args.dsn, table_name=tables[-1]))
+            return made[-1]
+
+        try:
+            results["postgres"] = measure(postgres, args.writes, args.rounds)
+        finally:
+            for persister in made:
+                persister.close()
+            with psycopg.connect(args.dsn, autocommit=True) as connection:
+                for table in tables:
+                    connection.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_lease"')
+    print(f"{args.writes:,} single-row saves, best of {args.rounds}: µs per write")
+    print()
+    print(f"{'store':<9} {'threads':>7} {'unfenced':>9} {'fenced':>9} {'cost':>8}")
+    for store, best in results.items():
+        for threads in THREADS:
+            plain, fenced = best[("unfenced", threads)], best[("fenced", threads)]
+            print(f"{store:<9} {threads:>7} {plain:>9.1f} {fenced:>9.1f} "
+                  f"{(fenced - plain) / plain:>+8.0%}")
+
+
+if __name__ == "__main__":
+    main()
