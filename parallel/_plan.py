@@ -67,6 +67,9 @@ class Planner:
 
     def specs(self, batch: list[tuple[int, SubGraphTask]]) -> list[ChildSpec]:
         config = self._config
+        pointer, partition_key = self._pointer, config.parent.partition_key
+        # a child's path is read only where its items or nested events are wanted
+        watched = config.events is not None or config.collect_items
         specs = []
         for position, task in batch:
             if not isinstance(task, SubGraphTask):
@@ -79,30 +82,30 @@ class Planner:
             saver = task.state_persister if task.state_persister is not None else config.saver
             runnable = task.runnable
             app_id = task.application_id or self.default_id(position)
+            # positional, in ChildSpec's field order: keywords to its 19 fields cost a
+            # trivial child 5% (8k of 159k instructions, callgrind, the trivial-children
+            # row of benchmarks/workloads.py)
             specs.append(
                 ChildSpec(
-                    position=position,
-                    app_id=app_id,
-                    runnable=runnable,
-                    state=task.state,
-                    inputs=task.inputs,
-                    partition_key=config.parent.partition_key,
-                    spawning_parent=self._pointer,
-                    fingerprint=(
-                        self._fingerprint(task, position, app_id) if saver is not None else None
-                    ),
-                    saver=saver,
-                    loader=(
-                        task.state_initializer if task.state_initializer is not None
-                        else config.loader
-                    ),
-                    tracker=task.tracker if task.tracker is not None else config.tracker,
-                    executor=config.nested_executor,
-                    retry=config.retry,
-                    timeout=config.timeout if runnable.is_async else None,
-                    events=config.events,
-                    collect_items=config.collect_items,
-                    path=(*config.path, position),
+                    position,
+                    app_id,
+                    runnable,
+                    task.state,
+                    task.inputs,
+                    partition_key,
+                    pointer,
+                    self._fingerprint(task, position, app_id) if saver is not None else None,
+                    saver,
+                    task.state_initializer if task.state_initializer is not None
+                    else config.loader,
+                    task.tracker if task.tracker is not None else config.tracker,
+                    config.nested_executor,
+                    None,  # resume_from: set by ResumeLookup
+                    config.retry,
+                    config.timeout if runnable.is_async else None,
+                    config.events,
+                    config.collect_items,
+                    (*config.path, position) if watched else (),
                 )
             )
         return specs
