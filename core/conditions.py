@@ -133,7 +133,7 @@ class Condition(Function):
         syntax when built and interpreted without `eval` (see `fanwise.core._safe_expr` for
         what is allowed): for expressions that come from users or config files."""
         checked = SafeExpression(expr)
-        return Condition(checked.names, checked.evaluate, name=expr)
+        return Condition(checked.names, lambda state: bool(checked.evaluate(state)), name=expr)
 
     @staticmethod
     def lmda(resolver: Callable[[State], Any], state_keys: list[str]) -> Condition:
