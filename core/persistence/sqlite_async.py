@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from fanwise.core.persistence import _leases
 from fanwise.core.persistence.base import (
     AsyncBaseStatePersister,
     Fence,
@@ -32,7 +33,7 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
         connect_kwargs: Mapping[str, Any] | None = None,
         *,
         timeout: float = 30.0,
-        lease_ttl: float = 30.0,
+        lease_ttl: float = _leases.DEFAULT_TTL,
     ) -> None:
         self._sync = SQLitePersister(
             db_path,

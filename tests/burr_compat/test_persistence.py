@@ -15,6 +15,7 @@ from fanwise.core.persistence import (
     AsyncBaseStatePersister,
     AsyncDevNullPersister,
     AsyncInMemoryPersister,
+    AsyncSQLitePersister,
     BaseStateLoader,
     BaseStatePersister,
     BaseStateSaver,
@@ -503,3 +504,18 @@ def test_sqlite_load_without_an_app_id_gives_the_step_saved_last_in_the_partitio
 
     assert (latest["app_id"], latest["state"]) == ("second", State({"n": 2}))
     assert SQLitePersister(tmp_path / "state.db").load("empty", None) is None
+
+
+def test_async_sqlite_persister_on_memory_saves_and_resumes_an_async_app():
+    async def scenario():
+        persister = AsyncSQLitePersister(":memory:")
+        assert await persister.is_initialized() is False
+        async with await counter_app(persister, counting=async_counter).abuild() as first:
+            await first.astep()
+        async with await counter_app(persister, counting=async_counter).abuild() as resumed:
+            _, _, state = await resumed.arun(halt_after=["result"])
+        return state, await persister.is_initialized()
+
+    state, initialized = asyncio.run(scenario())
+
+    assert (state["count"], initialized) == (3, True)
