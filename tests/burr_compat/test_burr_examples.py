@@ -10,8 +10,6 @@ NEEDS_AN_INTEGRATION = {
     "which fanwise does not have (Burr 0.43 without its opentelemetry extra fails too)",
 }
 STILL_BREAKS = {
-    "hello_world_counter": "no module fanwise.core.action (Burr's burr.core.action)",
-    "streaming_chatbot_server_flow": "no module fanwise.core.action (Burr's burr.core.action)",
     "multi_agent_collaboration": "LocalTrackingClient rejects the project name "
     "'template:multi-agent-collaboration', which Burr accepts",
 }
