@@ -464,3 +464,13 @@ class Application:
             return following, None, self._state
         return prior, result, self._state
 
+
+
+def __getattr__(name: str) -> Any:
+    """`from fanwise.core.application import ApplicationBuilder`, as Burr programs import it
+    from `burr.core.application` (it lives in `builder`, which imports this module)."""
+    if name == "ApplicationBuilder":
+        from fanwise.core.builder import ApplicationBuilder
+
+        return ApplicationBuilder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -220,3 +220,16 @@ def test_build_with_an_async_persister_is_a_value_error_naming_abuild(tmp_path):
     with pytest.raises(ValueError, match="abuild"):
         builder(AsyncSQLitePersister(tmp_path / "db")).with_state(n=0).with_entrypoint(
             "add").build()
+
+
+def test_burr_module_paths_import_under_their_fanwise_names():
+    from fanwise.core.action import Condition, Result, action, default, streaming_action
+    from fanwise.core.application import Application, ApplicationBuilder, ApplicationContext
+    from fanwise.core.graph import Graph, GraphBuilder
+
+    app = ApplicationBuilder().with_actions(add=add, done=Result("n")).with_transitions(
+        ("add", "done", default)).with_state(n=0).with_entrypoint("add").build()
+    assert isinstance(app, Application) and isinstance(app.graph, Graph)
+    assert app.run(halt_after=["done"])[1] == {"n": 1}
+    assert all(callable(f) for f in (action, streaming_action, GraphBuilder))
+    assert isinstance(default, Condition) and ApplicationContext is not None
