@@ -490,7 +490,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         from psycopg_pool import ConnectionPool
 
         _check_reachable(self._dsn, self._timeout)
-        return ConnectionPool(
+        pool = ConnectionPool(
             self._dsn,
             min_size=1,
             max_size=self._max_connections,
@@ -498,6 +498,10 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
             kwargs={"autocommit": True},
             open=True,
         )
+        # its first connection ready before the first request: a request that finds none
+        # makes the pool grow by one more (two sessions where one serves a worker)
+        pool.wait(self._timeout)
+        return pool
 
     def _source(self) -> str:
         return f"PostgreSQL table {self._table_name!r}"
