@@ -151,7 +151,8 @@ class IncrementFields(_FieldsDelta):
 
     def apply_mutate(self, inputs: dict[str, Any]) -> None:
         for key, delta in self.values.items():
-            inputs[key] = _number_field(inputs, key) + delta
+            # a missing field becomes the delta itself, whatever it is (as in Burr)
+            inputs[key] = _number_field(inputs, key) + delta if key in inputs else delta
 
 
 def _number_field(inputs: Mapping[str, Any], key: str) -> int | float:

@@ -11,6 +11,7 @@ import warnings
 import cloudpickle
 import pytest
 from fanwise.core import ApplicationBuilder, Result, State, action, expr
+from fanwise.core import persistence as fanwise_persistence
 from fanwise.core.persistence import (
     AsyncBaseStatePersister,
     AsyncDevNullPersister,
@@ -519,3 +520,32 @@ def test_async_sqlite_persister_on_memory_saves_and_resumes_an_async_app():
     state, initialized = asyncio.run(scenario())
 
     assert (state["count"], initialized) == (3, True)
+
+
+# -- against Burr 0.43 itself (apache-burr is in the dev extra) ---------------------------
+
+
+def test_the_same_calls_load_what_burrs_sqlite_persister_loads(tmp_path):
+    from burr.core import persistence as burr_persistence
+    from burr.core.state import State as BurrState
+
+    def exercise(module, state_class, path):
+        persister = module.SQLLitePersister(str(path), "burr_state", None, {"timeout": 5})
+        persister.initialize()
+        for sequence_id, status in enumerate(["completed", "failed", "custom"]):
+            state = state_class({"n": sequence_id, "items": [sequence_id]})
+            persister.save("pk", "app", sequence_id, f"step{sequence_id}", state, status)
+        persister.save(None, "solo", 0, "start", state_class({}), "completed")
+        loads = [persister.load("pk", "app"), persister.load("pk", "app", 1)]
+        loads += [persister.load(None, "solo"), persister.load("pk", "missing")]
+        shown = [
+            None if row is None else
+            {key: dict(value) if key == "state" else value for key, value in row.items()
+             if key not in ("created_at", "meta", "partition_key")}
+            for row in loads
+        ]
+        return shown, sorted(persister.list_app_ids("pk")), persister.is_initialized()
+
+    burrs = exercise(burr_persistence, BurrState, tmp_path / "burr.db")
+
+    assert exercise(fanwise_persistence, State, tmp_path / "fanwise.db") == burrs

@@ -151,3 +151,22 @@ def test_persisters_still_refuse_a_value_no_serde_covers_naming_the_field(persis
     with pytest.raises(TypeError, match="'blob'"):
         persister.save(None, "app", 0, "start", State({"blob": Unregistered()}), "completed")
     assert persister.load(None, "app") is None
+
+
+# -- against Burr 0.43 itself (apache-burr is in the dev extra) ---------------------------
+
+
+def test_the_same_registrations_give_burrs_serialized_form_and_read_burrs_back():
+    from burr.core import serde as burr_serde
+    from burr.core.state import State as BurrState
+
+    burr_serde.serialize.register(Money)(serialize_money)
+    burr_serde.deserializer.register("burr_compat.money")(deserialize_money)
+    fields = {"price": Money(3), "prices": [Money(1), {"deep": Money(2)}], "n": 1}
+    kwargs = {"money_kwargs": {"scale": 10}}
+
+    burrs = BurrState(fields).serialize(**kwargs)
+
+    assert State(fields).serialize(**kwargs) == burrs
+    assert State.deserialize(burrs, **kwargs) == State(fields)
+    assert dict(BurrState.deserialize(State(fields).serialize(**kwargs), **kwargs)) == fields

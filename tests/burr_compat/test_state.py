@@ -231,3 +231,51 @@ def test_burrs_built_in_deltas_apply_as_the_state_methods_do(delta, expected):
 def test_a_built_in_delta_on_the_wrong_kind_of_field_is_a_value_error():
     with pytest.raises(ValueError, match="'a'"):
         State({"a": 1}).apply_operation(AppendFields({"a": 2}))
+
+
+# -- against Burr 0.43 itself (apache-burr is in the dev extra) ---------------------------
+
+OPERATIONS = {
+    "update": lambda S: S({"a": 1}).update(a=2, b=3),
+    "append": lambda S: S({"items": [1]}).append(items=2, fresh="x"),
+    "extend": lambda S: S({"items": [1]}).extend(items=[2, 3], fresh=["y"]),
+    "increment": lambda S: S({"n": 1}).increment(n=2, fresh=5),
+    "increment-missing-non-number": lambda S: S({}).increment(label="x"),
+    "wipe-delete": lambda S: S({"a": 1, "b": 2}).wipe(delete=["a", "missing"]),
+    "wipe-keep": lambda S: S({"a": 1, "b": 2}).wipe(keep=["b", "missing"]),
+    "subset": lambda S: S({"a": 1, "b": 2}).subset("a", "missing"),
+    "merge": lambda S: S({"a": 1, "b": 1}).merge(S({"b": 2})),
+    "append-to-int": lambda S: S({"a": 1}).append(a=2),
+    "append-to-tuple": lambda S: S({"a": (1,)}).append(a=2),
+    "extend-a-str": lambda S: S({"a": "abc"}).extend(a=["d"]),
+    "increment-a-str": lambda S: S({"a": "x"}).increment(a=1),
+    "wipe-both": lambda S: S({"a": 1}).wipe(delete=["a"], keep=["a"]),
+    "subset-strict": lambda S: S({"a": 1}).subset("a", "b", ignore_missing=False),
+    "missing-field": lambda S: S({"a": 1})["b"],
+}
+
+
+def outcome(operation, state_class):
+    try:
+        return "ok", dict(operation(state_class))
+    except Exception as exc:
+        return "raised", next(
+            kind for kind in (KeyError, ValueError, TypeError) if isinstance(exc, kind)
+        )
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+def test_each_operation_gives_what_burrs_state_gives(name):
+    from burr.core.state import State as BurrState
+
+    assert outcome(OPERATIONS[name], State) == outcome(OPERATIONS[name], BurrState)
+
+
+def test_keys_and_serialize_of_plain_data_are_burrs():
+    from burr.core.state import State as BurrState
+
+    fields = {"n": 1, "s": "x", "none": None, "nested": {"l": [1, {"b": False}]}}
+
+    assert State(fields).keys() == BurrState(fields).keys()
+    assert State(fields).serialize() == BurrState(fields).serialize()
+    assert State.deserialize(BurrState(fields).serialize()) == State(fields)
