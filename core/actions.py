@@ -18,16 +18,20 @@ import copy
 import inspect
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from fanwise.core._declared_reads import (
     UndeclaredReadWarning,
     UndeclaredWriteWarning,
     check_declared_reads,
 )
+from fanwise.core._function import Function, Reducer
 from fanwise.core._parsing import source_of
 from fanwise.core.errors import GraphError, InputError
 from fanwise.core.state import State
+
+ActionT = TypeVar("ActionT", bound="Action")
+C = TypeVar("C", bound=Callable[..., Any])
 
 CONTEXT_PARAM = "__context"
 ACTION_FUNCTION = "action_function"
@@ -37,25 +41,45 @@ _UNSET = object()
 __all__ = [
     "ACTION_FUNCTION",
     "Action",
+    "ActionT",
+    "AsyncGeneratorReturnType",
     "AsyncStreamingAction",
     "AsyncStreamingResultContainer",
+    "C",
+    "Condition",
     "Function",
     "FunctionBasedAction",
+    "FunctionBasedActionType",
     "FunctionBasedStreamingAction",
+    "FunctionRepresentingAction",
+    "GeneratorReturnType",
     "Input",
     "Reducer",
     "Result",
     "SingleStepAction",
     "SingleStepStreamingAction",
+    "StateType",
+    "StreamResultType",
+    "StreamType",
     "StreamingAction",
+    "StreamingFn",
+    "StreamingFnAsync",
     "StreamingResultContainer",
     "UndeclaredReadWarning",
     "UndeclaredWriteWarning",
     "action",
     "as_action",
+    "bind",
+    "copy_func",
     "create_action",
+    "default",
+    "derive_inputs_from_fn",
+    "expr",
+    "lmda",
+    "safe_expr",
     "streaming_action",
     "type_eraser",
+    "when",
 ]
 
 
@@ -70,69 +94,6 @@ TRACER_PARAM = "__tracer"
 def _is_tracer_param(name: str) -> bool:
     """`__tracer` (a `fanwise.core.visibility.TracerFactory`), also after name mangling."""
     return name == TRACER_PARAM or (name.startswith("_") and name.endswith(TRACER_PARAM))
-
-
-class Function(abc.ABC):
-    """The computing half of an action: reads fields of the state, returns a result dict."""
-
-    @property
-    @abc.abstractmethod
-    def reads(self) -> list[str]: ...
-
-    @abc.abstractmethod
-    def run(self, state: State, **run_kwargs: Any) -> dict[str, Any]:
-        """Compute a result from the state and inputs."""
-
-    @property
-    def inputs(self) -> list[str] | tuple[list[str], list[str]]:
-        """Inputs the caller must provide; or, as Burr allows, `(required, optional)`."""
-        return []
-
-    @property
-    def optional_inputs(self) -> list[str]:
-        """Inputs the caller may provide (besides the optional half of a tuple `inputs`)."""
-        return []
-
-    @property
-    def input_spec(self) -> tuple[list[str], list[str]]:
-        """`(required, optional)` input names, whichever way `inputs` declares them."""
-        declared = self.inputs
-        if isinstance(declared, tuple):
-            required, optional = declared
-            return list(required), [*optional, *self.optional_inputs]
-        return list(declared), list(self.optional_inputs)
-
-    @property
-    def optional_and_required_inputs(self) -> tuple[set[str], set[str]]:
-        """Burr's `(required, optional)` as sets."""
-        required, optional = self.input_spec
-        return set(required), set(optional)
-
-    def validate_inputs(self, inputs: dict[str, Any] | None) -> None:
-        """Raise an `InputError` (a `ValueError`) naming missing or undeclared inputs."""
-        required, optional = self.input_spec
-        given = set(inputs or {})
-        missing = [k for k in required if k not in given]
-        extra = sorted(given - set(required) - set(optional))
-        if missing or extra:
-            raise InputError(
-                f"inputs to {self!r} are invalid: missing {missing}, undeclared {extra}"
-            )
-
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.run)
-
-
-class Reducer(abc.ABC):
-    """The updating half of an action: folds a result into the state, writing `writes`."""
-
-    @property
-    @abc.abstractmethod
-    def writes(self) -> list[str]: ...
-
-    @abc.abstractmethod
-    def update(self, result: dict[str, Any], state: State) -> State:
-        """Fold the result into the state."""
 
 
 class Action(Function, Reducer, abc.ABC):
@@ -503,7 +464,7 @@ class Input(Action):
 # -- decorators ---------------------------------------------------------------------------
 
 
-def _copy_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+def copy_func(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A new function object with `fn`'s code and attributes, so that setting attributes on
     it leaves `fn` alone."""
     if not isinstance(fn, types.FunctionType):
@@ -517,6 +478,16 @@ def _copy_function(fn: Callable[..., Any]) -> Callable[..., Any]:
     return clone
 
 
+class FunctionRepresentingAction(Protocol):
+    """What `@action` / `@streaming_action` return: the function, carrying its action."""
+
+    action_function: Action
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def bind(self, **kwargs: Any) -> FunctionRepresentingAction: ...
+
+
 def represent(fn: Callable[..., Any], built: Action) -> Callable[..., Any]:
     """Attach `built` to the function `fn` stands for: `fn.action_function` (Burr's name),
     `fn.action`, `fn.bind(...)` (a copy of the function with inputs fixed, as Burr's) and
@@ -526,11 +497,24 @@ def represent(fn: Callable[..., Any], built: Action) -> Callable[..., Any]:
 
     def bind(**kwargs: Any) -> Callable[..., Any]:
         """This function, its action with the given inputs fixed."""
-        return represent(_copy_function(fn), built.bind(**kwargs))  # type: ignore[attr-defined]
+        return represent(copy_func(fn), built.bind(**kwargs))  # type: ignore[attr-defined]
 
     fn.bind = bind  # type: ignore[attr-defined]
     fn.with_name = built.with_name  # type: ignore[attr-defined]
     return fn
+
+
+def bind(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
+    """Burr's module-level `bind`: `fn.bind(**kwargs)` of a decorated function."""
+    return fn.bind(**kwargs)  # type: ignore[attr-defined]
+
+
+def derive_inputs_from_fn(
+    bound_params: dict[str, Any], fn: Callable[..., Any]
+) -> tuple[list[str], list[str]]:
+    """Burr's helper: the (required, optional) inputs of an action function."""
+    required, optional, _, _ = parse_signature(fn, bound_params)
+    return required, optional
 
 
 def action(
@@ -575,13 +559,23 @@ def create_action(action_: Any, name: str) -> Action:
     return as_action(action_, name)
 
 
-# Re-exported: `burr.core.action` holds the streaming kinds too.
+# Re-exported: `burr.core.action` holds the streaming kinds and the conditions too.
+from fanwise.core.conditions import Condition, default, expr, lmda, safe_expr, when  # noqa: E402
 from fanwise.core.streaming import (  # noqa: E402
+    AsyncGeneratorReturnType,
     AsyncStreamingAction,
     AsyncStreamingResultContainer,
     FunctionBasedStreamingAction,
+    GeneratorReturnType,
     SingleStepStreamingAction,
+    StateType,
     StreamingAction,
+    StreamingFn,
+    StreamingFnAsync,
     StreamingResultContainer,
+    StreamResultType,
+    StreamType,
     streaming_action,
 )
+
+FunctionBasedActionType = FunctionBasedAction | FunctionBasedStreamingAction

@@ -15,9 +15,9 @@ import warnings
 from collections.abc import Callable, Container, Iterable
 from typing import Any, ClassVar
 
+from fanwise.core._function import Function
 from fanwise.core._parsing import compile_tree, parse
 from fanwise.core._safe_expr import SafeExpression
-from fanwise.core.actions import Function
 from fanwise.core.errors import GraphError
 from fanwise.core.state import State
 

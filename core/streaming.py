@@ -15,8 +15,8 @@ from __future__ import annotations
 import abc
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fanwise.core.actions import Action, SingleStepAction, _FunctionActionMixin, represent
 from fanwise.core.errors import GraphError
@@ -29,6 +29,15 @@ logger = logging.getLogger(__name__)
 _NOTHING = object()
 
 StreamItem = tuple[dict[str, Any], State | None]
+
+# Burr's names for the shapes of a stream, for annotations.
+StateType = TypeVar("StateType")
+StreamResultType = TypeVar("StreamResultType")
+StreamType = StreamItem
+GeneratorReturnType = Generator[StreamItem, None, None]
+AsyncGeneratorReturnType = AsyncGenerator[StreamItem, None]
+StreamingFn = Callable[..., GeneratorReturnType]
+StreamingFnAsync = Callable[..., AsyncGeneratorReturnType]
 
 
 class StreamingAction(Action, abc.ABC):
@@ -236,7 +245,7 @@ def streaming_action(
 # -- what stream_result / astream_result return -------------------------------------------
 
 
-class StreamingResultContainer(Iterator[Any]):
+class StreamingResultContainer(Iterator[Any], Generic[StateType, StreamResultType]):
     """The partial results of the step `stream_result` started, as an iterator; `get()`
     drains what is left and gives `(result, state)`. Leaving a loop early neither restarts
     nor ends the step: iterating again, or `get()`, goes on where the loop stopped. The
@@ -265,7 +274,7 @@ class StreamingResultContainer(Iterator[Any]):
         return _outcome(self._driver, self._result)
 
 
-class AsyncStreamingResultContainer(AsyncIterator[Any]):
+class AsyncStreamingResultContainer(AsyncIterator[Any], Generic[StateType, StreamResultType]):
     """Async twin of `StreamingResultContainer`: `async for`, then `await get()`."""
 
     def __init__(self, driver: Driver | None, result: tuple[Any, State] | None = None) -> None:
