@@ -317,3 +317,28 @@ def test_undeclared_reads_burr_lets_pass_are_a_warning(case):
                 return state.update(b=state.get("secret"))
 
     assert one_action_app(peek, state={"a": 1, "secret": 2}).step()[2]["b"] == 2
+
+
+# -- the module's names ---------------------------------------------------------------------
+
+NOT_PROVIDED = {"DEFAULT_SCHEMA", "DefaultSchema"}
+"""Hooks of Burr's typing system (`burr.core.typing`, used by its pydantic integration)."""
+
+
+def test_every_public_name_of_burr_core_action_is_in_fanwise_core_actions():
+    import importlib
+    import inspect
+
+    import fanwise.core.actions as ours
+
+    burr_action = importlib.import_module("burr.core.action")
+    public = {
+        name
+        for name, value in vars(burr_action).items()
+        if not name.startswith("_")
+        and not inspect.ismodule(value)
+        and getattr(value, "__module__", "burr.core.action") == "burr.core.action"
+        and name not in {"TYPE_CHECKING", "imported_pydantic"}
+    }
+    assert len(public) > 30
+    assert sorted(public - NOT_PROVIDED - set(dir(ours))) == []
