@@ -1,50 +1,8 @@
 """`burr.core.action` under its fanwise name: Burr programs import actions, their streaming
 kinds and conditions from this one module (they live in `actions`, `streaming` and
-`conditions` here)."""
+`conditions` here; `fanwise.core.actions` exports the same names)."""
 
-from fanwise.core.actions import (
-    Action,
-    AsyncStreamingAction,
-    AsyncStreamingResultContainer,
-    Function,
-    FunctionBasedAction,
-    FunctionBasedStreamingAction,
-    Input,
-    Reducer,
-    Result,
-    SingleStepAction,
-    SingleStepStreamingAction,
-    StreamingAction,
-    StreamingResultContainer,
-    action,
-    create_action,
-    streaming_action,
-    type_eraser,
-)
-from fanwise.core.conditions import Condition, default, expr, lmda, safe_expr, when
+from fanwise.core import actions as _actions
+from fanwise.core.actions import *  # noqa: F403
 
-__all__ = [
-    "Action",
-    "AsyncStreamingAction",
-    "AsyncStreamingResultContainer",
-    "Condition",
-    "Function",
-    "FunctionBasedAction",
-    "FunctionBasedStreamingAction",
-    "Input",
-    "Reducer",
-    "Result",
-    "SingleStepAction",
-    "SingleStepStreamingAction",
-    "StreamingAction",
-    "StreamingResultContainer",
-    "action",
-    "create_action",
-    "default",
-    "expr",
-    "lmda",
-    "safe_expr",
-    "streaming_action",
-    "type_eraser",
-    "when",
-]
+__all__ = list(_actions.__all__)

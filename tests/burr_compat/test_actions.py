@@ -325,12 +325,12 @@ NOT_PROVIDED = {"DEFAULT_SCHEMA", "DefaultSchema"}
 """Hooks of Burr's typing system (`burr.core.typing`, used by its pydantic integration)."""
 
 
-def test_every_public_name_of_burr_core_action_is_in_fanwise_core_actions():
+@pytest.mark.parametrize("module", ["fanwise.core.actions", "fanwise.core.action"])
+def test_every_public_name_of_burr_core_action_is_in_fanwise_core_actions(module):
     import importlib
     import inspect
 
-    import fanwise.core.actions as ours
-
+    ours = importlib.import_module(module)
     burr_action = importlib.import_module("burr.core.action")
     public = {
         name
