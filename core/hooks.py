@@ -591,8 +591,8 @@ def async_hook_reason(hooks: list[Any]) -> str | None:
         names = [name for name, is_async in hook_methods_of(hook) if is_async]
         if names:
             return (
-                f"hook {type(hook).__name__} is async ({', '.join(names)}): run the "
-                "application with arun/astep/aiterate, or use the sync hook classes"
+                f"hook {type(hook).__name__} is async: run the application with "
+                f"arun/astep/aiterate, or make its {', '.join(names)} sync"
             )
     return None
 

@@ -304,7 +304,7 @@ def test_astep_is_reported_as_astep():
 
 def test_an_async_hook_of_no_hook_class_in_a_sync_run_is_a_clear_error():
     app = app_with(AsyncRecorder())
-    with pytest.raises(AsyncMismatchError, match="hook AsyncRecorder is async .*arun"):
+    with pytest.raises(AsyncMismatchError, match="hook AsyncRecorder is async: .*arun.*pre_run_execute_call"):
         app.step()
     assert app.sequence_id is None
 
