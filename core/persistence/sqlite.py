@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import closing
 from typing import Any
 
+from fanwise.core._paths import resolved
 from fanwise.core.errors import AppLockedError, LeaseLostError
 from fanwise.core.persistence import _leases, _rows
 from fanwise.core.persistence._serial import SerialConnection
@@ -76,7 +77,7 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         self._memory = path == ":memory:"
         # a URI (`connect_kwargs={"uri": True}`) is SQLite's to read, not a path to resolve
         keep = self._memory or self._connect_kwargs.get("uri")
-        self._db_path = path if keep else os.path.abspath(os.path.expanduser(path))
+        self._db_path = path if keep else resolved(path, "SQLitePersister db_path")
         self._table_name = _rows.check_table_name(table_name)
         self._timeout = self._connect_kwargs.pop("timeout", timeout)
         self.serde_kwargs = dict(serde_kwargs or {})

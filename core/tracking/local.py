@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from fanwise.core._paths import resolved
 from fanwise.core.errors import CorruptStateError
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData
 from fanwise.core.serde import deserialise_state, dumps_state
@@ -105,7 +106,8 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
     ) -> None:
         _check_project(project)
         self.project = project
-        self.storage_dir = os.path.expanduser(str(storage_dir))
+        # absolute now: the working directory may change, and workers have their own
+        self.storage_dir = resolved(str(storage_dir), "LocalTrackingClient storage_dir")
         self.serde_kwargs = _check_serde_kwargs(serde_kwargs)
         self.redact = _redactor(redact)
         self._setup()
