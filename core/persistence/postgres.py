@@ -298,18 +298,12 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         from psycopg.errors import UndefinedTable
 
         slot = [_rows.stored_partition_key(partition_key, self._source(), app_id), app_id]
-        if not self._shared.lease_table_ready:  # a look creates no table
-            try:
-                row = self._retrying(
-                    lambda connection: connection.execute(self._sql_lease_get, slot).fetchone(),
-                    set_up=False,
-                )
-            except UndefinedTable:
-                return None
-        else:
-            row = self._retrying(
+        try:  # a look creates no table
+            row = self._on_lease_table(
                 lambda connection: connection.execute(self._sql_lease_get, slot).fetchone()
             )
+        except UndefinedTable:
+            return None
         return None if row is None else _leases.LeaseInfo(partition_key, app_id, *row)
 
     def break_lease(
@@ -326,7 +320,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
             raise AppLockedError(app_id, info.holder())
         mine = [_rows.stored_partition_key(partition_key, self._source(), app_id), app_id,
                 info.generation]
-        self._retrying(lambda connection: connection.execute(self._sql_lease_drop, mine))
+        self._on_lease_table(lambda connection: connection.execute(self._sql_lease_drop, mine))
         return info
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
@@ -351,14 +345,14 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         self._ready_lease_table()
         take = [partition_key, app_id, host, pid, _leases.now_text(), fence.generation,
                 self._lease_ttl]
-        taken = self._retrying(
+        taken = self._on_lease_table(
             lambda connection: connection.execute(self._sql_lease_take, [*take, None]).fetchone()
         )
         if taken is None:
             info = self.lease_info(partition_key or None, app_id)
             dead = info is not None and _leases.died_here(info.host, info.pid)
             if dead:  # only that holder's generation: a rival taking it first wins
-                taken = self._retrying(
+                taken = self._on_lease_table(
                     lambda connection: connection.execute(
                         self._sql_lease_take, [*take, info.generation]
                     ).fetchone()
@@ -369,7 +363,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         mine = [partition_key, app_id, fence.generation]
         renewer = _leases.Renewer(
             app_id, self._source(), _leases.renew_every(self._lease_ttl),
-            lambda: self._retrying(
+            lambda: self._on_lease_table(
                 lambda connection: connection.execute(
                     self._sql_lease_renew, [self._lease_ttl, *mine]
                 ).rowcount == 1
@@ -385,7 +379,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
             renewer.stop()
             try:
                 try:
-                    self._retrying(drop)
+                    self._on_lease_table(drop)
                 except PoolClosed:  # at interpreter exit, after this process's pools closed
                     with self._connect() as connection:
                         drop(connection)
@@ -406,8 +400,12 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
                 connection.execute(self._sql_lease_create)
                 connection.execute(self._sql_lease_migrate)
 
-        self._retrying(create)
+        self._on_lease_table(create)
         self._shared.lease_table_ready = True
+
+    def _on_lease_table(self, work: Callable[[Connection], T]) -> T:
+        """`_retrying` for the lease table, which needs nothing of the state table."""
+        return self._retrying(work, set_up=False)
 
     def _retrying(self, work: Callable[[Connection], T], set_up: bool = True) -> T:
         """`work(connection)` on a pooled connection; if the connection dropped (the server

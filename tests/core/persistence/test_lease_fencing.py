@@ -247,11 +247,11 @@ def test_a_frozen_driver_lease_expires_a_replacement_takes_over_and_the_frozen_o
     store, rivals
 ):
     kind, where, table, make = store
-    rival, generation = rivals(kind, where, table, ttl=0.6)
+    rival, generation = rivals(kind, where, table, ttl=1.0)
     os.kill(rival.pid, signal.SIGSTOP)
     with pytest.raises(AppLockedError, match=f"pid {rival.pid} .* expires at .* unless renewed"):
         counter(make())
-    time.sleep(1.0)
+    time.sleep(1.5)
 
     app = counter(make())
     fence = app.context.state_persister.fence
@@ -272,14 +272,14 @@ def _stderr_after_kill(process):
 
 def test_a_held_lease_is_renewed_and_shown_with_its_expiry(store):
     _, _, _, make = store
-    persister = make(lease_ttl=0.9)
+    persister = make(lease_ttl=1.5)
     lease = persister.acquire_lease(None, "app")
     first = persister.lease_info(None, "app")
-    time.sleep(0.7)
+    time.sleep(1.0)
     later = persister.lease_info(None, "app")
 
     assert first.generation == later.generation == lease.fence.generation
-    assert later.expires_in > 0.9 - 0.7  # renewed meanwhile (every 0.3 s)
+    assert later.expires_in > 1.5 - 1.0  # renewed meanwhile (every 0.5 s)
     assert (later.host, later.pid) == (socket.gethostname(), os.getpid())
     assert later.as_dict()["expired"] is False
     lease.release()

@@ -625,7 +625,7 @@ def test_postgres_second_driver_gets_app_locked_error_naming_the_holder(pg_table
     persister.close()
 
 
-def test_postgres_lock_of_a_killed_holder_goes_with_its_session(pg_table, drivers):
+def test_postgres_lease_of_a_holder_killed_on_this_host_is_taken_over_at_once(pg_table, drivers):
     holder, _ = drivers("postgres", POSTGRES_DSN, pg_table)
     kill(holder)
     persister = PostgreSQLPersister(POSTGRES_DSN, table_name=pg_table)
