@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 import traceback
@@ -46,6 +47,7 @@ from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData
 from fanwise.core.serde import deserialise_state, dumps_state
 from fanwise.core.tracking import _records
 from fanwise.core.tracking._spans import SpanRecords
+from fanwise.core.tracking.index import Fact, RunIndex, created_fact, ended_fact, usage_of
 
 if TYPE_CHECKING:
     from fanwise.core.context import ParentPointer
@@ -97,6 +99,12 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
     is always recorded as `"Secret(***)"`.
     """
 
+    GRAPH_FILENAME = GRAPH_FILE
+    METADATA_FILENAME = METADATA_FILE
+    LOG_FILENAME = LOG_FILE
+    CHILDREN_FILENAME = CHILDREN_FILE
+    DEFAULT_STORAGE_DIR = "~/.fanwise"
+
     def __init__(
         self,
         project: str,
@@ -116,6 +124,11 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
     def project_id(self) -> str:
         """The project (Burr's name for it)."""
         return self.project
+
+    @classmethod
+    def get_storage_path(cls, project: str, storage_dir: str) -> str:
+        """The folder of `project` (its apps without a partition key are right in it)."""
+        return os.path.join(os.path.expanduser(str(storage_dir)), project)
 
     def _setup(self) -> None:
         self._root = os.path.join(self.storage_dir, self.project)
@@ -154,6 +167,10 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             )
             parent = (spawning_parent_pointer.partition_key, spawning_parent_pointer.app_id)
             self._append_children(parent, (partition_key, app_id), _line(entry))
+        self._index(
+            (partition_key, app_id),
+            created_fact(partition_key, app_id, spawning_parent_pointer, created_at),
+        )
 
     def pre_run_step(
         self,
@@ -182,6 +199,10 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         line = _line(record, lenient=("inputs",))
         _records.check_no_lone_surrogate(line, user_inputs, "input")
         self._append_log((partition_key, app_id), line)
+        self._index(
+            (partition_key, app_id),
+            ("b", partition_key, app_id, sequence_id, action.name, start_time),
+        )
 
     def post_run_step(
         self,
@@ -222,6 +243,9 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         self._append_log(
             (partition_key, app_id), line[:-2] + b', "state": ' + state_bytes + b"}\n"
         )
+        self._index((partition_key, app_id), ended_fact(
+            partition_key, app_id, sequence_id, action.name, end_time, record["exception"]
+        ))
 
     def _redacted(self, action_name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         recorded = self.redact(action_name, inputs)
@@ -238,6 +262,10 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         line = _line(record, lenient)
         _records.check_no_lone_surrogate(line, record, "record field")
         self._append_log(app, line)
+        if record.get("type") == "attribute":
+            figures = usage_of(record["key"], record["value"])
+            if figures is not None:
+                self._index(app, ("u", *app, figures))
 
     # -- writes (a `RecordingTracker` captures these instead) ---------------------------
 
@@ -360,6 +388,15 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
     def _append_log(self, app: AppKey, line: bytes) -> None:
         self._log(app).append(line)
 
+    def _index(self, app: AppKey, fact: Fact) -> None:
+        """Hand a fact of what was just written to the project's run index
+        (`fanwise.core.tracking.index`), in the batch its lines are written in."""
+        apply_facts(self._run_index(), [fact])
+
+    def _run_index(self) -> RunIndex:
+        """This process's index of the project (one connection for all clients on it)."""
+        return RunIndex.shared(self.project, self.storage_dir)
+
     def recorder(self) -> RecordingTracker:
         """A tracker for children running elsewhere; their records come back to `ingest`."""
         return RecordingTracker(
@@ -386,6 +423,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         """Write what `RecordingTracker`s captured (`take`), batching the parents' children
         lines. A record names its app by `partition_key` and `app_id`."""
         children: dict[AppKey, list[bytes]] = {}
+        facts: list[Fact] = []
         for record in _flatten(records):
             app = (record["partition_key"], record["app_id"])
             if "app" in record:
@@ -395,8 +433,11 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             if "child_of" in record:
                 parent_key, parent_app_id, line = record["child_of"]
                 children.setdefault((parent_key, parent_app_id), []).append(line)
+            facts.extend(record.get("index") or ())
         for parent, lines in children.items():
             _append_line(os.path.join(self._app_dir(*parent), CHILDREN_FILE), b"".join(lines))
+        if facts:
+            apply_facts(self._run_index(), facts)
 
     # -- loader ------------------------------------------------------------------------
 
@@ -626,6 +667,10 @@ class RecordingTracker(LocalTrackingClient):
         with self._lock:
             self._record(app)["log"].append(line)
 
+    def _index(self, app: AppKey, fact: Fact) -> None:
+        with self._lock:
+            self._record(app).setdefault("index", []).append(fact)
+
     def copy(self) -> RecordingTracker:
         """This recorder: a nested fan-out's in-process children record into it."""
         return self
@@ -640,6 +685,8 @@ class RecordingTracker(LocalTrackingClient):
             for record in _flatten(records):
                 kept = self._record((record["partition_key"], record["app_id"]))
                 kept["log"].extend(record.get("log") or ())
+                if record.get("index"):
+                    kept.setdefault("index", []).extend(record["index"])
                 kept.update({k: record[k] for k in ("app", "child_of") if k in record})
 
     def take(self, app_id: str, partition_key: Any = _ANY) -> dict[str, Any] | None:
@@ -699,6 +746,15 @@ class RecordingTracker(LocalTrackingClient):
                 return found
             found.extend(spawned)
             parents = set(spawned)
+
+
+def apply_facts(index: RunIndex, facts: Iterable[Fact]) -> None:
+    """`index.apply(facts)`; an index that fails is marked stale (rebuilt when next read),
+    never failing the app its tracker observes."""
+    try:
+        index.apply(facts)
+    except (sqlite3.Error, OSError) as exc:
+        index.mark_stale(exc)
 
 
 class _AppLog:

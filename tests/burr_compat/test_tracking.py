@@ -318,6 +318,17 @@ def test_local_tracking_client_takes_burrs_positional_arguments(tmp_path):
     assert client.copy().serde_kwargs == {"flag": True}
 
 
+def test_burrs_file_names_and_storage_path_are_there(tmp_path):
+    assert (
+        LocalTrackingClient.GRAPH_FILENAME, LocalTrackingClient.METADATA_FILENAME,
+        LocalTrackingClient.LOG_FILENAME, LocalTrackingClient.CHILDREN_FILENAME,
+    ) == ("graph.json", "metadata.json", "log.jsonl", "children.jsonl")
+    app = counting_app(tmp_path, app_id="where")
+    app.step()
+    project = LocalTrackingClient.get_storage_path("burr-ui", str(tmp_path))
+    assert os.path.isfile(os.path.join(project, "where", LocalTrackingClient.LOG_FILENAME))
+
+
 def test_serde_kwargs_that_are_not_a_mapping_are_named(tmp_path):
     with pytest.raises(TypeError, match="serde_kwargs"):
         LocalTrackingClient("p", str(tmp_path), ["secret"])
