@@ -104,7 +104,8 @@ def test_a_killed_runner_resumes_without_recomputing_saved_children(db, tmp_path
             assert time.monotonic() < deadline, "no children saved in time"
             time.sleep(0.05)
     finally:
-        os.kill(first.pid, signal.SIGKILL)
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGKILL)
         first.wait()
     before = saved_children(db, app_id)
     assert SIZE // 4 <= len(before) < SIZE

@@ -47,6 +47,16 @@ def test_a_misspelt_field_deep_in_a_crd_pod_template_fails(validator, ray_job):
     assert "'volumeMount' was unexpected" in error
 
 
+def test_a_misspelt_pod_template_label_field_fails(validator, ray_job):
+    bad = copy.deepcopy(ray_job)
+    template = bad["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]
+    template["metadata"]["lables"] = template["metadata"].pop("labels")
+
+    (error,) = validator.errors(bad)
+
+    assert "workerGroupSpecs.0.template.metadata" in error and "'lables'" in error
+
+
 def test_a_wrong_type_and_a_non_string_ray_start_param_fail(validator, ray_job):
     bad = copy.deepcopy(ray_job)
     cluster = bad["spec"]["rayClusterSpec"]

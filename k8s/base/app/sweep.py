@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 
 from fanwise.core import Application, ApplicationBuilder, State, action
@@ -36,11 +37,11 @@ class Sweep(MapStates):
     def action(self) -> object:
         return evaluate
 
-    def states(self, state: State):
+    def states(self, state: State) -> Iterator[State]:
         for x in state["points"]:
             yield State({"x": x, "seconds": state["seconds"]})
 
-    def reduce(self, state: State, states) -> State:
+    def reduce(self, state: State, states: Iterable[State]) -> State:
         rows = [child.subset("x", "y", "computed_by").get_all() for child in states]
         return state.update(results=rows)
 
