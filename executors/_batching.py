@@ -437,9 +437,12 @@ class ClusterBatchingExecutor(BatchingExecutor):
 
     @property
     def max_concurrency(self) -> int:
-        """The calls run at once: as given, else what the cluster runs right now (at least 1)."""
+        """The calls run at once: as given, else what the cluster runs right now (at least 1;
+        after `shutdown()`, what it ran when last asked)."""
         if self._max_concurrency is not None:
             return self._max_concurrency
+        if self._closed:
+            return self._capacity
         return max(1, self._cluster_capacity())
 
     def _slots(self) -> int:
