@@ -137,7 +137,6 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         self._streamed_lock = threading.Lock()
         self._logs: OrderedDict[AppKey, _AppLog] = OrderedDict()
         self._started: dict[tuple[str | None, str, int], tuple[str, float]] = {}
-        self._graphs: dict[int, tuple[Any, bytes]] = {}
         self._graph_files: dict[bytes, str] = {}
         """A `graph.json` written per graph: new apps with the same graph hard-link to it."""
 
@@ -270,20 +269,9 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
     # -- writes (a `RecordingTracker` captures these instead) ---------------------------
 
     def _graph_bytes(self, graph: Any) -> bytes:
-        """The graph as JSON (`_records.graph_record`), encoded once per graph (children of
-        a fan-out share one)."""
-        if graph is None:
-            return b"null"
-        with self._lock:
-            cached = self._graphs.get(id(graph))
-        if cached is not None and cached[0] is graph:
-            return cached[1]
-        encoded = json.dumps(_records.graph_record(graph), default=repr).encode()
-        with self._lock:
-            if len(self._graphs) >= 64:
-                self._graphs.clear()
-            self._graphs[id(graph)] = (graph, encoded)
-        return encoded
+        """The graph as JSON (`_records.graph_json`: encoded once for all the children of a
+        fan-out, whatever client records them)."""
+        return b"null" if graph is None else _records.graph_json(graph)
 
     def _write_app(
         self, partition_key: str | None, app_id: str, graph: bytes, metadata: dict[str, Any]
