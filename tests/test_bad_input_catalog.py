@@ -22,7 +22,6 @@ from fanwise.core import (
     ApplicationBuilder,
     AsyncMismatchError,
     CorruptStateError,
-    FanwiseError,
     GraphBuilder,
     GraphError,
     InputError,
@@ -433,10 +432,11 @@ def test_sync_build_with_an_async_persister_says_abuild(tmp_path):
         two_step_builder().with_state_persister(persister).with_entrypoint("start").build()
 
 
-def test_fork_from_a_missing_app_id_names_it_and_writes_nothing(store):
+def test_fork_from_a_missing_app_id_warns_naming_it_and_writes_nothing(store):
     before = saved_first_step(store)
 
-    with pytest.raises(FanwiseError, match=r"cannot fork: no saved step of app 'ghost'"):
+    # as Burr: a warning and a fresh start from default_state, not an error
+    with pytest.warns(UserWarning, match=r"cannot fork: no saved step of app 'ghost'"):
         (
             ApplicationBuilder()
             .with_actions(start=start, second=step_two)
@@ -793,9 +793,9 @@ class UnknownActionParam(Doubler):
         return double
 
 
-class ReduceWrongNames(Doubler):
-    def reduce(self, s, states):
-        return s
+class ReduceUnknownParam(Doubler):
+    def reduce(self, state, states, extra):
+        return state
 
 
 class ReduceMissingStates(Doubler):
@@ -809,7 +809,8 @@ class ReduceMissingStates(Doubler):
         (UnknownTasksParam, r"UnknownTasksParam\.tasks\(\) asks for parameter 'shard'"),
         (UnknownStatesParam, r"UnknownStatesParam\.states\(\) asks for parameter 'bogus'"),
         (UnknownActionParam, r"UnknownActionParam\.action\(\) asks for parameter 'whatever'"),
-        (ReduceWrongNames, r"ReduceWrongNames\.reduce\(\) must be reduce\(self, state, states\)"),
+        (ReduceUnknownParam,
+         r"ReduceUnknownParam\.reduce\(\) must be reduce\(self, state, states\)"),
         (ReduceMissingStates,
          r"ReduceMissingStates\.reduce\(\) must be reduce\(self, state, states\)"),
     ],

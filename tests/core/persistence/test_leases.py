@@ -280,8 +280,8 @@ def test_rebuilding_on_the_same_thread_is_reentrant(tmp_path):
 
 def test_a_failed_build_releases_the_lease(tmp_path):
     db = tmp_path / "state.db"
-    with pytest.raises(ValueError, match="initialize_from"):
-        builder(SQLitePersister(db)).initialize_from(SQLitePersister(db)).build()
+    with pytest.raises(ValueError, match="'nowhere'"):  # found after the lease is taken
+        builder(SQLitePersister(db)).with_entrypoint("nowhere").build()
 
     assert lease_rows(db) == []
 
