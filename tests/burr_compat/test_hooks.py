@@ -304,7 +304,8 @@ def test_astep_is_reported_as_astep():
 
 def test_an_async_hook_of_no_hook_class_in_a_sync_run_is_a_clear_error():
     app = app_with(AsyncRecorder())
-    with pytest.raises(AsyncMismatchError, match="hook AsyncRecorder is async: .*arun.*pre_run_execute_call"):
+    expected = "hook AsyncRecorder is async: .*arun.*pre_run_execute_call"
+    with pytest.raises(AsyncMismatchError, match=expected):
         app.step()
     assert app.sequence_id is None
 
@@ -316,3 +317,43 @@ def test_an_object_with_no_hook_method_receives_nothing_and_breaks_nothing():
 
     app = app_with(Bystander())
     assert app.run(halt_after=["count"])[2]["n"] == 1
+
+
+@streaming_action(reads=[], writes=["text"])
+async def async_talk(state: State):
+    for word in ("p", "q"):
+        yield {"delta": word}, None
+    yield {"text": "pq"}, state.update(text="pq")
+
+
+class AsyncStreamRecorder:
+    def __init__(self):
+        self.calls = []
+
+    async def pre_start_stream(self, *, action, **future_kwargs):
+        await asyncio.sleep(0)
+        self.calls.append(("start", action))
+
+    async def post_stream_item(self, *, item, item_index, **future_kwargs):
+        self.calls.append(("item", item["delta"], item_index))
+
+    async def post_end_stream(self, *, action, **future_kwargs):
+        self.calls.append(("end", action))
+
+
+def test_async_stream_hooks_are_awaited_around_an_async_stream():
+    recorder = AsyncStreamRecorder()
+    app = (
+        ApplicationBuilder().with_actions(async_talk).with_transitions()
+        .with_entrypoint("async_talk").with_hooks(recorder).build()
+    )
+
+    async def consume():
+        _, container = await app.astream_result(halt_after=["async_talk"])
+        deltas = [item["delta"] async for item in container]
+        return deltas, (await container.get())[0]
+
+    assert asyncio.run(consume()) == (["p", "q"], {"text": "pq"})
+    assert recorder.calls == [
+        ("start", "async_talk"), ("item", "p", 1), ("item", "q", 2), ("end", "async_talk"),
+    ]
