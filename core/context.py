@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,3 +41,22 @@ class ApplicationContext:
     """Where a watched run's fan-outs emit their events (`Application.stream_fanout`)."""
     event_path: tuple[int, ...] = ()
     """Positions of this app in the fan-outs above it, for nested fan-outs' events."""
+
+    @property
+    def parallel_executor_factory(self) -> Callable[[], Executor]:
+        """Burr's name: a callable giving an executor to run children on, as in `with
+        context.parallel_executor_factory() as pool:` (the app's factory, a registered name,
+        or threads by default). An executor given as an instance comes back itself, so such
+        a `with` shuts it down."""
+        executor = self.executor
+        if isinstance(executor, Executor):
+            return lambda: executor
+        if isinstance(executor, str):
+            from fanwise.executors import create
+
+            return lambda: create(executor)
+        if executor is None:
+            from fanwise.executors import MultiThreadedExecutor
+
+            return MultiThreadedExecutor
+        return executor

@@ -228,3 +228,25 @@ def test_with_executor_still_takes_an_instance():
         final = run_one(fan, ApplicationBuilder().with_executor(pool), prompts=["a"])
         assert pool.submit(len, "ab").result() == 2  # an instance stays the caller's
     assert final["all_llm_outputs"][0].startswith("mine")
+
+
+@action(reads=["prompts"], writes=["all_llm_outputs"])
+def by_hand(state: State, __context: ApplicationContext) -> State:
+    """Burr's recursion pattern: sub-applications run on the context's executor factory."""
+    with __context.parallel_executor_factory() as pool:
+        names = list(pool.map(lambda _: threading.current_thread().name, state["prompts"]))
+    return state.update(all_llm_outputs=names)
+
+
+def test_context_parallel_executor_factory_makes_the_apps_executor():
+    def factory():
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="from-factory")
+
+    final = run_one(by_hand, ApplicationBuilder().with_parallel_executor(factory),
+                    prompts=["a", "b"])
+    assert all(name.startswith("from-factory") for name in final["all_llm_outputs"])
+
+
+def test_context_parallel_executor_factory_defaults_to_threads():
+    final = run_one(by_hand, prompts=["a"])
+    assert final["all_llm_outputs"][0] != threading.current_thread().name
