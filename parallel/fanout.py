@@ -32,7 +32,8 @@ from typing import Any, Literal
 
 from fanwise.core._runner import Partial
 from fanwise.core.errors import CorruptStateError, LeaseLostError
-from fanwise.core.protocols import FlushingTracker, RecordingTracker, StateLoader
+from fanwise.core.persistence.base import FencedStore
+from fanwise.core.protocols import FlushingTracker, RecordingTracker, StateLoader, conforms
 from fanwise.executors.protocols import CAPACITY_POLL_SECONDS, ElasticExecutor
 from fanwise.parallel._channel import Channel
 from fanwise.parallel._commit import GroupCommit
@@ -164,6 +165,8 @@ class Fanout:
         while (free := window.free_slots()) > 0:
             if window.queued:
                 spec = window.queued.popleft()
+                if spec.saver is not None and conforms(spec.saver, FencedStore):
+                    spec.saver.check_fence()  # a driver that lost its lease starts no child
                 window.start(spec, self._plan.timeout if not spec.runnable.is_async else None)
                 channel.submit(spec)
                 if self._listening:

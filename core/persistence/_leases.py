@@ -98,10 +98,6 @@ def new_generation() -> int:
     return secrets.randbits(62) + 1
 
 
-def renew_every(ttl: float) -> float:
-    return ttl / RENEWALS_PER_TTL
-
-
 def check_ttl(ttl: float) -> float:
     """`ttl` if it is a positive number of seconds, else a `ValueError` naming it."""
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
@@ -109,40 +105,75 @@ def check_ttl(ttl: float) -> float:
     return float(ttl)
 
 
-class Renewer:
-    """A daemon thread that calls `renew()` every `every` s until `stop()`: it keeps a lease
-    alive without costing a step of the run anything. `renew()` returns False once the
-    lease is lost (taken over or broken): renewing then stops, and the run learns it at its
-    next write, which the store refuses."""
+@dataclass
+class _Watch:
+    """What this process knows of one of its leases between two renewals."""
 
-    def __init__(self, app_id: str, store: str, every: float, renew: Callable[[], bool]) -> None:
+    ttl: float
+    renewed: float = field(default_factory=time.monotonic)
+    lost: bool = False
+
+
+_WATCHED: dict[Fence, _Watch] = {}
+"""The leases this process holds, by fence: `in_doubt` reads them without a round trip."""
+
+
+def in_doubt(fence: Fence) -> bool:
+    """True if this process holds `fence`'s lease and knows it lost, or went `ttl` s
+    without renewing it (it was frozen, or the store was unreachable): the store must then
+    be asked before more work starts. False for a lease of another process."""
+    watch = _WATCHED.get(fence)
+    return watch is not None and (watch.lost or time.monotonic() - watch.renewed > watch.ttl)
+
+
+def renewed(fence: Fence, still_held: bool) -> None:
+    """Record the answer of a renewal of `fence`'s lease."""
+    watch = _WATCHED.get(fence)
+    if watch is not None:
+        watch.renewed, watch.lost = time.monotonic(), not still_held
+
+
+class Renewer:
+    """A daemon thread that calls `renew()` every `ttl / RENEWALS_PER_TTL` s until `stop()`:
+    it keeps the lease of `fence` alive without costing a step of the run anything.
+    `renew()` returns False once the lease is lost (taken over or broken): renewing then
+    stops, and the run learns it before its next child starts (`in_doubt`) or at its next
+    write, which the store refuses."""
+
+    def __init__(
+        self, fence: Fence, store: str, ttl: float, renew: Callable[[], bool]
+    ) -> None:
         self._stop = threading.Event()
-        self._app_id = app_id
+        self._fence = fence
         self._store = store
-        self._every = every
+        self._every = ttl / RENEWALS_PER_TTL
         self._renew = renew
+        _WATCHED[fence] = _Watch(ttl)
         self._thread = threading.Thread(
-            target=self._loop, name=f"fanwise-lease-{app_id}", daemon=True
+            target=self._loop, name=f"fanwise-lease-{fence.app_id}", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        _WATCHED.pop(self._fence, None)
 
     def _loop(self) -> None:
+        app_id = self._fence.app_id
         while not self._stop.wait(self._every):
             try:
-                renewed = self._renew()
+                still_held = self._renew()
             except Exception as exc:  # the next round tries again; expiry is the bound
                 _LOG.warning("cannot renew the lease of app %r in %s: %s",
-                             self._app_id, self._store, exc)
+                             app_id, self._store, exc)
                 continue
-            if not renewed:
+            renewed(self._fence, still_held)
+            if not still_held:
                 if not self._stop.is_set():
                     _LOG.warning(
                         "app %r lost its lease in %s: it expired and another driver took it, "
                         "or it was broken; this driver's writes are refused",
-                        self._app_id, self._store,
+                        app_id, self._store,
                     )
                 return
 

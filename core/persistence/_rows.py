@@ -10,7 +10,8 @@ from types import MappingProxyType
 from typing import Any, Self
 
 from fanwise.core import serde
-from fanwise.core.errors import CorruptStateError, StateSerialisationError
+from fanwise.core.errors import CorruptStateError, LeaseLostError, StateSerialisationError
+from fanwise.core.persistence import _leases
 from fanwise.core.persistence.base import Fence, PersistedStateData, SaveRow
 from fanwise.core.secret import find_secret
 from fanwise.core.state import State
@@ -182,6 +183,26 @@ class RowSaver:
     def fence(self) -> Fence | None:
         """The lease whose generation this persister's writes carry; None: unfenced."""
         return self._fence
+
+    def check_fence(self) -> None:
+        """Raise `LeaseLostError` if this persister's lease is lost. Free (no round trip)
+        while this process renews it on time; after a gap longer than its ttl (a frozen
+        driver that woke up) the store is asked, and renews it if it is still held. What
+        a fan-out calls before it starts a child."""
+        fence = self._fence
+        if fence is None or not _leases.in_doubt(fence):
+            return
+        still_held = self._renew(fence)
+        _leases.renewed(fence, still_held)
+        if not still_held:
+            raise self._lease_lost(fence)
+
+    def _renew(self, fence: Fence) -> bool:
+        """Push the expiry of `fence`'s lease forward; False if that generation lost it."""
+        raise NotImplementedError
+
+    def _lease_lost(self, fence: Fence) -> LeaseLostError:
+        raise NotImplementedError
 
     def fenced(self, fence: Fence | None) -> Self:
         """A copy on the same store (same connections) whose writes, and those of its copies

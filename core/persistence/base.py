@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, Protocol, TypedDict, runtime_checkable
 
 from fanwise.core.state import State
 
@@ -52,6 +52,15 @@ class Fence:
     """As stored (`""` for no partition key)."""
     app_id: str
     generation: int
+
+
+@runtime_checkable
+class FencedStore(Protocol):
+    """A persister whose writes may carry a lease's fence (`fenced`)."""
+
+    def check_fence(self) -> None:
+        """Raise `LeaseLostError` if the lease its writes carry is lost (free while the
+        lease is renewed on time)."""
 
 
 class Lease:

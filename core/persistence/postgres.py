@@ -362,12 +362,7 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
                 raise AppLockedError(app_id, holder)
         mine = [partition_key, app_id, fence.generation]
         renewer = _leases.Renewer(
-            app_id, self._source(), _leases.renew_every(self._lease_ttl),
-            lambda: self._on_lease_table(
-                lambda connection: connection.execute(
-                    self._sql_lease_renew, [self._lease_ttl, *mine]
-                ).rowcount == 1
-            ),
+            fence, self._source(), self._lease_ttl, lambda: self._renew(fence)
         )
 
         def drop(connection: Connection) -> None:
@@ -388,6 +383,13 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
                              app_id, self._lease_ttl, exc)
 
         return _leases.Taken(release, fence)
+
+    def _renew(self, fence: Fence) -> bool:
+        """Push the expiry of `fence`'s lease row forward; False if that generation lost it."""
+        mine = [self._lease_ttl, fence.partition_key, fence.app_id, fence.generation]
+        return self._on_lease_table(
+            lambda connection: connection.execute(self._sql_lease_renew, mine).rowcount == 1
+        )
 
     def _ready_lease_table(self) -> None:
         """Create (or bring up to date) the lease table, once per persister family."""

@@ -400,8 +400,7 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
             raise
         ids = (partition_key, app_id, fence.generation)
         renewer = _leases.Renewer(
-            app_id, self._source(), _leases.renew_every(self._lease_ttl),
-            lambda: self._renew_lease(ids),
+            fence, self._source(), self._lease_ttl, lambda: self._renew(fence)
         )
 
         def release() -> None:
@@ -418,16 +417,16 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
 
         return _leases.Taken(release, fence)
 
-    def _renew_lease(self, ids: tuple[str, str, int]) -> bool:
-        """Push the expiry of the lease row `ids` forward; False if that generation lost it.
+    def _renew(self, fence: Fence) -> bool:
+        """Push the expiry of `fence`'s lease row forward; False if that generation lost it.
         A connection of its own: the renewing thread lives apart from the runner's
-        (`:memory:` has only one, shared)."""
-        connection = self._connection() if self._memory else self._open()
-        with closing(connection):
-            renewed = connection.execute(
-                self._sql_lease_renew, [time.time() + self._lease_ttl, *ids]
-            ).rowcount
-        return renewed == 1
+        (`:memory:` has only one, shared, and kept open)."""
+        ids = [time.time() + self._lease_ttl, fence.partition_key, fence.app_id,
+               fence.generation]
+        if self._memory:
+            return self._connection().execute(self._sql_lease_renew, ids).rowcount == 1
+        with closing(self._open()) as connection:
+            return connection.execute(self._sql_lease_renew, ids).rowcount == 1
 
     def _ready(self) -> sqlite3.Connection:
         if not self._shared.initialized:

@@ -87,6 +87,10 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
         """See `RowSaver.fence`."""
         return self._sync.fence
 
+    def check_fence(self) -> None:
+        """See `RowSaver.check_fence` (a round trip only when in doubt)."""
+        self._sync.check_fence()
+
     def fenced(self, fence: Fence | None) -> AsyncSQLitePersister:
         """See `RowSaver.fenced`."""
         twin = copy.copy(self)

@@ -20,6 +20,7 @@ from fanwise.core.persistence import (
     PostgreSQLPersister,
     SQLitePersister,
 )
+from fanwise.executors import MultiThreadedExecutor
 from fanwise.parallel import MapStates
 
 POSTGRES_DSN = os.environ.get(
@@ -355,4 +356,74 @@ def test_a_lease_table_made_before_fencing_is_brought_up_to_date(store):
     app.run(halt_after=["done"])
 
     assert make().load(None, "app")["state"]["n"] == 5
+    app.close()
+
+
+def test_a_lost_lease_is_known_before_the_next_write_once_its_renewal_fails(store):
+    _, _, _, make = store
+    lease = make(lease_ttl=0.6).acquire_lease(None, "app")
+    lease.store.check_fence()  # held: nothing to ask the store
+    make().break_lease(None, "app", force=True)
+    time.sleep(0.5)  # a renewal (every 0.2 s) finds it lost
+
+    with pytest.raises(LeaseLostError, match="'app' lost its lease"):
+        lease.store.check_fence()
+    lease.release()
+
+
+class Recorded(MapStates):
+    """One child at a time; each records that it ran; the child at `break_at` breaks its
+    parent's lease and outlives a renewal of it."""
+
+    def __init__(self, breaker, break_at, ran):
+        super().__init__()
+        self.breaker, self.break_at, self.ran = breaker, break_at, ran
+
+    def action(self, state, inputs):
+        breaker, break_at, ran = self.breaker, self.break_at, self.ran
+
+        @action(reads=["i"], writes=["i"])
+        def work(state):
+            ran.append(state["i"])
+            if state["i"] == break_at:
+                breaker.break_lease(None, "parent", force=True)
+                time.sleep(0.5)
+            return state
+
+        return work
+
+    def states(self, state, context, inputs):
+        for i in range(20):
+            yield state.update(i=i)
+
+    def reduce(self, state, states):
+        return state.update(total=sum(s["i"] for s in states))
+
+    @property
+    def reads(self):
+        return []
+
+    @property
+    def writes(self):
+        return ["total"]
+
+
+def test_a_driver_that_knows_its_lease_is_lost_starts_no_further_child(store):
+    _, _, _, make = store
+    ran = []
+    app = (
+        ApplicationBuilder()
+        .with_actions(sweep=Recorded(make(), 5, ran), done=Result("total"))
+        .with_transitions(("sweep", "done"))
+        .with_entrypoint("sweep")
+        .with_state_persister(make(lease_ttl=0.6))
+        .with_identifiers(app_id="parent")
+        .with_executor(MultiThreadedExecutor(1))
+        .build()
+    )
+
+    with pytest.raises(LeaseLostError, match="'parent' lost its lease"):
+        app.run(halt_after=["done"])
+
+    assert ran == [0, 1, 2, 3, 4, 5]
     app.close()
