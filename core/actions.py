@@ -17,6 +17,7 @@ import abc
 import copy
 import inspect
 import types
+import warnings
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -172,13 +173,14 @@ class Action(Function, Reducer, abc.ABC):
             return "No source available"
 
     def execute(self, state: State, inputs: dict[str, Any]) -> Any:
-        """(result, new_state), or an awaitable of it for async actions."""
+        """(result, new_state), or an awaitable of it for async actions. As in Burr, `run`
+        sees only the fields in `reads` (those present); `update` sees the whole state."""
         if self.is_async():
             return self._execute_async(state, inputs)
-        return self._reduce(self.run(state, **inputs), state)
+        return self._reduce(self.run(state.subset(*self.reads), **inputs), state)
 
     async def _execute_async(self, state: State, inputs: dict[str, Any]) -> Any:
-        return self._reduce(await self.run(state, **inputs), state)
+        return self._reduce(await self.run(state.subset(*self.reads), **inputs), state)
 
     def _reduce(self, result: Any, state: State) -> tuple[dict[str, Any], State]:
         if not isinstance(result, dict):
@@ -429,7 +431,16 @@ class Result(Action):
         return []
 
     def run(self, state: State, **run_kwargs: Any) -> dict[str, Any]:
-        return {k: state[k] for k in self._fields}
+        """The fields present in state; a missing one is left out with a warning, as Burr
+        leaves it out."""
+        missing = [k for k in self._fields if k not in state]
+        if missing:
+            warnings.warn(
+                f"Result {self.name!r}: field(s) {missing} are not in state; left out of the "
+                "result",
+                stacklevel=2,
+            )
+        return {k: state[k] for k in self._fields if k in state}
 
     def update(self, result: dict[str, Any], state: State) -> State:
         return state
