@@ -72,8 +72,8 @@ class State(Mapping[str, Any]):
         self._data: dict[str, Any] = dict(initial or {})
 
     def update(self, **updates: Any) -> State:
-        """Set fields, replacing their previous values (`SetFields`, inlined: every step of
-        every action runs this, and the delta object costs a third more; core_steps row)."""
+        """Set fields, replacing their previous values (`SetFields`, inlined: nearly every
+        step runs this, and going through the delta took 0.80 µs instead of 0.53, timeit)."""
         return State({**self._data, **updates})
 
     def append(self, **items: Any) -> State:
