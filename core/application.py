@@ -343,6 +343,24 @@ class Application:
             driver = _runner.Driver(_runner.step(self, inputs, async_run=False))
             return action, StreamingResultContainer(driver)
 
+    def stream_iterate(
+        self,
+        halt_after: Sequence[str] | None = None,
+        halt_before: Sequence[str] | None = None,
+        inputs: dict[str, Any] | None = None,
+    ) -> Iterator[tuple[Action, StreamingResultContainer]]:
+        """Stream every step until a halt (as `iterate` halts): yields (action, container)
+        per step, streaming or not; a container left unread is drained before the next
+        step starts."""
+        halt_before, halt_after = self._check_halts(halt_before, halt_after)
+        with execute_call(self, ExecuteMethod.stream_iterate):
+            while (following := self.get_next_action()) is not None:
+                _, container = self.stream_result(halt_after=[following.name], inputs=inputs)
+                yield following, container
+                container.get()
+                if self._should_halt(halt_before, halt_after, following):
+                    break
+
     def stream_fanout(
         self,
         halt_before: Sequence[str] | None = None,
@@ -413,6 +431,24 @@ class Application:
             self._check_open()
             driver = _runner.Driver(_runner.step(self, inputs, async_run=True))
             return action, AsyncStreamingResultContainer(driver)
+
+    async def astream_iterate(
+        self,
+        halt_after: Sequence[str] | None = None,
+        halt_before: Sequence[str] | None = None,
+        inputs: dict[str, Any] | None = None,
+    ) -> AsyncIterator[tuple[Action, AsyncStreamingResultContainer]]:
+        """Async `stream_iterate`."""
+        halt_before, halt_after = self._check_halts(halt_before, halt_after)
+        async with aexecute_call(self, ExecuteMethod.astream_iterate):
+            while (following := self.get_next_action()) is not None:
+                _, container = await self.astream_result(
+                    halt_after=[following.name], inputs=inputs
+                )
+                yield following, container
+                await container.get()
+                if self._should_halt(halt_before, halt_after, following):
+                    break
 
     def astream_fanout(
         self,

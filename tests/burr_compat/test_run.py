@@ -5,7 +5,7 @@ when they stop; `iterate()`'s `StopIteration` value."""
 import asyncio
 
 import pytest
-from fanwise.core import ApplicationBuilder, State, action, default, expr
+from fanwise.core import ApplicationBuilder, State, action, default, expr, streaming_action
 from fanwise.core.persistence import SQLLitePersister
 
 
@@ -200,3 +200,71 @@ def test_the_web_server_tutorial_flow_moves_forward_on_every_request(tmp_path, i
     assert (waiting, state["drafts"]) == ("process_feedback", ["re: hi", "re: hi shorter"])
     waiting, state = request(db, "a1", feedback="")
     assert (waiting, state["final"]) == (None, "re: hi shorter")
+
+
+# -- stream_iterate / astream_iterate ---------------------------------------------------
+
+
+@action(reads=[], writes=["prompt"])
+def prepare(state: State, text: str = "hi there") -> State:
+    return state.update(prompt=text)
+
+
+@streaming_action(reads=["prompt"], writes=["response"])
+def words(state: State):
+    for word in state["prompt"].split():
+        yield {"delta": word}, None
+    yield {"response": state["prompt"].upper()}, state.update(response=state["prompt"].upper())
+
+
+@streaming_action(reads=["prompt"], writes=["response"])
+async def awords(state: State):
+    for word in state["prompt"].split():
+        await asyncio.sleep(0)
+        yield {"delta": word}, None
+    yield {"response": state["prompt"].upper()}, state.update(response=state["prompt"].upper())
+
+
+@action(reads=["response"], writes=["length"])
+def measure(state: State) -> State:
+    return state.update(length=len(state["response"]))
+
+
+def chat(streamer=words):
+    return (
+        ApplicationBuilder()
+        .with_actions(prepare, measure, words=streamer)
+        .with_transitions(("prepare", "words"), ("words", "measure"), ("measure", "prepare"))
+        .with_entrypoint("prepare")
+        .build()
+    )
+
+
+def test_stream_iterate_streams_every_step_until_a_halt():
+    app = chat()
+    seen = [(a.name, list(container)) for a, container in app.stream_iterate(
+        halt_after=["measure"])]
+    assert seen == [("prepare", []), ("words", [{"delta": "hi"}, {"delta": "there"}]),
+                    ("measure", [])]
+    assert (app.state["length"], app.get_next_action().name) == (8, "prepare")
+
+
+def test_stream_iterate_drains_a_container_left_unread_and_halts_like_iterate():
+    app = chat()
+    names = [a.name for a, _ in app.stream_iterate(halt_before=["measure"])]
+    assert names == ["prepare", "words"]
+    assert app.state["response"] == "HI THERE"
+    assert [a.name for a, _ in app.stream_iterate(halt_before=["prepare"])] == ["measure"]
+
+
+def test_astream_iterate_streams_async_steps():
+    async def scenario():
+        app = chat(awords)
+        seen = []
+        async for a, container in app.astream_iterate(halt_after=["words"]):
+            seen.append((a.name, [item async for item in container]))
+        return seen, (await container.get())[0]
+
+    seen, result = asyncio.run(scenario())
+    assert seen == [("prepare", []), ("words", [{"delta": "hi"}, {"delta": "there"}])]
+    assert result == {"response": "HI THERE"}
