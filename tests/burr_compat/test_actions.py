@@ -131,6 +131,22 @@ def test_a_two_step_action_whose_run_returns_no_dict_names_it():
         one_action_app(Bad(), name="bad").step()
 
 
+def test_a_two_step_action_runs_on_its_reads_and_updates_the_whole_state():
+    class Peek(Action):
+        reads, writes = ["a", "absent"], ["seen"]
+
+        def run(self, state):
+            return {"seen": sorted(state.keys())}
+
+        def update(self, result, state):
+            assert "b" in state
+            return state.update(**result)
+
+    _, result, state = one_action_app(Peek(), state={"a": 1, "b": 2}).step()
+    assert result == {"seen": ["a"]}
+    assert state == State({"a": 1, "b": 2, "seen": ["a"]})
+
+
 def test_type_eraser_leaves_a_method_with_named_inputs_working():
     class Counter(Action):
         reads, writes = ["counter"], ["counter"]
