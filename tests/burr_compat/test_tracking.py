@@ -4,6 +4,7 @@ view from them (`burr.tracking.server.schema`), so Burr's UI can open a fanwise 
 Also Burr's tracking setup: `with_tracker(project=..., params=...)`, "local" by default,
 `LocalTrackingClient(project, storage_dir, serde_kwargs)`."""
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -267,6 +268,32 @@ def test_children_run_in_other_processes_ship_records_that_validate(tmp_path):
     # the children ran in worker processes: the driver wrote the records they shipped back
     pids = logged_pids(tmp_path, children)
     assert pids and os.getpid() not in pids
+
+
+def test_burrs_ui_server_lists_and_opens_a_fanwise_project(tmp_path):
+    from burr.tracking.server.backend import LocalBackend
+
+    counting_app(tmp_path, app_id="plain").run(halt_after=["done"])
+    with MultiThreadedExecutor(2) as executor:
+        fan_out_app(tmp_path, executor).run(halt_after=["done"])
+    backend = LocalBackend(path=str(tmp_path))
+
+    async def browse():
+        projects = await backend.list_projects(None)
+        apps, count = await backend.list_apps(None, "burr-ui", None)
+        logs = {
+            app.app_id: await backend.get_application_logs(None, "burr-ui", app.app_id, None)
+            for app in apps
+        }
+        return projects, count, logs
+
+    projects, count, logs = asyncio.run(browse())
+    assert [p.name for p in projects] == ["burr-ui"]
+    assert count == 5  # plain, parent and its three children
+    assert [len(s.spans) for s in logs["plain"].steps] == [2, 0, 0]
+    assert len(logs["parent"].children) == 3
+    children = [logs[c.child.app_id] for c in logs["parent"].children]
+    assert all(c.spawning_parent_pointer.app_id == "parent" for c in children)
 
 
 # -- setup ------------------------------------------------------------------------------
