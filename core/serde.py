@@ -371,16 +371,17 @@ def _find_type_serde(type_: type) -> tuple[str, Dump] | None:
 
 
 def _encode_strict(obj: object, kwargs: Mapping[str, Any] = _NO_KWARGS) -> Any:
-    """The JSON encoder's hook for a value it cannot encode itself: a registered type's
-    marker dict, or a `serialize` implementation's output wrapped as `DISPATCHED`."""
-    entry = _find_type_serde(type(obj))
-    if entry is not None:
-        name, dump = entry
-        return {TYPE_MARKER: name, "value": dump(obj)}
+    """The JSON encoder's hook for a value it cannot encode itself: a `serialize`
+    implementation's output wrapped as `DISPATCHED`, or else a registered type's marker
+    dict (the order `serialize` itself follows)."""
     implementation = serialize.dispatch(type(obj))
-    if implementation is _serialize_fallback:
+    if implementation is not _serialize_fallback:
+        return {TYPE_MARKER: DISPATCHED, "value": implementation(obj, **kwargs)}
+    entry = _find_type_serde(type(obj))
+    if entry is None:
         raise _Unserialisable(obj)
-    return {TYPE_MARKER: DISPATCHED, "value": implementation(obj, **kwargs)}
+    name, dump = entry
+    return {TYPE_MARKER: name, "value": dump(obj)}
 
 
 def _encode_lenient(obj: object, kwargs: Mapping[str, Any] = _NO_KWARGS) -> Any:

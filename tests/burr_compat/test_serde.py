@@ -110,6 +110,21 @@ def test_register_type_types_go_through_serialize_and_deserialize_too():
     assert serde.deserialize(data) == {"t": Celsius(21.5)}
 
 
+def test_a_serialize_registration_wins_over_register_type_everywhere(tmp_path):
+    class Both:
+        def __init__(self, via: str) -> None:
+            self.via = via
+
+    serde.register_type(Both, lambda both: "x", lambda stored: Both("register_type"))
+    serde.serialize.register(Both)(lambda both, **kwargs: {serde.KEY: "burr_compat.both"})
+    serde.deserializer.register("burr_compat.both")(lambda value, **kwargs: Both("serialize"))
+    persister = SQLitePersister(tmp_path / "state.db")
+    persister.save(None, "app", 0, "start", State({"b": Both("live")}), "completed")
+
+    assert State.deserialize(State({"b": Both("live")}).serialize())["b"].via == "serialize"
+    assert persister.load(None, "app")["state"]["b"].via == "serialize"
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 def persister(request, tmp_path):
     if request.param == "memory":
