@@ -27,11 +27,13 @@ from concurrent.futures import Future
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
+from fanwise.core.tracking.index import Fact
 from fanwise.core.tracking.local import (
     CHILDREN_FILE,
     AppKey,
     LocalTrackingClient,
     _append_line,
+    apply_facts,
 )
 
 if TYPE_CHECKING:
@@ -44,6 +46,9 @@ _BATCH = 4096
 
 Write = Callable[[Any, bytes], None]
 """`write(key, lines)`: append whole lines to the file that `key` names."""
+Gather = Callable[[Any, list[Any]], None]
+"""`apply(key, items)`: what was gathered for `key` in one batch, in order (the run index's
+facts: one index transaction per batch, not one per child)."""
 
 
 class TrackingWriter:
@@ -70,6 +75,12 @@ class TrackingWriter:
         """Append `line` to the file `key` names (with `write(key, lines)`), in order."""
         self._check_open()
         self._queue.put((write, key, line))
+
+    def gather(self, apply: Gather, key: Hashable, item: Any) -> None:
+        """Hand `item` to `apply(key, items)`, called once per batch with that batch's items
+        for `key`, after the batch's appends."""
+        self._check_open()
+        self._queue.put((None, apply, key, item))
 
     def flushed(self) -> Future[None]:
         """A future done once everything submitted so far is written."""
@@ -113,11 +124,14 @@ class TrackingWriter:
             except Empty:
                 pass
             lines: dict[tuple[Write, Hashable], list[bytes]] = {}
+            gathered: dict[tuple[Gather, Hashable], list[Any]] = {}
             barriers: list[Future[None]] = []
             stop = False
             for item in batch:
                 if len(item) == 3:
                     lines.setdefault((item[0], item[1]), []).append(item[2])
+                elif len(item) == 4:
+                    gathered.setdefault((item[1], item[2]), []).append(item[3])
                 elif len(item) == 1:
                     # a folder is created before any line of its files, which come later
                     # in this batch or in a later one: appends may wait for the batch end
@@ -128,6 +142,8 @@ class TrackingWriter:
                     stop = True
             for (write, key), pending in lines.items():
                 self._run(lambda w=write, k=key, p=pending: w(k, b"".join(p)))
+            for (apply, key), items in gathered.items():
+                self._run(lambda a=apply, k=key, i=items: a(k, i))
             for barrier in barriers:
                 barrier.set_result(None)
             if stop:
@@ -186,6 +202,9 @@ class BackgroundTrackingClient(LocalTrackingClient):
 
     def _append_log(self, app: AppKey, line: bytes) -> None:
         self._writer.append(self._write_log, app, line)
+
+    def _index(self, app: AppKey, fact: Fact) -> None:
+        self._writer.gather(apply_facts, self._run_index(), fact)
 
     def _write_log(self, app: AppKey, lines: bytes) -> None:
         self._log(app).append(lines)

@@ -1,0 +1,758 @@
+"""The run index: one SQLite row per tracked application, next to the app folders.
+
+    tracker hooks ──facts──▶ (writer thread batch | ingest batch | one hook) ──apply()──▶
+        <storage_dir>/<project>/.fanwise-index.sqlite   ◀── RunIndex queries (CLI, UI)
+
+`LocalTrackingClient` turns what it writes into small *facts* (app created, step begun,
+step ended, usage logged) and hands them to `RunIndex.apply` in the batches it writes its
+files in: once per batch of the fan-out's writer thread, once per `ingest` of records that
+children in other processes shipped back, once per hook of an app tracked directly. A
+batch folds its facts into one upsert per app; triggers keep counts by status per fan-out
+step and per partition's root apps, so a count is one row lookup, and every list is a page
+read by rowid (`Page.next_cursor`), O(page) whatever the project's size.
+
+Facts are idempotent (a step's begin and end carry a rank, `2 * sequence_id (+ 1 for the
+end)`, and an older rank never overwrites a newer one), so the records a resumed child
+carries in its saved rows may be ingested twice, and a rebuild may run beside writers.
+
+The file is SQLite in WAL mode with a busy timeout: several driver processes may write one
+project's index at once. An index that is missing, of another schema version, created in a
+project that already held apps (one written by an earlier fanwise, or by Burr), or marked
+stale by a write that failed, is rebuilt from the app folders when it is opened for reading
+(`RunIndex.open`). An app id asked for by `app()` and absent from the index is indexed from
+its folder on the spot (an app that Burr, or a writer without index, added later).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+INDEX_FILE: Final = ".fanwise-index.sqlite"
+"""The index's file name inside a project folder (a dot file: Burr's UI lists folders only)."""
+STALE_MARKER: Final = ".fanwise-index.stale"
+"""Left next to the index by a write that failed: the next reader rebuilds it."""
+SCHEMA_VERSION: Final = 1
+STATUSES: Final = ("created", "running", "completed", "failed")
+"""An app's status in the index: `created` (no step begun yet), `running` (a step begun and
+not ended: running, or its driver died during it), `completed` / `failed` (its last step's
+outcome; a `completed` app may be halted, with more steps to run on a resume)."""
+ANY: Final[Any] = object()
+"""`partition_key=ANY`: whatever the partition key (None is "no partition key")."""
+_LOG = logging.getLogger(__name__)
+_WAL_PAGES = 64
+"""Pages the WAL may hold before a checkpoint folds them into the index (and the size, in
+KiB, it is cut back to)."""
+
+Fact = tuple[Any, ...]
+"""A fact, as the tracker hands it over (plain tuples and lists: they pickle and travel in
+JSON cheaply):
+
+- `("c", partition_key, app_id, parent_partition_key, parent_app_id, parent_sequence_id,
+  created_at)`: an app created (`parent_*` None unless a fan-out spawned it);
+- `("b", partition_key, app_id, sequence_id, action, start_time)`: a step begun;
+- `("e", partition_key, app_id, sequence_id, action, status, end_time, error_type,
+  error_line)`: a step ended, `status` `"completed"` or `"failed"`;
+- `("u", partition_key, app_id, {name: number})`: usage figures the app logged, summed.
+"""
+
+
+def created_fact(
+    partition_key: str | None, app_id: str, parent: Any, created_at: str
+) -> Fact:
+    """The fact of an app created; `parent` is its spawning parent pointer (or None)."""
+    if parent is None:
+        return ("c", partition_key, app_id, None, None, None, created_at)
+    return ("c", partition_key, app_id, parent.partition_key, parent.app_id,
+            parent.sequence_id, created_at)
+
+
+def ended_fact(
+    partition_key: str | None, app_id: str, sequence_id: int, action: str, end_time: str,
+    traceback_text: str | None,
+) -> Fact:
+    """The fact of a step ended, failed if it has a traceback (`error_of` names the error)."""
+    if traceback_text is None:
+        return ("e", partition_key, app_id, sequence_id, action, "completed", end_time,
+                None, None)
+    error_type, error_line = error_of(traceback_text)
+    return ("e", partition_key, app_id, sequence_id, action, "failed", end_time,
+            error_type, error_line)
+
+
+def error_of(traceback_text: str) -> tuple[str, str]:
+    """(exception type, first line of its message) of a formatted traceback
+    (`traceback.format_exception`): of the exception printed last (for a chain, the one
+    raised), the first unindented line after its frames; an exception group's own lines
+    are those of its first block (`  | `), before its sub-exceptions."""
+    lines = traceback_text.rstrip("\n").split("\n")
+    start = 0
+    for number, line in enumerate(lines):
+        if line.startswith(("Traceback (", _GROUP_START)):
+            start = number
+    block = lines[start:]
+    if block and block[0].startswith(_GROUP_START):
+        own = []
+        for line in block[1:]:
+            if not line.startswith("  | "):
+                break
+            own.append(line[4:])
+        block = own
+    first = 0
+    for number in range(len(block) - 1, -1, -1):
+        if block[number].startswith("  "):
+            first = number + 1
+            break
+    for line in block[first:]:
+        if line and not line.startswith(" "):
+            kind, _, message = line.partition(": ")
+            return kind.strip(), message.strip()
+    return "Exception", block[-1].strip() if block else ""
+
+
+_GROUP_START = "  + Exception Group Traceback ("
+
+
+USAGE_NAMES: Final = frozenset({
+    "prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens",
+    "cost", "cost_usd",
+})
+"""Attribute names (or last dotted part: `gen_ai.usage.prompt_tokens`) whose numbers the
+index sums per app as usage; an attribute `usage` whose value is a dict of numbers counts
+each of its entries."""
+
+
+def usage_of(key: str, value: Any) -> dict[str, float] | None:
+    """The usage figures an attribute `key = value` carries, or None (most attributes)."""
+    if key == "usage" and isinstance(value, Mapping):
+        found = {str(k): float(v) for k, v in value.items()
+                 if isinstance(v, int | float) and not isinstance(v, bool)}
+        return found or None
+    name = key.rsplit(".", 1)[-1]
+    if name in USAGE_NAMES and isinstance(value, int | float) and not isinstance(value, bool):
+        return {name: float(value)}
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class AppRow:
+    """One app as the index knows it. Times are ISO 8601 strings in UTC, as tracked."""
+
+    partition_key: str | None
+    app_id: str
+    parent_app_id: str | None
+    parent_partition_key: str | None
+    parent_sequence_id: int | None
+    status: str
+    position: str | None
+    """The action of its last ended step (Burr's "position")."""
+    next_action: str | None
+    """The step it runs (running) or re-runs on resume (failed); None after a completed
+    step (the index does not evaluate the graph's conditions)."""
+    sequence_id: int | None
+    steps: int
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    duration_ms: float | None
+    error_type: str | None
+    error_line: str | None
+    usage: dict[str, float] | None
+    step_started_at: str | None
+    """When its current (or last) step began."""
+    row: int
+    """The index's row number: a stable order of first sight (spawn order for children)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field (what `fanwise ... --json` prints)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list: its rows, the counts by status of everything the filter
+    matches except the status filter, and the cursor of the next page (None: last)."""
+
+    rows: list[AppRow]
+    counts: dict[str, int]
+    next_cursor: int | None
+
+    @property
+    def total(self) -> int:
+        """How many apps match, whatever their status."""
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutStep:
+    """The children one fan-out step of a parent spawned, counted by status. `resumed`
+    counts the `completed` ones that had finished before this step last began (the parent
+    was resumed): known only for the parent's current or last step, else 0."""
+
+    sequence_id: int
+    counts: dict[str, int]
+    resumed: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sequence_id": self.sequence_id, "counts": dict(self.counts),
+                "resumed": self.resumed, "total": self.total}
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    """Failed children of one exception type and message first line."""
+
+    error_type: str | None
+    error_line: str | None
+    count: int
+    app_ids: list[str] = field(default_factory=list)
+    """Up to the `sample` asked for, in spawn order."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error_type": self.error_type, "error_line": self.error_line,
+                "count": self.count, "app_ids": list(self.app_ids)}
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS apps (
+    partition_key TEXT NOT NULL,           -- '' for none (a unique key cannot hold NULL)
+    app_id TEXT NOT NULL,
+    parent_key TEXT, parent_app_id TEXT, parent_seq INTEGER,
+    created_at TEXT,
+    progress INTEGER,                      -- 2 * sequence id, + 1 once that step ended
+    status TEXT NOT NULL,
+    position TEXT, next_action TEXT, sequence_id INTEGER,
+    started_at TEXT, step_started_at TEXT, ended_at TEXT, duration_ms REAL,
+    error_type TEXT, error_line TEXT, usage TEXT,
+    UNIQUE (partition_key, app_id)
+);
+-- children of a parent in spawn order (rowid), all or by status; roots are parent NULL
+CREATE INDEX IF NOT EXISTS apps_by_parent ON apps (parent_app_id, parent_key);
+CREATE INDEX IF NOT EXISTS apps_by_parent_status ON apps (parent_app_id, parent_key, status);
+CREATE INDEX IF NOT EXISTS roots_by_partition ON apps (partition_key, status)
+    WHERE parent_app_id IS NULL;
+CREATE TABLE IF NOT EXISTS counts (
+    scope_key TEXT NOT NULL,  -- roots: the partition key; children: the parent's
+    scope_app TEXT NOT NULL,  -- roots: ''; children: the parent app id
+    scope_seq INTEGER NOT NULL,  -- roots: -1; children: the parent's sequence id
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (scope_key, scope_app, scope_seq, status)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS apps_counted AFTER INSERT ON apps BEGIN
+    INSERT INTO counts VALUES (
+        CASE WHEN new.parent_app_id IS NULL THEN new.partition_key
+             ELSE coalesce(new.parent_key, '') END,
+        coalesce(new.parent_app_id, ''), coalesce(new.parent_seq, -1), new.status, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS apps_recounted AFTER UPDATE OF status, parent_app_id, parent_key,
+    parent_seq ON apps
+    WHEN old.status IS NOT new.status OR old.parent_app_id IS NOT new.parent_app_id
+      OR old.parent_key IS NOT new.parent_key OR old.parent_seq IS NOT new.parent_seq
+BEGIN
+    UPDATE counts SET n = n - 1 WHERE
+        scope_key = CASE WHEN old.parent_app_id IS NULL THEN old.partition_key
+                         ELSE coalesce(old.parent_key, '') END
+        AND scope_app = coalesce(old.parent_app_id, '')
+        AND scope_seq = coalesce(old.parent_seq, -1) AND status = old.status;
+    INSERT INTO counts VALUES (
+        CASE WHEN new.parent_app_id IS NULL THEN new.partition_key
+             ELSE coalesce(new.parent_key, '') END,
+        coalesce(new.parent_app_id, ''), coalesce(new.parent_seq, -1), new.status, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+"""
+
+# A patch is at least as far as the row (`?7`, its progress), or re-runs the step that
+# failed: its step fields replace the row's.
+_AHEAD = ("(?7 IS NOT NULL AND (progress IS NULL OR ?7 >= progress"
+          " OR (status = 'failed' AND ?7 = progress - 1)))")
+_UPSERT = f"""
+INSERT INTO apps (partition_key, app_id, parent_key, parent_app_id, parent_seq, created_at,
+    progress, status, position, next_action, sequence_id, started_at, step_started_at,
+    ended_at, duration_ms, error_type, error_line)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+    (julianday(?14) - julianday(?12)) * 86400000.0, ?15, ?16)
+ON CONFLICT (partition_key, app_id) DO UPDATE SET
+    parent_key = CASE WHEN ?4 IS NULL THEN parent_key ELSE ?3 END,
+    parent_seq = CASE WHEN ?4 IS NULL THEN parent_seq ELSE ?5 END,
+    parent_app_id = coalesce(?4, parent_app_id),
+    created_at = coalesce(created_at, ?6),
+    started_at = coalesce(started_at, ?12),
+    status = CASE WHEN {_AHEAD} THEN ?8 ELSE status END,
+    position = CASE WHEN {_AHEAD} THEN coalesce(?9, position) ELSE position END,
+    next_action = CASE WHEN {_AHEAD} THEN ?10 ELSE next_action END,
+    sequence_id = CASE WHEN {_AHEAD} THEN ?11 ELSE sequence_id END,
+    step_started_at = CASE WHEN {_AHEAD} THEN coalesce(?13, step_started_at)
+                      ELSE step_started_at END,
+    ended_at = CASE WHEN {_AHEAD} THEN ?14 ELSE ended_at END,
+    duration_ms = CASE WHEN {_AHEAD} THEN
+        (julianday(?14) - julianday(coalesce(started_at, ?12))) * 86400000.0
+        ELSE duration_ms END,
+    error_type = CASE WHEN {_AHEAD} THEN ?15 ELSE error_type END,
+    error_line = CASE WHEN {_AHEAD} THEN ?16 ELSE error_line END,
+    progress = CASE WHEN {_AHEAD} THEN ?7 ELSE progress END
+"""
+_COLUMNS = ("partition_key, app_id, parent_app_id, parent_key, parent_seq, status, position,"
+            " next_action, sequence_id, created_at, started_at, ended_at, duration_ms,"
+            " error_type, error_line, usage, step_started_at, rowid")
+
+
+class RunIndex:
+    """The run index of `project` under `storage_dir`: `apply` writes facts, the other
+    methods read. Thread-safe (one connection, one lock); pickles as its location (a
+    process that unpickles it opens its own connection).
+
+    `RunIndex(...)` opens (creating it if need be) and never rebuilds: what a writer does.
+    `RunIndex.open(...)` is what a reader calls: it rebuilds a missing or stale index first.
+    """
+
+    def __init__(self, project: str, storage_dir: str = "~/.fanwise") -> None:
+        self.project = project
+        self.storage_dir = os.path.expanduser(str(storage_dir))
+        self.folder = os.path.join(self.storage_dir, project)
+        self.path = os.path.join(self.folder, INDEX_FILE)
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._created = False
+
+    @classmethod
+    def shared(cls, project: str, storage_dir: str) -> RunIndex:
+        """This process's writing index of the project: every tracker of it shares one
+        connection (a fan-out's children are thousands of tracker copies) while one of them
+        holds it; the connection closes once none does."""
+        key = (os.getpid(), storage_dir, project)
+        with _SHARED_LOCK:
+            index = _SHARED.get(key)
+            if index is None:
+                index = _SHARED[key] = cls(project, storage_dir)
+        return index
+
+    @classmethod
+    def open(cls, project: str, storage_dir: str = "~/.fanwise") -> RunIndex:
+        """The project's index, rebuilt from the app folders first if it is missing or stale
+        (see the module's docstring)."""
+        from fanwise.core.tracking.local import _check_project
+
+        _check_project(project)
+        index = cls(project, storage_dir)
+        if not os.path.isdir(index.folder):
+            return index  # nothing tracked: an empty index, created on first write
+        if index.is_stale():
+            index.rebuild()
+        return index
+
+    # -- writes -----------------------------------------------------------------------
+
+    def apply(self, facts: Iterable[Fact]) -> None:
+        """Write `facts` in one transaction: one upsert per app they name."""
+        patches, usage = _fold(facts)
+        if not patches and not usage:
+            return
+        with self._transaction() as connection:
+            if self._created:  # a new index is complete if the project held no other app
+                others = _holds_apps(self.folder, {app_id for _, app_id in patches})
+                connection.execute("INSERT OR IGNORE INTO meta VALUES ('complete', ?)",
+                                   ("0" if others else "1",))
+                self._created = False
+            connection.executemany(_UPSERT, patches.values())
+            for (key, app_id), figures in usage.items():
+                _add_usage(connection, key, app_id, figures)
+
+    def rebuild(self) -> int:
+        """Index every app folder of the project (merged into what is indexed: facts are
+        idempotent); returns how many apps were read. Marks the index complete."""
+        from fanwise.core.tracking._index_rebuild import facts_of_project
+
+        count = 0
+        batch: list[Fact] = []
+        for facts in facts_of_project(self.folder):
+            count += 1
+            batch.extend(facts)
+            if len(batch) >= 20_000:
+                self.apply(batch)
+                batch = []
+        self.apply(batch)
+        with self._transaction() as connection:
+            connection.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
+        try:
+            os.unlink(os.path.join(self.folder, STALE_MARKER))
+        except FileNotFoundError:
+            pass
+        return count
+
+    def mark_stale(self, reason: BaseException) -> None:
+        """Note that a write failed (the index may lack rows): the next `open` rebuilds."""
+        _LOG.warning("run index %s missed a write (rebuilt on next read): %r", self.path, reason)
+        try:
+            with open(os.path.join(self.folder, STALE_MARKER), "w") as marker:
+                marker.write(repr(reason))
+        except OSError as exc:
+            _LOG.warning("cannot mark the run index %s stale: %s", self.path, exc)
+
+    def is_stale(self) -> bool:
+        """Whether the index must be rebuilt before it is read."""
+        if not os.path.exists(self.path) or os.path.exists(
+            os.path.join(self.folder, STALE_MARKER)
+        ):
+            return True
+        with self._locked() as connection:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'complete'").fetchone()
+        return row is None or row[0] != "1"
+
+    # -- reads ------------------------------------------------------------------------
+
+    def app(self, app_id: str, partition_key: str | None = ANY) -> AppRow | None:
+        """The app `app_id` (of `partition_key`; by default whichever partition key has it,
+        a `ValueError` if several do). An app absent from the index but present in the
+        folders is indexed from its folder first."""
+        found = self._find(app_id, partition_key)
+        if not found and self._index_folder_of(app_id, partition_key):
+            found = self._find(app_id, partition_key)
+        if len(found) > 1:
+            keys = sorted(repr(row.partition_key) for row in found)
+            raise ValueError(
+                f"app id {app_id!r} is tracked under the partition keys {', '.join(keys)} in "
+                f"project {self.project!r}: name one (--partition-key)"
+            )
+        return found[0] if found else None
+
+    def apps(
+        self,
+        *,
+        partition_key: str | None = ANY,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> Page:
+        """Root apps (no spawning parent), newest first, `limit` per page, with their counts
+        by status (of the partition key, or of all)."""
+        _check_page(status, limit)
+        where, params = ["parent_app_id IS NULL"], []
+        if partition_key is not ANY:
+            where.append("partition_key = ?")
+            params.append(_key(partition_key))
+        rows = self._page(where, params, status, limit, cursor, descending=True)
+        if partition_key is ANY:
+            counts = self._counts("scope_app = '' AND scope_seq = -1", ())
+        else:
+            counts = self._counts("scope_key = ? AND scope_app = '' AND scope_seq = -1",
+                                  (_key(partition_key),))
+        return _paged(rows, counts, limit)
+
+    def children(
+        self,
+        app_id: str,
+        partition_key: str | None = None,
+        *,
+        sequence_id: int | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> Page:
+        """The apps that `app_id` (of `partition_key`) spawned, in spawn order, `limit` per
+        page, with their counts by status; of one fan-out step if `sequence_id` is given."""
+        _check_page(status, limit)
+        where = ["parent_app_id = ?", "parent_key IS ?"]
+        params: list[Any] = [app_id, partition_key]
+        scope = "scope_key = ? AND scope_app = ?"
+        scope_params: list[Any] = [_key(partition_key), app_id]
+        if sequence_id is not None:
+            where.append("parent_seq = ?")
+            params.append(sequence_id)
+            scope += " AND scope_seq = ?"
+            scope_params.append(sequence_id)
+        rows = self._page(where, params, status, limit, cursor, descending=False)
+        return _paged(rows, self._counts(scope, scope_params), limit)
+
+    def fanout_steps(self, app_id: str, partition_key: str | None = None) -> list[FanoutStep]:
+        """Each step of `app_id` that spawned children, with their counts by status."""
+        with self._locked() as connection:
+            counted = connection.execute(
+                "SELECT scope_seq, status, n FROM counts WHERE scope_key = ? AND scope_app = ?"
+                " AND n > 0 ORDER BY scope_seq", (_key(partition_key), app_id),
+            ).fetchall()
+            parent = connection.execute(
+                "SELECT sequence_id, step_started_at FROM apps WHERE partition_key = ? AND"
+                " app_id = ?", (_key(partition_key), app_id),
+            ).fetchone()
+            by_step: dict[int, dict[str, int]] = {}
+            for seq, status, n in counted:
+                by_step.setdefault(seq, {})[status] = n
+            resumed: dict[int, int] = {}
+            if parent is not None and parent[0] in by_step and parent[1] is not None:
+                (resumed[parent[0]],) = connection.execute(
+                    "SELECT count(*) FROM apps WHERE parent_app_id = ? AND parent_key IS ? AND"
+                    " status = 'completed' AND parent_seq = ? AND ended_at < ?",
+                    (app_id, partition_key, parent[0], parent[1]),
+                ).fetchone()
+        return [FanoutStep(seq, counts, resumed.get(seq, 0)) for seq, counts in by_step.items()]
+
+    def failures(
+        self, app_id: str, partition_key: str | None = None, *, sample: int = 10
+    ) -> list[FailureGroup]:
+        """The failed children of `app_id`, grouped by exception type and message first
+        line, largest group first, each with up to `sample` child ids."""
+        with self._locked() as connection:
+            groups = connection.execute(
+                "SELECT error_type, error_line, count(*) FROM apps WHERE parent_app_id = ? AND"
+                " parent_key IS ? AND status = 'failed' GROUP BY error_type, error_line"
+                " ORDER BY count(*) DESC, min(rowid)", (app_id, partition_key),
+            ).fetchall()
+            found = []
+            for error_type, error_line, count in groups:
+                ids = [row[0] for row in connection.execute(
+                    "SELECT app_id FROM apps WHERE parent_app_id = ? AND parent_key IS ? AND"
+                    " status = 'failed' AND error_type IS ? AND error_line IS ?"
+                    " ORDER BY rowid LIMIT ?",
+                    (app_id, partition_key, error_type, error_line, sample),
+                )]
+                found.append(FailureGroup(error_type, error_line, count, ids))
+        return found
+
+    def iter_children(
+        self, app_id: str, partition_key: str | None = None, *, status: str | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[AppRow]:
+        """Every child of `app_id`, page by page (what an export reads)."""
+        cursor: int | None = None
+        while True:
+            page = self.children(app_id, partition_key, status=status, limit=page_size,
+                                 cursor=cursor)
+            yield from page.rows
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (a later call reopens it)."""
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def __enter__(self) -> RunIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RunIndex, (self.project, self.storage_dir))
+
+    def __repr__(self) -> str:
+        return f"RunIndex(project={self.project!r}, storage_dir={self.storage_dir!r})"
+
+    # -- internals --------------------------------------------------------------------
+
+    def _page(self, where: list[str], params: list[Any], status: str | None, limit: int,
+              cursor: int | None, descending: bool) -> list[AppRow]:
+        where, params = list(where), list(params)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if cursor is not None:
+            where.append("rowid < ?" if descending else "rowid > ?")
+            params.append(cursor)
+        order = "DESC" if descending else "ASC"
+        query = (f"SELECT {_COLUMNS} FROM apps WHERE {' AND '.join(where)}"
+                 f" ORDER BY rowid {order} LIMIT ?")
+        with self._locked() as connection:
+            return [_row(values) for values in connection.execute(query, (*params, limit + 1))]
+
+    def _counts(self, where: str, params: Sequence[Any]) -> dict[str, int]:
+        with self._locked() as connection:
+            counted = connection.execute(
+                f"SELECT status, sum(n) FROM counts WHERE {where} GROUP BY status", params
+            ).fetchall()
+        return {status: n for status, n in counted if n}
+
+    def _find(self, app_id: str, partition_key: str | None) -> list[AppRow]:
+        if partition_key is ANY:
+            query, params = f"SELECT {_COLUMNS} FROM apps WHERE app_id = ?", (app_id,)
+        else:
+            query = f"SELECT {_COLUMNS} FROM apps WHERE partition_key = ? AND app_id = ?"
+            params = (_key(partition_key), app_id)
+        with self._locked() as connection:
+            return [_row(values) for values in connection.execute(query, params)]
+
+    def _index_folder_of(self, app_id: str, partition_key: str | None) -> bool:
+        from fanwise.core.tracking._index_rebuild import facts_of_app
+
+        facts = facts_of_app(self.folder, app_id, partition_key)
+        if facts:
+            self.apply(facts)
+        return bool(facts)
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._connect()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._locked() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.rollback()
+                raise
+            connection.commit()
+
+    def _connect(self) -> sqlite3.Connection:
+        """The connection of this process (lock held); a forked child opens its own."""
+        if self._connection is not None and self._pid == os.getpid():
+            return self._connection
+        os.makedirs(self.folder, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                     check_same_thread=False)
+        # small pages and a WAL kept short: an index of a few children stays a few pages,
+        # beside app folders of a few kilobytes each
+        connection.execute("PRAGMA page_size=1024")
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+        connection.execute(f"PRAGMA journal_size_limit={_WAL_PAGES * 1024}")
+        connection.executescript(_SCHEMA)
+        connection.execute("BEGIN IMMEDIATE")
+        version = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if version is None:
+            connection.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self._created = True
+        elif version[0] != str(SCHEMA_VERSION):
+            connection.rollback()
+            connection.close()
+            raise RuntimeError(
+                f"run index {self.path} has schema version {version[0]}, this fanwise writes "
+                f"version {SCHEMA_VERSION}: delete the file, it is rebuilt from the app folders"
+            )
+        connection.commit()
+        self._connection, self._pid = connection, os.getpid()
+        return connection
+
+
+_SHARED: weakref.WeakValueDictionary[tuple[int, str, str], RunIndex] = (
+    weakref.WeakValueDictionary()
+)
+_SHARED_LOCK = threading.Lock()
+
+
+def _holds_apps(folder: str, besides: set[str]) -> bool:
+    """Whether `folder` (a project, or one of its partition folders) holds an app folder
+    of an id not in `besides`."""
+    try:
+        with os.scandir(folder) as entries:
+            folders = [entry for entry in entries if entry.is_dir()]
+    except FileNotFoundError:
+        return False
+    for entry in folders:
+        if entry.name.startswith("partition="):
+            if _holds_apps(entry.path, besides):
+                return True
+        elif entry.name not in besides:
+            return True
+    return False
+
+
+def _key(partition_key: str | None) -> str:
+    return "" if partition_key is None else partition_key
+
+
+def _check_page(status: str | None, limit: int) -> None:
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit {limit!r} must be a positive int")
+
+
+def _paged(rows: list[AppRow], counts: dict[str, int], limit: int) -> Page:
+    if len(rows) > limit:
+        return Page(rows[:limit], counts, rows[limit - 1].row)
+    return Page(rows, counts, None)
+
+
+def _row(values: Sequence[Any]) -> AppRow:
+    (partition_key, app_id, parent_app_id, parent_key, parent_seq, status, position,
+     next_action, sequence_id, created_at, started_at, ended_at, duration_ms, error_type,
+     error_line, usage, step_started_at, rowid) = values
+    return AppRow(
+        partition_key=partition_key or None, app_id=app_id, parent_app_id=parent_app_id,
+        parent_partition_key=parent_key, parent_sequence_id=parent_seq, status=status,
+        position=position, next_action=next_action, sequence_id=sequence_id,
+        steps=0 if sequence_id is None else sequence_id + 1, created_at=created_at,
+        started_at=started_at, ended_at=ended_at, duration_ms=duration_ms,
+        error_type=error_type, error_line=error_line,
+        usage=None if usage is None else json.loads(usage), step_started_at=step_started_at,
+        row=rowid,
+    )
+
+
+def _fold(facts: Iterable[Fact]) -> tuple[dict[tuple[str, str], list[Any]],
+                                          dict[tuple[str, str], dict[str, float]]]:
+    """One upsert's parameters per app (see `_UPSERT`), and usage figures to add, from
+    facts in the order they happened."""
+    patches: dict[tuple[str, str], list[Any]] = {}
+    usage: dict[tuple[str, str], dict[str, float]] = {}
+    for fact in facts:
+        app = (_key(fact[1]), fact[2])
+        kind = fact[0]
+        if kind == "u":
+            figures = usage.setdefault(app, {})
+            for name, number in fact[3].items():
+                figures[name] = figures.get(name, 0.0) + number
+            continue
+        patch = patches.get(app)
+        if patch is None:
+            # 1 key, 2 id, 3-5 parent, 6 created, 7 progress, 8 status, 9 position,
+            # 10 next action, 11 sequence id, 12 started, 13 step started, 14 ended,
+            # 15-16 error
+            patch = patches[app] = [app[0], app[1], None, None, None, None, None, "created",
+                                    None, None, None, None, None, None, None, None]
+        if kind == "c":
+            patch[2], patch[3], patch[4], patch[5] = fact[3], fact[4], fact[5], fact[6]
+        elif kind == "b":
+            rank = 2 * fact[3]
+            if patch[6] is None or rank >= patch[6] or (patch[7] == "failed"
+                                                        and rank == patch[6] - 1):
+                patch[6:11] = [rank, "running", patch[8], fact[4], fact[3]]
+                patch[11] = patch[11] or fact[5]
+                patch[12], patch[13], patch[14], patch[15] = fact[5], None, None, None
+        elif kind == "e":
+            rank = 2 * fact[3] + 1
+            if patch[6] is None or rank >= patch[6]:
+                failed = fact[5] == "failed"
+                patch[6:11] = [rank, fact[5], fact[4], fact[4] if failed else None, fact[3]]
+                patch[13], patch[14], patch[15] = fact[6], fact[7], fact[8]
+    return patches, usage
+
+
+def _add_usage(connection: sqlite3.Connection, key: str, app_id: str,
+               figures: dict[str, float]) -> None:
+    row = connection.execute(
+        "SELECT usage FROM apps WHERE partition_key = ? AND app_id = ?", (key, app_id)
+    ).fetchone()
+    if row is None:
+        return  # usage of an app not created: nothing to add it to
+    total = json.loads(row[0]) if row[0] else {}
+    for name, number in figures.items():
+        total[name] = total.get(name, 0.0) + number
+    connection.execute("UPDATE apps SET usage = ? WHERE partition_key = ? AND app_id = ?",
+                       (json.dumps(total), key, app_id))
