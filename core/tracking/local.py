@@ -139,6 +139,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         self._started: dict[tuple[str | None, str, int], tuple[str, float]] = {}
         self._graph_files: dict[bytes, str] = {}
         """A `graph.json` written per graph: new apps with the same graph hard-link to it."""
+        self._index_in_use: RunIndex | None = None
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -383,7 +384,10 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
 
     def _run_index(self) -> RunIndex:
         """This process's index of the project (one connection for all clients on it)."""
-        return RunIndex.shared(self.project, self.storage_dir)
+        index = self._index_in_use
+        if index is None:
+            index = self._index_in_use = RunIndex.shared(self.project, self.storage_dir)
+        return index
 
     def recorder(self) -> RecordingTracker:
         """A tracker for children running elsewhere; their records come back to `ingest`."""
@@ -536,6 +540,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         with self._lock:
             logs = list(self._logs.values())
             self._logs.clear()
+            self._index_in_use = None  # the index's connection closes with its last user
         for log in logs:
             log.close()
 
