@@ -13,6 +13,7 @@ import pytest
 from fanwise.core import ApplicationBuilder, Result, State, action, expr
 from fanwise.core import persistence as fanwise_persistence
 from fanwise.core.persistence import (
+    AppLockedError,
     AsyncBaseStatePersister,
     AsyncDevNullPersister,
     AsyncInMemoryPersister,
@@ -549,3 +550,32 @@ def test_the_same_calls_load_what_burrs_sqlite_persister_loads(tmp_path):
     burrs = exercise(burr_persistence, BurrState, tmp_path / "burr.db")
 
     assert exercise(fanwise_persistence, State, tmp_path / "fanwise.db") == burrs
+
+
+def test_memory_database_leases_keep_a_second_runner_out_and_other_databases_apart():
+    persister = SQLitePersister(":memory:")
+    lease = persister.acquire_lease(None, "app")
+    try:
+        taken = []
+        other_thread = threading.Thread(
+            target=lambda: taken.append(_try_lease(persister.copy(), "app"))
+        )
+        other_thread.start()
+        other_thread.join()
+        elsewhere = threading.Thread(
+            target=lambda: taken.append(_try_lease(SQLitePersister(":memory:"), "app"))
+        )
+        elsewhere.start()
+        elsewhere.join()
+    finally:
+        lease.release()
+
+    assert taken == ["AppLockedError", "taken"]
+
+
+def _try_lease(persister, app_id):
+    try:
+        persister.acquire_lease(None, app_id).release()
+    except AppLockedError:
+        return "AppLockedError"
+    return "taken"
