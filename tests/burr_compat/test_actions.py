@@ -199,6 +199,20 @@ def test_bind_passes_through_to_a_function_taking_keyword_arguments():
     assert one_action_app(collect.bind(a=1)).step()[2]["got"] == {"a": 1}
 
 
+def test_burrs_module_level_helpers_bind_copy_and_derive_inputs():
+    from fanwise.core.actions import bind, copy_func, derive_inputs_from_fn
+
+    assert one_action_app(bind(increment, by=3), state={"n": 0}).step()[2]["n"] == 3
+    copied = copy_func(increment)
+    assert copied is not increment and copied(State({"n": 1}))["n"] == 2
+
+    def fn(state, a, b=1, __context=None):
+        return state
+
+    assert derive_inputs_from_fn({}, fn) == (["a"], ["b"])
+    assert derive_inputs_from_fn({"a": 1}, fn) == ([], ["b"])
+
+
 def test_with_params_is_burrs_name_for_bind():
     bound = increment.action_function.with_params(by=5)
     assert one_action_app(bound, state={"n": 0}).step()[2]["n"] == 5
