@@ -250,3 +250,35 @@ def test_context_parallel_executor_factory_makes_the_apps_executor():
 def test_context_parallel_executor_factory_defaults_to_threads():
     final = run_one(by_hand, prompts=["a"])
     assert final["all_llm_outputs"][0] != threading.current_thread().name
+
+
+def test_plan_methods_with_other_parameter_names_get_burrs_arguments_by_position():
+    class Renamed(MapStates):
+        reads = ["prompts"]
+        writes = ["all_llm_outputs"]
+
+        def action(self, s, inp):
+            assert isinstance(s, State) and inp == {"model": "m"}
+            return query_llm
+
+        def states(self, s, ctx, inp):
+            assert ctx.action_name == "fan" and inp == {"model": "m"}
+            for prompt in s["prompts"]:
+                yield s.update(prompt=prompt)
+
+        def reduce(self, s, results):
+            return s.update(all_llm_outputs=[r["llm_output"] for r in results])
+
+    app = (ApplicationBuilder().with_actions(fan=Renamed()).with_state(prompts=["a"])
+           .with_entrypoint("fan").build())
+    final = app.run(halt_after=["fan"], inputs={"model": "m"})[2]
+    assert final["all_llm_outputs"] == ["m:A"]
+
+
+def test_a_plan_method_with_an_unknown_name_and_another_arity_is_a_build_time_error():
+    class Wrong(MultiplePrompts):
+        def states(self, state, items):
+            return []
+
+    with pytest.raises(ValueError, match="'items'.*by position"):
+        ApplicationBuilder().with_actions(fan=Wrong()).with_entrypoint("fan").build()
