@@ -169,3 +169,25 @@ def test_condition_sees_the_state_written_by_the_step():
     )
     *_, state = app.run(halt_after=["left", "right"])
     assert state["went"] == "left"
+
+
+def test_every_kind_of_condition_survives_cloudpickle_for_process_workers():
+    import cloudpickle
+    from fanwise.core import safe_expr
+    from fanwise.core.conditions import lmda
+
+    def big(state):
+        return state["a"] > 1
+
+    kinds = [
+        when(a__gt=1),
+        expr("a > 1"),
+        safe_expr("a > 1 and len(b) == 2"),
+        ~when(a=0) & default,
+        lmda(big, ["a"]),
+    ]
+    for condition in kinds:
+        shipped = cloudpickle.loads(cloudpickle.dumps(condition))
+        assert shipped.name == condition.name
+        assert shipped.holds(State({"a": 2, "b": [1, 2]})) is True
+        assert shipped.holds(State({"a": 0, "b": [1, 2]})) is False
