@@ -261,3 +261,19 @@ def test_stream_hooks_see_every_partial_of_a_two_step_streaming_action():
     _, container = app.stream_result(halt_after=["count"])
     container.get()
     assert seen == [("start", "count"), {"counted": 1}, {"counted": 2}, ("end", "count")]
+
+
+def test_a_streaming_action_takes_the_context_and_declared_inputs_in_stream_run():
+    class Tagged(CountTo):
+        @property
+        def inputs(self):
+            return ["label"]
+
+        def stream_run(self, state, label, __context):
+            yield {"counted": f"{label}@{__context.action_name}"}
+            yield {"counted": f"{label}@{__context.sequence_id}"}
+
+    app = app_of(Tagged())
+    _, container = app.stream_result(halt_after=["count"], inputs={"label": "x"})
+    assert list(container) == [{"counted": "x@count"}]
+    assert container.get()[0] == {"counted": "x@0"}
