@@ -680,3 +680,45 @@ async def _areported_call(app: _Executing, method: ExecuteMethod) -> AsyncIterat
         await app._hook_set.call_async(
             "post_run_execute_call", **ids, state=app.state, exception=error
         )
+
+
+# Burr's ready-made hooks, in `burr.lifecycle` too (defined on the classes above)
+from fanwise.core._default_hooks import (  # noqa: E402
+    SlowDownHook,
+    StateAndResultsFullLogger,
+)
+
+__all__ = [
+    "DoLogAttributeHook",
+    "DoLogAttributeHookAsync",
+    "ExecuteMethod",
+    "HookSet",
+    "LifecycleAdapter",
+    "LifecycleHook",
+    "PostApplicationCreateHook",
+    "PostApplicationExecuteCallHook",
+    "PostApplicationExecuteCallHookAsync",
+    "PostEndSpanHook",
+    "PostEndSpanHookAsync",
+    "PostEndStreamHook",
+    "PostEndStreamHookAsync",
+    "PostRunStepHook",
+    "PostRunStepHookAsync",
+    "PostStreamItemHook",
+    "PostStreamItemHookAsync",
+    "PreApplicationExecuteCallHook",
+    "PreApplicationExecuteCallHookAsync",
+    "PreRunStepHook",
+    "PreRunStepHookAsync",
+    "PreStartSpanHook",
+    "PreStartSpanHookAsync",
+    "PreStartStreamHook",
+    "PreStartStreamHookAsync",
+    "SlowDownHook",
+    "StateAndResultsFullLogger",
+    "aexecute_call",
+    "async_hook_reason",
+    "execute_call",
+    "hook_methods_of",
+    "hooks_for",
+]

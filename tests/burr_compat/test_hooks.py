@@ -4,6 +4,7 @@ hook class or only has the methods."""
 
 import asyncio
 import datetime
+import json
 
 import pytest
 from fanwise.core import (
@@ -357,3 +358,20 @@ def test_async_stream_hooks_are_awaited_around_an_async_stream():
     assert recorder.calls == [
         ("start", "async_talk"), ("item", "p", 1), ("item", "q", 2), ("end", "async_talk"),
     ]
+
+
+def test_state_and_results_full_logger_writes_a_line_per_step(tmp_path):
+    path = tmp_path / "steps.jsonl"
+    with lifecycle.StateAndResultsFullLogger(str(path)) as logger:
+        app_with(logger).run(halt_after=["done"])
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(line["action"], line["state"]["n"]) for line in lines] == [
+        ("count", 1), ("talk", 1), ("done", 1)
+    ]
+    assert lines[0]["result"] == {"n": 1} and lines[0]["exception"] == "None"
+    assert lines[0]["start_time"] <= lines[0]["end_time"]
+
+
+def test_state_and_results_full_logger_wants_a_jsonl_path(tmp_path):
+    with pytest.raises(ValueError, match=".jsonl"):
+        lifecycle.StateAndResultsFullLogger(str(tmp_path / "steps.txt"))
