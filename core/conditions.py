@@ -204,7 +204,7 @@ def _parse_when_key(
             )
         return field, symbol, test, value, True
     if sep and field:
-        close = difflib.get_close_matches(suffix, list(_OPERATORS), n=1)
+        close = difflib.get_close_matches(suffix, list(_OPERATORS), n=1, cutoff=0.8)
         if close:
             # A state field may contain '__' (Burr reads such a key as plain equality).
             warnings.warn(

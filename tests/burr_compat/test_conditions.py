@@ -72,8 +72,8 @@ def test_a_near_miss_operator_warns_and_compares_the_whole_key_as_burr_does():
 def test_a_field_with_a_double_underscore_is_plain_equality_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        condition = when(my__field=1)
-    assert condition.holds(State({"my__field": 1})) is True
+        condition = when(my__field=1, user__name="ada")
+    assert condition.holds(State({"my__field": 1, "user__name": "ada"})) is True
 
 
 def test_run_gives_burrs_proceed_dict():
