@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fanwise.core import _runner
 from fanwise.core.actions import Action
 from fanwise.core.context import ApplicationContext, ParentPointer
-from fanwise.core.errors import ApplicationClosedError
+from fanwise.core.errors import ApplicationClosedError, AsyncMismatchError
 from fanwise.core.graph import ApplicationGraph, Graph
 from fanwise.core.hooks import (
     ExecuteMethod,
@@ -332,6 +332,8 @@ class Application:
         both lists as `halt_before`; halted before an action of `halt_before` only (or at the
         end of the graph), the container is empty and `get()` gives (None, state)."""
         halt_before, halt_after = self._check_halts(halt_before, halt_after)
+        if self._async_only_reason is not None:  # at the call, as Burr: not once streaming
+            raise AsyncMismatchError(self._async_only_reason)
         with execute_call(self, ExecuteMethod.stream_result):
             action = self.get_next_action()
             if action is not None and action.name not in halt_after:

@@ -233,3 +233,9 @@ def test_burr_module_paths_import_under_their_fanwise_names():
     assert app.run(halt_after=["done"])[1] == {"n": 1}
     assert all(callable(f) for f in (action, streaming_action, GraphBuilder))
     assert isinstance(default, Condition) and ApplicationContext is not None
+
+
+def test_stream_result_of_an_abuild_app_is_a_value_error_at_the_call():
+    app = asyncio.run(builder().with_state(n=0).with_entrypoint("add").abuild())
+    with pytest.raises(ValueError, match="abuild"):
+        app.stream_result(halt_after=["add"])
