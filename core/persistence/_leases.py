@@ -317,6 +317,7 @@ def _forget_in_forked_child() -> None:
     and must not inherit `_CHANGED` taken by a parent's thread at the fork."""
     global _CHANGED
     _HELD.clear()
+    _WATCHED.clear()
     _CHANGED = threading.Condition()
 
 

@@ -125,9 +125,11 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         self._sql_app_ids = (
             f"SELECT DISTINCT app_id FROM {table} WHERE partition_key = %s ORDER BY app_id"
         )
+        # `since` is the holder's clock, for people; `expires_at` the server's, for takeovers
         self._sql_lease_create = (
             f"CREATE TABLE IF NOT EXISTS {lease} (partition_key TEXT NOT NULL,"
             " app_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, since TEXT NOT NULL,"
+            " generation BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL,"
             " PRIMARY KEY (partition_key, app_id))"
         )
         # lease tables made before leases were fenced and expired lack these (their rows
@@ -320,8 +322,10 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
             raise AppLockedError(app_id, info.holder())
         mine = [_rows.stored_partition_key(partition_key, self._source(), app_id), app_id,
                 info.generation]
-        self._on_lease_table(lambda connection: connection.execute(self._sql_lease_drop, mine))
-        return info
+        dropped = self._on_lease_table(
+            lambda connection: connection.execute(self._sql_lease_drop, mine).rowcount
+        )
+        return info if dropped else None  # else it changed hands meanwhile
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
         """Hold `app_id` for this thread by a row of `<table_name>_lease` with a fresh

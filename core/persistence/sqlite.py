@@ -342,8 +342,8 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         if info.live and not force:
             raise AppLockedError(app_id, info.holder())
         slot = (_rows.stored_partition_key(partition_key, self._source(), app_id), app_id)
-        self._connection().execute(self._sql_lease_drop, [*slot, info.generation])
-        return info
+        dropped = self._connection().execute(self._sql_lease_drop, [*slot, info.generation])
+        return info if dropped.rowcount else None  # else it changed hands meanwhile
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
         """Hold `app_id` for this thread by a row of `<table_name>_lease` that a daemon thread
