@@ -114,11 +114,17 @@ def test_arun_and_aiterate_halt_as_run_and_iterate_do():
     assert (last[0].name, last[1], last[2]["n"]) == ("finish", None, 3)
 
 
-def test_stream_fanout_makes_progress_like_iterate():
+def test_stream_fanout_and_astream_fanout_make_progress_like_iterate():
     app = counter()
     events = list(app.stream_fanout(halt_before=["count"]))
     assert [e.kind for e in events] == ["done"]
     assert events[0].data[2]["n"] == 1
+
+    async def scenario():
+        return [e async for e in counter(acount).astream_fanout(halt_before=["count"])]
+
+    events = asyncio.run(scenario())
+    assert [(e.kind, e.data[2]["n"]) for e in events] == [("done", 1)]
 
 
 # -- the web-server pattern: each request resumes the app at a human-input step --------
