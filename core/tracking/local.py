@@ -66,7 +66,9 @@ Redact = Callable[[str, dict[str, Any]], dict[str, Any]]
 OnUnreadable = Callable[[str, Exception], None]
 """`on_unreadable(path, error)`: an app folder that listing had to skip, and why."""
 
-_SAFE_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_SAFE_PROJECT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
+"""Burr's project names (letters, digits, `_`, `-`, `:`; e.g. `"template:chatbot"`) and
+dotted ones, not hidden, not starting with `-`."""
 _PARTITION_FOLDER = re.compile(re.escape(PARTITION_PREFIX) + r"[a-z0-9_.-]*-[0-9a-f]{24}")
 _UNREADABLE_CHARS = re.compile(r"[^a-z0-9_.-]")
 _SEQUENCE_ID = re.compile(rb'"sequence_id"\s*:\s*(\d+)')
@@ -434,9 +436,17 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
     # -- loader ------------------------------------------------------------------------
 
     def load(
-        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+        self,
+        partition_key: str | None,
+        app_id: str,
+        sequence_id: int | None = None,
+        **kwargs: Any,
     ) -> PersistedStateData | None:
-        """The end entry of step `sequence_id` (latest when None); None if there is none."""
+        """The end entry of step `sequence_id` (latest when None); None if there is none.
+
+        As Burr's: a partition key `""` is no partition key, and other keyword arguments
+        are ignored (Burr's examples pass `sequence_no=`)."""
+        partition_key = partition_key or None
         self._check_app(partition_key, app_id)
         app_dir = self._recorded_dir(partition_key, app_id)
         if app_dir is None:
@@ -844,7 +854,7 @@ def _check_project(project: object) -> None:
     if not isinstance(project, str) or not _SAFE_PROJECT.fullmatch(project) or ".." in project:
         raise ValueError(
             f"project name {project!r} is not a safe folder name: use letters, digits, '_', "
-            "'.' and '-', start with a letter or digit, and do not use '..'"
+            "'.', ':' and '-', start with a letter, digit or '_', and do not use '..'"
         )
 
 

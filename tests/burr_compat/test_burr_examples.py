@@ -9,10 +9,7 @@ NEEDS_AN_INTEGRATION = {
     "parallelism_notebook": "use_otel_tracing=True needs Burr's OpenTelemetry integration, "
     "which fanwise does not have (Burr 0.43 without its opentelemetry extra fails too)",
 }
-STILL_BREAKS = {
-    "multi_agent_collaboration": "LocalTrackingClient rejects the project name "
-    "'template:multi-agent-collaboration', which Burr accepts",
-}
+STILL_BREAKS: dict[str, str] = {}
 
 
 def _params():

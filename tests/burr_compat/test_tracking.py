@@ -356,6 +356,11 @@ def test_burrs_file_names_and_storage_path_are_there(tmp_path):
     assert os.path.isfile(os.path.join(project, "where", LocalTrackingClient.LOG_FILENAME))
 
 
+def test_burrs_project_names_with_a_colon_are_taken(tmp_path):
+    client = LocalTrackingClient("template:multi-agent", str(tmp_path))
+    assert client.get_storage_path(client.project, str(tmp_path)).endswith("template:multi-agent")
+
+
 def test_serde_kwargs_that_are_not_a_mapping_are_named(tmp_path):
     with pytest.raises(TypeError, match="serde_kwargs"):
         LocalTrackingClient("p", str(tmp_path), ["secret"])
