@@ -51,7 +51,9 @@ def select_inputs(action: Action, inputs: dict[str, Any]) -> dict[str, Any]:
     if reserved:
         raise InputError(f"input key(s) {reserved} start with '__', which is reserved")
     required, optional = action.input_spec
-    missing = [k for k in required if k not in inputs]
+    # "__" names (`__context`, `__tracer`) are the engine's to give, as Burr's class
+    # actions list them among their inputs
+    missing = [k for k in required if k not in inputs and not k.startswith("__")]
     if missing:
         raise InputError(
             f"action {action.name!r} needs input(s) {missing}: pass them as inputs={{...}}"

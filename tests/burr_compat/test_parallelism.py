@@ -282,3 +282,20 @@ def test_a_plan_method_with_an_unknown_name_and_another_arity_is_a_build_time_er
 
     with pytest.raises(ValueError, match="'items'.*by position"):
         ApplicationBuilder().with_actions(fan=Wrong()).with_entrypoint("fan").build()
+
+
+def test_inputs_listing_the_injected_context_as_burrs_docs_suggest_are_accepted():
+    class WithInputs(MultiplePrompts):
+        def action(self, state, inputs):
+            return query_llm.bind(model=inputs["model"])
+
+        @property
+        def inputs(self):
+            return ["__context", "model"]
+
+    app = (ApplicationBuilder().with_actions(fan=WithInputs()).with_state(prompts=["a"])
+           .with_entrypoint("fan").build())
+    assert app.run(halt_after=["fan"], inputs={"model": "m"})[2]["all_llm_outputs"] == ["m:A"]
+    with pytest.raises(ValueError, match=r"needs input\(s\) \['model'\]"):
+        app.reset_to_entrypoint()
+        app.run(halt_after=["fan"])
