@@ -531,16 +531,24 @@ _METHODS_OF: dict[type, tuple[tuple[str, bool], ...]] = {}
 
 def hook_methods_of(hook: object) -> tuple[tuple[str, bool], ...]:
     """`(method name, is async)` of each hook method `hook` has, decided once per class (a
-    runtime Protocol check costs ~10 µs and every child of a fan-out builds an app)."""
+    runtime Protocol check costs ~10 µs and every child of a fan-out builds an app); an
+    object carrying hook methods of its own (a `SimpleNamespace`) is decided by itself."""
+    own = getattr(hook, "__dict__", None)
+    if own and not own.keys().isdisjoint(_ROLES):
+        return _decide(hook)
     cls = type(hook)
     found = _METHODS_OF.get(cls)
     if found is None:
-        found = _METHODS_OF[cls] = tuple(
-            (name, inspect.iscoroutinefunction(getattr(cls, name, None)))
-            for name, role in _ROLES.items()
-            if isinstance(hook, role)
-        )
+        found = _METHODS_OF[cls] = _decide(hook)
     return found
+
+
+def _decide(hook: object) -> tuple[tuple[str, bool], ...]:
+    return tuple(
+        (name, inspect.iscoroutinefunction(getattr(hook, name)))
+        for name, role in _ROLES.items()
+        if isinstance(hook, role)
+    )
 
 
 def hooks_for(hooks: list[Any], method: str) -> list[Any]:

@@ -5,6 +5,7 @@ hook class or only has the methods."""
 import asyncio
 import datetime
 import json
+import types
 
 import pytest
 from fanwise.core import (
@@ -375,3 +376,11 @@ def test_state_and_results_full_logger_writes_a_line_per_step(tmp_path):
 def test_state_and_results_full_logger_wants_a_jsonl_path(tmp_path):
     with pytest.raises(ValueError, match=".jsonl"):
         lifecycle.StateAndResultsFullLogger(str(tmp_path / "steps.txt"))
+
+
+def test_hooks_set_on_objects_themselves_are_decided_per_object():
+    calls = []
+    before = types.SimpleNamespace(pre_run_step=lambda **kw: calls.append("pre"))
+    after = types.SimpleNamespace(post_run_step=lambda **kw: calls.append("post"))
+    app_with(before, after).step()
+    assert calls == ["pre", "post"]
