@@ -1,7 +1,9 @@
-"""`fanwise lease show|break`: who holds an app id's single-runner lease, and taking it away.
+"""`fanwise lease`: who holds an app id's single-runner lease, and taking it away.
 
-    fanwise lease show  --db URL APP_ID [--partition-key K] [--table T] [--json]
-    fanwise lease break --db URL APP_ID [--partition-key K] [--table T] [--force] [--json]
+    fanwise lease APP_ID --db URL [--break [--force]] [--partition-key K] [--table T] [--json]
+
+`fanwise lease show APP_ID ...` and `fanwise lease break APP_ID ...` are the same commands
+without and with `--break`.
 
 A lease is live unless it expired or its holder is a process of this host that is gone.
 Exit codes: 0 ok (`show`: nobody holds a live lease; `break`: broken, or there was none),
@@ -13,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fanwise.cli._common import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, open_persister
+
 if TYPE_CHECKING:
     from fanwise.core.persistence import LeaseInfo
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 
 
 class LeaseStore(Protocol):
@@ -35,9 +36,18 @@ class LeaseStore(Protocol):
     def close(self) -> None: ...
 
 
+TAKES_VALUE = frozenset({"--db", "--partition-key", "--table"})
+
+
 def add_parser(commands: Any) -> None:
     """Add `lease` and its subcommands to the `fanwise` subparsers `commands`."""
-    lease = commands.add_parser("lease", help="show or break the lease of an app id")
+    lease = commands.add_parser(
+        "lease", help="who holds an app's lease (host, pid, since, expires); --break frees it",
+        usage="fanwise lease APP_ID --db URL [--break [--force]] [--partition-key K] "
+              "[--table T] [--json]",
+        description="`fanwise lease APP_ID` is `fanwise lease show APP_ID`; with --break, "
+                    "`fanwise lease break APP_ID`.",
+    )
     actions = lease.add_subparsers(dest="lease_command", metavar="SUBCOMMAND", required=True)
     show = actions.add_parser("show", help="who holds the lease, since when, until when")
     show.set_defaults(run=_show)
@@ -62,18 +72,35 @@ def add_parser(commands: Any) -> None:
         command.add_argument("--json", action="store_true", help="print JSON")
 
 
+def normalized(argv: list[str]) -> list[str]:
+    """`lease APP_ID [--break] ...` spelled as its subcommand, `lease show|break APP_ID`
+    (other command lines as they are)."""
+    if argv[:1] != ["lease"]:
+        return argv
+    rest = argv[1:]
+    position = 0
+    while position < len(rest):
+        word = rest[position]
+        if word in TAKES_VALUE:
+            position += 2
+        elif word.startswith("-"):
+            position += 1
+        elif word in ("show", "break"):
+            return argv
+        else:
+            subcommand = "break" if "--break" in rest else "show"
+            return ["lease", subcommand, *(word for word in rest if word != "--break")]
+    return argv
+
+
 def open_store(url: str, table: str) -> LeaseStore:
-    """The persister of `--db URL`: PostgreSQL for a postgresql:// (or postgres://) DSN,
-    else the SQLite file at that path."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from fanwise.core.persistence import PostgreSQLPersister
+    """The persister of `--db URL` (see `fanwise.cli._common.open_persister`)."""
+    from fanwise.cli._common import CliError
 
-        return PostgreSQLPersister(url, table_name=table, max_connections=1)
-    from fanwise.core.persistence import SQLitePersister
-
-    if not os.path.exists(url):
-        raise ValueError(f"--db {url!r}: no such SQLite file (nor a postgresql:// DSN)")
-    return SQLitePersister(url, table_name=table)
+    try:
+        return open_persister(url, table)
+    except CliError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -149,6 +149,16 @@ class ApplicationBuilder:
         }
         return self
 
+    def resuming_from(self, loader: Any) -> ApplicationBuilder:
+        """`initialize_from(loader)` whose fresh start is what `with_state()` and
+        `with_entrypoint()` set (what `fanwise run` makes of the builder it is handed); a
+        builder that has an initializer already keeps it."""
+        if self._initializer is not None:
+            return self
+        state, entrypoint = self._state, self._entrypoint
+        self._state = self._entrypoint = None
+        return self.initialize_from(loader, default_state=state, default_entrypoint=entrypoint)
+
     def with_spawning_parent(
         self, app_id: str, sequence_id: int | None, partition_key: str | None = None
     ) -> ApplicationBuilder:
@@ -193,6 +203,12 @@ class ApplicationBuilder:
     def with_state_persister(self, persister: Any) -> ApplicationBuilder:
         self._saver = persister
         return self
+
+    @property
+    def state_persister(self) -> Any:
+        """The persister `with_state_persister` set (None if none): what reads an app's saved
+        steps and lease without building the app, which would take its lease."""
+        return self._saver
 
     def with_lease_wait(self, seconds: float) -> ApplicationBuilder:
         """Wait up to `seconds` for another driver of this app id (another process, or another

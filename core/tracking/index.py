@@ -252,6 +252,10 @@ CREATE TABLE IF NOT EXISTS counts (
     n INTEGER NOT NULL,
     PRIMARY KEY (scope_key, scope_app, scope_seq, status)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS launches (
+    partition_key TEXT NOT NULL, app_id TEXT NOT NULL, launch TEXT NOT NULL,
+    PRIMARY KEY (partition_key, app_id)
+);
 CREATE TRIGGER IF NOT EXISTS apps_counted AFTER INSERT ON apps BEGIN
     INSERT INTO counts VALUES (
         CASE WHEN new.parent_app_id IS NULL THEN new.partition_key
@@ -365,11 +369,7 @@ class RunIndex:
         if not patches and not usage:
             return
         with self._transaction() as connection:
-            if self._created:  # a new index is complete if the project held no other app
-                others = _holds_apps(self.folder, {app_id for _, app_id in patches})
-                connection.execute("INSERT OR IGNORE INTO meta VALUES ('complete', ?)",
-                                   ("0" if others else "1",))
-                self._created = False
+            self._note_if_complete(connection, {app_id for _, app_id in patches})
             connection.executemany(_UPSERT, patches.values())
             for (key, app_id), figures in usage.items():
                 _add_usage(connection, key, app_id, figures)
@@ -395,6 +395,23 @@ class RunIndex:
         except FileNotFoundError:
             pass
         return count
+
+    def record_launch(self, app_id: str, partition_key: str | None,
+                      launch: Mapping[str, Any]) -> None:
+        """Keep how the app was started (`fanwise run`'s options, JSON-able), for a resume."""
+        with self._transaction() as connection:
+            self._note_if_complete(connection, {app_id})
+            connection.execute("INSERT OR REPLACE INTO launches VALUES (?, ?, ?)",
+                               (_key(partition_key), app_id, json.dumps(dict(launch))))
+
+    def launch(self, app_id: str, partition_key: str | None = None) -> dict[str, Any] | None:
+        """What `record_launch` kept for the app, or None."""
+        with self._locked() as connection:
+            row = connection.execute(
+                "SELECT launch FROM launches WHERE partition_key = ? AND app_id = ?",
+                (_key(partition_key), app_id),
+            ).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def mark_stale(self, reason: BaseException) -> None:
         """Note that a write failed (the index may lack rows): the next `open` rebuilds."""
@@ -481,26 +498,29 @@ class RunIndex:
         return _paged(rows, self._counts(scope, scope_params), limit)
 
     def fanout_steps(self, app_id: str, partition_key: str | None = None) -> list[FanoutStep]:
-        """Each step of `app_id` that spawned children, with their counts by status."""
+        """Each step of `app_id` that spawned children, with their counts by status, and
+        how many of its children had finished before the step last began (read from the
+        app's own log, which holds its steps, not its children's)."""
         with self._locked() as connection:
             counted = connection.execute(
                 "SELECT scope_seq, status, n FROM counts WHERE scope_key = ? AND scope_app = ?"
                 " AND n > 0 ORDER BY scope_seq", (_key(partition_key), app_id),
             ).fetchall()
-            parent = connection.execute(
-                "SELECT sequence_id, step_started_at FROM apps WHERE partition_key = ? AND"
-                " app_id = ?", (_key(partition_key), app_id),
-            ).fetchone()
-            by_step: dict[int, dict[str, int]] = {}
-            for seq, status, n in counted:
-                by_step.setdefault(seq, {})[status] = n
-            resumed: dict[int, int] = {}
-            if parent is not None and parent[0] in by_step and parent[1] is not None:
-                (resumed[parent[0]],) = connection.execute(
-                    "SELECT count(*) FROM apps WHERE parent_app_id = ? AND parent_key IS ? AND"
-                    " status = 'completed' AND parent_seq = ? AND ended_at < ?",
-                    (app_id, partition_key, parent[0], parent[1]),
-                ).fetchone()
+        by_step: dict[int, dict[str, int]] = {}
+        for seq, status, n in counted:
+            by_step.setdefault(seq, {})[status] = n
+        if not by_step:
+            return []
+        starts = self._step_starts(app_id, partition_key)
+        resumed: dict[int, int] = {}
+        with self._locked() as connection:
+            for seq in by_step:
+                if starts.get(seq) is not None:
+                    (resumed[seq],) = connection.execute(
+                        "SELECT count(*) FROM apps WHERE parent_app_id = ? AND parent_key IS ?"
+                        " AND status = 'completed' AND parent_seq = ? AND ended_at < ?",
+                        (app_id, partition_key, seq, starts[seq]),
+                    ).fetchone()
         return [FanoutStep(seq, counts, resumed.get(seq, 0)) for seq, counts in by_step.items()]
 
     def failures(
@@ -562,6 +582,15 @@ class RunIndex:
 
     # -- internals --------------------------------------------------------------------
 
+    def _note_if_complete(self, connection: sqlite3.Connection, app_ids: set[str]) -> None:
+        """On the first write to an index this connection created: it is complete if the
+        project holds no app folder but those of `app_ids` (else a reader rebuilds it)."""
+        if self._created:
+            others = _holds_apps(self.folder, app_ids)
+            connection.execute("INSERT OR IGNORE INTO meta VALUES ('complete', ?)",
+                               ("0" if others else "1",))
+            self._created = False
+
     def _page(self, where: list[str], params: list[Any], status: str | None, limit: int,
               cursor: int | None, descending: bool) -> list[AppRow]:
         where, params = list(where), list(params)
@@ -592,6 +621,13 @@ class RunIndex:
             params = (_key(partition_key), app_id)
         with self._locked() as connection:
             return [_row(values) for values in connection.execute(query, params)]
+
+    def _step_starts(self, app_id: str, partition_key: str | None) -> dict[int, str]:
+        """When each step of the app last began, from its folder."""
+        from fanwise.core.tracking._index_rebuild import facts_of_app
+
+        return {fact[3]: fact[5] for fact in facts_of_app(self.folder, app_id, partition_key)
+                if fact[0] == "b"}
 
     def _index_folder_of(self, app_id: str, partition_key: str | None) -> bool:
         from fanwise.core.tracking._index_rebuild import facts_of_app

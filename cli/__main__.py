@@ -1,0 +1,7 @@
+"""`python -m fanwise.cli ...`: the `fanwise` command (what a Ray job's driver runs)."""
+
+import sys
+
+from fanwise.cli.main import main
+
+sys.exit(main())
