@@ -392,3 +392,17 @@ def test_a_character_outside_the_bmp_is_text_and_is_recorded(tmp_path):
     app.step()
     end = json.loads((tmp_path / "p" / "a" / "log.jsonl").read_text().splitlines()[-1])
     assert end["state"] == {"text": "ok \N{GRINNING FACE}"}
+
+
+def test_a_lone_surrogate_in_an_input_is_an_error_naming_the_input(tmp_path):
+    @action(reads=[], writes=["text"])
+    def echo(state: State, text: str) -> State:
+        return state.update(text=text)
+
+    app = (
+        ApplicationBuilder().with_actions(echo).with_transitions().with_entrypoint("echo")
+        .with_tracker(project="p", params={"storage_dir": str(tmp_path)}).build()
+    )
+    with pytest.raises(StateSerialisationError, match="input 'text' holds a lone surrogate"):
+        app.step(inputs={"text": "\udcff"})
+    assert app.sequence_id is None  # refused before the action ran
