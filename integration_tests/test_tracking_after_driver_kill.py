@@ -1,7 +1,7 @@
 """A driver SIGKILLed while its children are half-way loses none of their tracking: every
 step durable in the store is in the driver's tracking store once the app is resumed, on
-processes and on a Dask cluster from the `dask` CLI (children there record their steps in
-memory; the records travel in their saved rows)."""
+processes, on a Dask cluster from the `dask` CLI and on a Ray cluster from `ray start`
+(children there record their steps in memory; the records travel in their saved rows)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import psutil
 import pytest
 from dask_cluster import DaskCluster, worker_env
 from fanwise.parallel import child_app_id
+from ray_cluster import HEAD_IP, RayCluster
 from three_step_driver import PROJECT, RESULT_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -39,14 +40,27 @@ def dask_cluster(tmp_path_factory):
         cluster.stop()
 
 
-def start_driver(folder: Path, executor: str, address: str | None) -> subprocess.Popen:
+@pytest.fixture(scope="module")
+def ray_cluster():
+    pytest.importorskip("ray")
+    cluster = RayCluster()
+    try:
+        cluster.start_head(HEAD_IP, num_cpus=CHILDREN)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def start_driver(
+    folder: Path, executor: str, address: str | None, env: dict[str, str]
+) -> subprocess.Popen:
     args = [sys.executable, str(DRIVER), "--executor", executor, "--db", str(folder / "state.db"),
             "--tracking", str(folder / "tracking"), "--app-id", APP_ID, "--n", str(CHILDREN),
             "--gate", str(folder / "gate")]
     if address:
         args += ["--address", address]
     with open(folder / "driver.log", "ab") as log:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=worker_env())
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def saved_steps(db: Path) -> dict[str, set[int]]:
@@ -89,13 +103,17 @@ def kill_tree(process: subprocess.Popen) -> None:
     psutil.wait_procs(descendants, timeout=10)
 
 
-@pytest.mark.parametrize("executor", ["processes", "dask"])
+@pytest.mark.parametrize("executor", ["processes", "dask", "ray"])
 def test_steps_durable_when_the_driver_died_are_tracked_after_resume(
     executor, tmp_path, request
 ):
-    address = request.getfixturevalue("dask_cluster").address if executor == "dask" else None
+    address, env = None, worker_env()
+    if executor != "processes":
+        cluster = request.getfixturevalue(f"{executor}_cluster")
+        address = cluster.address
+        env = cluster.env if executor == "ray" else env
     children = [child_app_id(APP_ID, 0, position) for position in range(CHILDREN)]
-    driver = start_driver(tmp_path, executor, address)
+    driver = start_driver(tmp_path, executor, address, env)
     request.addfinalizer(lambda: kill_tree(driver) if driver.poll() is None else None)
     deadline = time.monotonic() + WAIT
     # every child's first step is durable (written when its second step saved) while its
@@ -111,7 +129,7 @@ def test_steps_durable_when_the_driver_died_are_tracked_after_resume(
     assert all(not tracked_steps(tmp_path / "tracking", child) for child in children)
 
     (tmp_path / "gate").touch()
-    resumed = start_driver(tmp_path, executor, address)
+    resumed = start_driver(tmp_path, executor, address, env)
     assert resumed.wait(WAIT) == 0, (tmp_path / "driver.log").read_text()
     output = (tmp_path / "driver.log").read_text()
     result = json.loads(output.split(RESULT_PREFIX)[-1].splitlines()[0])
