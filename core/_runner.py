@@ -19,6 +19,7 @@ from fanwise.core import visibility
 from fanwise.core._declared_reads import UndeclaredWriteWarning
 from fanwise.core.errors import AsyncMismatchError, GraphError, InputError, LeaseLostError
 from fanwise.core.hooks import HookSet, async_hook_reason
+from fanwise.core.persistence.base import FencedStore
 from fanwise.core.protocols import MaybeAsync, conforms
 from fanwise.core.state import State
 
@@ -216,6 +217,8 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
     if action is None:
         return None
     app._check_open()
+    if app._saver is not None and conforms(app._saver, FencedStore):
+        app._saver.check_fence()  # a driver that knows it lost its lease runs no more actions
     _check_async_allowed(app, action, async_run)
     chosen = select_inputs(action, inputs or {})
     sequence_id = app._next_sequence_id

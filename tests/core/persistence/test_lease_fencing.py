@@ -427,3 +427,32 @@ def test_a_driver_that_knows_its_lease_is_lost_starts_no_further_child(store):
 
     assert ran == [0, 1, 2, 3, 4, 5]
     app.close()
+
+
+def test_a_driver_that_knows_its_lease_is_lost_runs_no_further_action(store):
+    _, _, _, make = store
+    ran = []
+
+    @action(reads=["n"], writes=["n"])
+    def count(state):
+        ran.append(state["n"])
+        return state.update(n=state["n"] + 1)
+
+    app = (
+        ApplicationBuilder()
+        .with_actions(count=count)
+        .with_transitions(("count", "count"))
+        .with_state(n=0)
+        .with_entrypoint("count")
+        .with_state_persister(make(lease_ttl=0.6))
+        .with_identifiers(app_id="app")
+        .build()
+    )
+    app.step()
+    make().break_lease(None, "app", force=True)
+    time.sleep(0.5)  # a renewal (every 0.2 s) finds it lost
+
+    with pytest.raises(LeaseLostError, match="'app' lost its lease"):
+        app.step()
+    assert ran == [0]
+    app.close()
