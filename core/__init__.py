@@ -23,7 +23,7 @@ from fanwise.core.errors import (
     InputError,
     StateSerialisationError,
 )
-from fanwise.core.graph import Graph, GraphBuilder
+from fanwise.core.graph import ApplicationGraph, Graph, GraphBuilder
 from fanwise.core.secret import Secret
 from fanwise.core.state import State
 
@@ -34,6 +34,7 @@ __all__ = [
     "ApplicationBuilder",
     "ApplicationClosedError",
     "ApplicationContext",
+    "ApplicationGraph",
     "AsyncMismatchError",
     "Condition",
     "CorruptStateError",

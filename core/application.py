@@ -26,6 +26,7 @@ from fanwise.core.streaming import AsyncStreamingResultContainer, StreamingResul
 
 if TYPE_CHECKING:
     import graphviz
+    from fanwise.core.builder import ApplicationBuilder
 
 RunOutcome = tuple[Action | None, dict[str, Any] | None, State]
 
@@ -57,6 +58,7 @@ class Application:
         next_sequence_id: int,
         lease: Any = None,
         built_async: bool = False,
+        builder: ApplicationBuilder | None = None,
     ) -> None:
         """`entrypoint` is where the app starts (and `reset_to_entrypoint` goes back to);
         `prior_action`, the last action run before it was built (resumed), if any: the next
@@ -87,6 +89,7 @@ class Application:
         self._event_sink: Any = None
         """Set while `stream_fanout` runs: the fan-outs of this app's steps emit there."""
         self._event_path: tuple[int, ...] = ()
+        self._builder = builder
         self._lease = lease
         self._lease_released = False
         self._closed = False
@@ -117,6 +120,17 @@ class Application:
     def graph(self) -> ApplicationGraph:
         """The graph, with `entrypoint` (an `Action`)."""
         return self._graph
+
+    @property
+    def builder(self) -> ApplicationBuilder | None:
+        """The `ApplicationBuilder` that built this app."""
+        return self._builder
+
+    def validate_correct_async_use(self) -> None:
+        """Raise the `AsyncMismatchError` (a `ValueError`) a sync run of this app would
+        (built with `abuild()`, async hooks or an async persister); else nothing."""
+        if self._async_only_reason is not None:
+            raise AsyncMismatchError(self._async_only_reason)
 
     @property
     def entrypoint(self) -> str:
@@ -332,8 +346,7 @@ class Application:
         both lists as `halt_before`; halted before an action of `halt_before` only (or at the
         end of the graph), the container is empty and `get()` gives (None, state)."""
         halt_before, halt_after = self._check_halts(halt_before, halt_after)
-        if self._async_only_reason is not None:  # at the call, as Burr: not once streaming
-            raise AsyncMismatchError(self._async_only_reason)
+        self.validate_correct_async_use()  # at the call, as Burr: not once streaming
         with execute_call(self, ExecuteMethod.stream_result):
             action = self.get_next_action()
             if action is not None and action.name not in halt_after:

@@ -200,7 +200,12 @@ class ApplicationBuilder:
         self._tracker = tracker
         return self
 
-    def with_state_persister(self, persister: Any) -> ApplicationBuilder:
+    def with_state_persister(self, persister: Any, on_every: str = "step") -> ApplicationBuilder:
+        """Save every step to `persister` (`on_every="step"`, the only interval, as in
+        Burr)."""
+        if on_every != "step":
+            raise ValueError(f"with_state_persister(on_every={on_every!r}): only 'step' is "
+                             "supported")
         self._saver = persister
         return self
 
@@ -308,6 +313,7 @@ class ApplicationBuilder:
             next_sequence_id=start.next_sequence_id,
             lease=lease,
             built_async=built_async,
+            builder=self,
         )
         for hook in hooks_for(hooks, "post_application_create"):
             hook.post_application_create(

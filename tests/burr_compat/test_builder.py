@@ -239,3 +239,30 @@ def test_stream_result_of_an_abuild_app_is_a_value_error_at_the_call():
     app = asyncio.run(builder().with_state(n=0).with_entrypoint("add").abuild())
     with pytest.raises(ValueError, match="abuild"):
         app.stream_result(halt_after=["add"])
+
+
+def test_the_app_knows_its_builder_and_with_state_persister_saves_on_every_step(persister):
+    b = builder(persister).with_state(n=0).with_entrypoint("add")
+    with pytest.raises(ValueError, match="on_every"):
+        b.with_state_persister(persister, on_every="run")
+    app = b.with_state_persister(persister, on_every="step").build()
+    assert app.builder is b
+    app.validate_correct_async_use()  # a sync app: nothing to say
+    app.step()
+    assert persister.load(None, "app")["position"] == "add"
+
+
+def test_placeholders_draw_a_graph_before_its_actions_exist():
+    from fanwise.core.implementations import Placeholder
+
+    app = (
+        ApplicationBuilder()
+        .with_actions(ask=Placeholder(reads=[], writes=["question"]),
+                      answer=Placeholder(reads=["question"], writes=["answer"]))
+        .with_transitions(("ask", "answer"))
+        .with_entrypoint("ask")
+        .build()
+    )
+    assert "ask -> answer" in app.visualize().source
+    with pytest.raises(NotImplementedError, match="'ask' is a Placeholder"):
+        app.step()
