@@ -38,6 +38,7 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/core_steps.py
+	$(BIN)/python benchmarks/conditions.py
 
 # The image the manifests in k8s/ run (k8s/README.md), tagged with the project's version.
 IMAGE ?= fanwise:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
