@@ -1,7 +1,8 @@
 """A driver SIGKILLed while its children are half-way loses none of their tracking: every
 step durable in the store is in the driver's tracking store once the app is resumed, on
 processes, on a Dask cluster from the `dask` CLI and on a Ray cluster from `ray start`
-(children there record their steps in memory; the records travel in their saved rows)."""
+(children there record their steps in memory; the records travel in their saved rows), and
+when the app is resumed on threads after its first driver ran the children on processes."""
 
 from __future__ import annotations
 
@@ -103,9 +104,12 @@ def kill_tree(process: subprocess.Popen) -> None:
     psutil.wait_procs(descendants, timeout=10)
 
 
-@pytest.mark.parametrize("executor", ["processes", "dask", "ray"])
+@pytest.mark.parametrize(
+    ("executor", "resumed_on"),
+    [("processes", "processes"), ("dask", "dask"), ("ray", "ray"), ("processes", "threads")],
+)
 def test_steps_durable_when_the_driver_died_are_tracked_after_resume(
-    executor, tmp_path, request
+    executor, resumed_on, tmp_path, request
 ):
     address, env = None, worker_env()
     if executor != "processes":
@@ -129,7 +133,7 @@ def test_steps_durable_when_the_driver_died_are_tracked_after_resume(
     assert all(not tracked_steps(tmp_path / "tracking", child) for child in children)
 
     (tmp_path / "gate").touch()
-    resumed = start_driver(tmp_path, executor, address, env)
+    resumed = start_driver(tmp_path, resumed_on, address, env)
     assert resumed.wait(WAIT) == 0, (tmp_path / "driver.log").read_text()
     output = (tmp_path / "driver.log").read_text()
     result = json.loads(output.split(RESULT_PREFIX)[-1].splitlines()[0])

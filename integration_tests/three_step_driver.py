@@ -76,6 +76,10 @@ class Sweep(MapStates):
 
 
 def executor_of(name: str, address: str | None, n: int) -> Any:
+    if name == "threads":
+        from fanwise.executors import MultiThreadedExecutor
+
+        return MultiThreadedExecutor(max_concurrency=n)
     if name == "processes":
         from fanwise.executors import MultiProcessExecutor
 
@@ -91,7 +95,8 @@ def executor_of(name: str, address: str | None, n: int) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--executor", choices=["processes", "dask", "ray"], required=True)
+    parser.add_argument("--executor", choices=["threads", "processes", "dask", "ray"],
+                        required=True)
     parser.add_argument("--address")
     parser.add_argument("--db", required=True)
     parser.add_argument("--tracking", required=True)
