@@ -54,7 +54,7 @@ def to_digraph(
         if include_state:
             label = f"{action.name}({', '.join(action.reads)}): {', '.join(action.writes)}"
         digraph.node(action.name, label=label, shape="box", style="rounded,filled")
-        for name in [*action.inputs, *action.optional_inputs]:
+        for name in [name for names in action.input_spec for name in names]:
             if name.startswith("__"):  # injected by the engine (`__context`), not given
                 continue
             input_node = f"input__{name}"
