@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 from fanwise.core import visibility
 from fanwise.core._declared_reads import UndeclaredWriteWarning
 from fanwise.core.errors import AsyncMismatchError, GraphError, InputError, LeaseLostError
-from fanwise.core.hooks import HookSet, async_hook_reason
+from fanwise.core.hooks import (
+    ExecuteMethod,
+    HookSet,
+    afinish_call,
+    async_hook_reason,
+    finish_call,
+)
 from fanwise.core.persistence.base import FencedStore
 from fanwise.core.protocols import MaybeAsync, conforms
 from fanwise.core.state import State
@@ -275,6 +281,31 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
     if report is not None:
         yield from report.ended()
     return StepOutcome(action, result, after)
+
+
+def ending_call(app: Application, gen: StepGen, method: ExecuteMethod, async_run: bool) -> StepGen:
+    """The step `gen` of a `stream_result` call that `start_call` reported: the call ends
+    (`post_run_execute_call`) when its stream does, as in Burr, not when the container is
+    returned."""
+    try:
+        result = yield from gen
+    except GeneratorExit:  # the stream was dropped unfinished: nothing can be awaited now
+        finish_call(app, method, None)
+        raise
+    except BaseException as exc:
+        yield from _finish(app, method, exc, async_run)
+        raise
+    yield from _finish(app, method, None, async_run)
+    return result
+
+
+def _finish(
+    app: Application, method: ExecuteMethod, exc: BaseException | None, async_run: bool
+) -> Generator[Any, Any, None]:
+    if async_run:
+        yield afinish_call(app, method, exc)
+    else:
+        finish_call(app, method, exc)
 
 
 def _tracer(app: Application, action: Action, sequence_id: int) -> visibility.TracerFactory | None:

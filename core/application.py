@@ -17,8 +17,12 @@ from fanwise.core.hooks import (
     HookSet,
     LifecycleHook,
     aexecute_call,
+    afinish_call,
+    astart_call,
     execute_call,
+    finish_call,
     hooks_for,
+    start_call,
 )
 from fanwise.core.protocols import StoresForm, conforms
 from fanwise.core.state import State
@@ -347,16 +351,27 @@ class Application:
         end of the graph), the container is empty and `get()` gives (None, state)."""
         halt_before, halt_after = self._check_halts(halt_before, halt_after)
         self.validate_correct_async_use()  # at the call, as Burr: not once streaming
-        with execute_call(self, ExecuteMethod.stream_result):
+        method = ExecuteMethod.stream_result
+        reported = start_call(self, method)  # the call ends with its stream (as in Burr)
+        try:
             action = self.get_next_action()
             if action is not None and action.name not in halt_after:
                 self.run(halt_before=[*halt_after, *halt_before], inputs=inputs)
                 action = self.get_next_action()
-            if action is None or action.name not in halt_after:
-                return action, StreamingResultContainer.pass_through(None, self._state)
-            self._check_open()
-            driver = _runner.Driver(_runner.step(self, inputs, async_run=False))
-            return action, StreamingResultContainer(driver)
+            if action is not None and action.name in halt_after:
+                self._check_open()
+        except BaseException as exc:
+            if reported:
+                finish_call(self, method, exc)
+            raise
+        if action is None or action.name not in halt_after:
+            if reported:
+                finish_call(self, method, None)
+            return action, StreamingResultContainer.pass_through(None, self._state)
+        step = _runner.step(self, inputs, async_run=False)
+        if reported:
+            step = _runner.ending_call(self, step, method, async_run=False)
+        return action, StreamingResultContainer(_runner.Driver(step))
 
     def stream_iterate(
         self,
@@ -436,16 +451,27 @@ class Application:
     ) -> tuple[Action | None, AsyncStreamingResultContainer]:
         """Async `stream_result`."""
         halt_before, halt_after = self._check_halts(halt_before, halt_after)
-        async with aexecute_call(self, ExecuteMethod.astream_result):
+        method = ExecuteMethod.astream_result
+        reported = await astart_call(self, method)  # the call ends with its stream
+        try:
             action = self.get_next_action()
             if action is not None and action.name not in halt_after:
                 await self.arun(halt_before=[*halt_after, *halt_before], inputs=inputs)
                 action = self.get_next_action()
-            if action is None or action.name not in halt_after:
-                return action, AsyncStreamingResultContainer.pass_through(None, self._state)
-            self._check_open()
-            driver = _runner.Driver(_runner.step(self, inputs, async_run=True))
-            return action, AsyncStreamingResultContainer(driver)
+            if action is not None and action.name in halt_after:
+                self._check_open()
+        except BaseException as exc:
+            if reported:
+                await afinish_call(self, method, exc)
+            raise
+        if action is None or action.name not in halt_after:
+            if reported:
+                await afinish_call(self, method, None)
+            return action, AsyncStreamingResultContainer.pass_through(None, self._state)
+        step = _runner.step(self, inputs, async_run=True)
+        if reported:
+            step = _runner.ending_call(self, step, method, async_run=True)
+        return action, AsyncStreamingResultContainer(_runner.Driver(step))
 
     async def astream_iterate(
         self,

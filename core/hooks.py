@@ -656,38 +656,84 @@ def _failure(exc: BaseException) -> BaseException | None:
     return None if isinstance(exc, GeneratorExit) else exc
 
 
+def start_call(app: _Executing, method: ExecuteMethod) -> bool:
+    """`pre_run_execute_call` (sync hooks) if this is the outermost call of `app` and a hook
+    hears of calls; whether it is, and so `finish_call` is due. For a call whose end is not
+    where it returns (`stream_result` ends with its stream)."""
+    if app._executing is not None or not app._hook_set.reports_calls:
+        return False
+    app._executing = method
+    try:
+        app._hook_set.call_sync(
+            "pre_run_execute_call", **_call_ids(app, method), state=app.state
+        )
+    except BaseException:
+        app._executing = None
+        raise
+    return True
+
+
+def finish_call(app: _Executing, method: ExecuteMethod, exception: BaseException | None) -> None:
+    """`post_run_execute_call` (sync hooks) of a call `start_call` reported."""
+    app._executing = None
+    app._hook_set.call_sync(
+        "post_run_execute_call", **_call_ids(app, method), state=app.state, exception=exception
+    )
+
+
+async def astart_call(app: _Executing, method: ExecuteMethod) -> bool:
+    """Async `start_call`: sync hooks are called, then async ones awaited."""
+    if app._executing is not None or not app._hook_set.reports_calls:
+        return False
+    app._executing = method
+    try:
+        await app._hook_set.call_async(
+            "pre_run_execute_call", **_call_ids(app, method), state=app.state
+        )
+    except BaseException:
+        app._executing = None
+        raise
+    return True
+
+
+async def afinish_call(
+    app: _Executing, method: ExecuteMethod, exception: BaseException | None
+) -> None:
+    """Async `finish_call`."""
+    app._executing = None
+    await app._hook_set.call_async(
+        "post_run_execute_call", **_call_ids(app, method), state=app.state, exception=exception
+    )
+
+
+def _call_ids(app: _Executing, method: ExecuteMethod) -> dict[str, Any]:
+    return {"app_id": app.uid, "partition_key": app.partition_key, "method": method}
+
+
 @contextmanager
 def _reported_call(app: _Executing, method: ExecuteMethod) -> Iterator[None]:
-    ids = {"app_id": app.uid, "partition_key": app.partition_key, "method": method}
-    app._executing = method
+    start_call(app, method)
     error: BaseException | None = None
     try:
-        app._hook_set.call_sync("pre_run_execute_call", **ids, state=app.state)
         yield
     except BaseException as exc:
         error = _failure(exc)
         raise
     finally:
-        app._executing = None
-        app._hook_set.call_sync("post_run_execute_call", **ids, state=app.state, exception=error)
+        finish_call(app, method, error)
 
 
 @asynccontextmanager
 async def _areported_call(app: _Executing, method: ExecuteMethod) -> AsyncIterator[None]:
-    ids = {"app_id": app.uid, "partition_key": app.partition_key, "method": method}
-    app._executing = method
+    await astart_call(app, method)
     error: BaseException | None = None
     try:
-        await app._hook_set.call_async("pre_run_execute_call", **ids, state=app.state)
         yield
     except BaseException as exc:
         error = _failure(exc)
         raise
     finally:
-        app._executing = None
-        await app._hook_set.call_async(
-            "post_run_execute_call", **ids, state=app.state, exception=error
-        )
+        await afinish_call(app, method, error)
 
 
 # Burr's ready-made hooks, in `burr.lifecycle` too (defined on the classes above)
@@ -725,8 +771,12 @@ __all__ = [
     "SlowDownHook",
     "StateAndResultsFullLogger",
     "aexecute_call",
+    "afinish_call",
+    "astart_call",
     "async_hook_reason",
     "execute_call",
+    "finish_call",
     "hook_methods_of",
     "hooks_for",
+    "start_call",
 ]

@@ -4,6 +4,7 @@ hook class or only has the methods."""
 
 import asyncio
 import datetime
+import gc
 import json
 import types
 
@@ -176,13 +177,43 @@ def test_stream_result_reports_its_stream_to_the_hooks():
     _, container = app.stream_result(halt_after=["talk"])
     assert [item["delta"] for item in container] == ["x", "y"]
     assert container.get()[0] == {"text": "xy"}
-    streamed = [n for n in recorder.names() if "execute_call" not in n]
-    assert streamed[-6:] == [
-        "pre_run_step", "pre_start_stream", "post_stream_item", "post_stream_item",
-        "post_run_step", "post_end_stream",
+    assert recorder.names()[-8:] == [
+        "pre_run_execute_call", "pre_run_step", "pre_start_stream",
+        "post_stream_item", "post_stream_item", "post_run_step", "post_end_stream",
+        "post_run_execute_call",  # the call ends with its stream, as in Burr
     ]
     methods = [kw["method"] for kw in recorder.of("pre_run_execute_call")]
     assert methods == [ExecuteMethod.step, ExecuteMethod.stream_result]
+
+
+def test_a_stream_left_unfinished_still_ends_its_call():
+    recorder = Recorder()
+    app = app_with(recorder)
+    app.step()
+    _, container = app.stream_result(halt_after=["talk"])
+    next(container)
+    del container  # dropped unfinished: its step is closed
+    gc.collect()
+    assert recorder.names()[-1] == "post_run_execute_call"
+    assert recorder.of("post_run_execute_call")[-1]["exception"] is None
+    app.step()  # later calls are reported again
+    assert recorder.of("pre_run_execute_call")[-1]["method"] is ExecuteMethod.step
+
+
+def test_astream_result_ends_its_call_with_its_stream():
+    asynchronous = AsyncRecorder()
+    app = app_with(asynchronous)
+
+    async def consume():
+        await app.astep()
+        _, container = await app.astream_result(halt_after=["talk"])
+        before_items = list(asynchronous.calls)
+        await container.get()
+        return before_items
+
+    before_items = asyncio.run(consume())
+    assert before_items[-1] == ("pre_call", ExecuteMethod.astream_result)
+    assert asynchronous.calls[-1] == ("post_call", ExecuteMethod.astream_result, None)
 
 
 @pytest.mark.parametrize(
