@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -55,9 +57,35 @@ class ActionLookup(Protocol):
     def get_action(self, name: str) -> Any: ...
 
 
+Moment = tuple[float, float]
+"""When an event happened: (`time.time()`, `time.perf_counter()`)."""
+
+_BUILT_LATER = threading.local()
+"""The moment of the event whose records this thread builds after it (`at_moment`)."""
+
+
 def now() -> str:
-    """The time of a record: ISO 8601, in UTC."""
+    """The time of a record: ISO 8601, in UTC (its event's, if built later)."""
+    moment: Moment | None = getattr(_BUILT_LATER, "moment", None)
+    if moment is not None:
+        return datetime.fromtimestamp(moment[0], UTC).isoformat()
     return datetime.now(UTC).isoformat()
+
+
+def clock() -> float:
+    """A `time.perf_counter()` reading for durations (its event's, if built later)."""
+    moment: Moment | None = getattr(_BUILT_LATER, "moment", None)
+    return time.perf_counter() if moment is None else moment[1]
+
+
+def at_moment(moment: Moment, build: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """`build(*args, **kwargs)`, whose records carry the times of `moment` (a tracker's
+    writer thread builds the records of events that happened earlier on other threads)."""
+    _BUILT_LATER.moment = moment
+    try:
+        build(*args, **kwargs)
+    finally:
+        _BUILT_LATER.moment = None
 
 
 # -- graph.json, metadata.json, children.jsonl ---------------------------------------------

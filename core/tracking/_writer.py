@@ -22,11 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
+from functools import partial
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
+from fanwise.core.tracking import _records
 from fanwise.core.tracking.index import Fact
 from fanwise.core.tracking.local import (
     CHILDREN_FILE,
@@ -63,8 +66,15 @@ class TrackingWriter:
         self._queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
         self._error: BaseException | None = None
         self._closed = False
+        self._lines: dict[tuple[Write, Hashable], list[bytes]] = {}
+        self._gathered: dict[tuple[Gather, Hashable], list[Any]] = {}
+        """The batch being written (what its calls append joins it, in order)."""
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
+
+    def on_writer(self) -> bool:
+        """Whether this is the writer thread (running a submitted call)."""
+        return threading.get_ident() == self._thread.ident
 
     def submit(self, call: Callable[[], None]) -> None:
         """Run `call()` on the writer thread, after everything submitted before."""
@@ -73,12 +83,18 @@ class TrackingWriter:
 
     def append(self, write: Write, key: Hashable, line: bytes) -> None:
         """Append `line` to the file `key` names (with `write(key, lines)`), in order."""
+        if self.on_writer():  # from a submitted call: into the batch it runs in
+            self._lines.setdefault((write, key), []).append(line)
+            return
         self._check_open()
         self._queue.put((write, key, line))
 
     def gather(self, apply: Gather, key: Hashable, item: Any) -> None:
         """Hand `item` to `apply(key, items)`, called once per batch with that batch's items
         for `key`, after the batch's appends."""
+        if self.on_writer():
+            self._gathered.setdefault((apply, key), []).append(item)
+            return
         self._check_open()
         self._queue.put((None, apply, key, item))
 
@@ -123,8 +139,7 @@ class TrackingWriter:
                     batch.append(self._queue.get_nowait())
             except Empty:
                 pass
-            lines: dict[tuple[Write, Hashable], list[bytes]] = {}
-            gathered: dict[tuple[Gather, Hashable], list[Any]] = {}
+            lines, gathered = self._lines, self._gathered = {}, {}
             barriers: list[Future[None]] = []
             stop = False
             for item in batch:
@@ -181,11 +196,34 @@ class BackgroundTrackingClient(LocalTrackingClient):
         shared._writer = writer or TrackingWriter(f"fanwise-tracking-{client.project}")
         return shared
 
+    # -- hooks: built on the writer thread, with the times of their calls --------------
+
+    def post_application_create(self, **kwargs: Any) -> None:
+        self._check_app(kwargs.get("partition_key"), kwargs.get("app_id"))  # named at once
+        self._defer(LocalTrackingClient.post_application_create, kwargs)
+
+    def pre_run_step(self, **kwargs: Any) -> None:
+        self._defer(LocalTrackingClient.pre_run_step, kwargs)
+
+    def post_run_step(self, **kwargs: Any) -> None:
+        self._defer(LocalTrackingClient.post_run_step, kwargs)
+
+    def _defer(self, hook: Callable[..., None], kwargs: dict[str, Any]) -> None:
+        """Run `hook` on the writer thread: encoding the records of a child's steps (most
+        of what tracking costs it) leaves its thread or event loop, and the records are
+        still written in the order of the calls (the async "+ SQLite + tracking" row of
+        `benchmarks/workloads.py`). A hook's arguments are states, results and inputs the
+        app no longer changes."""
+        moment = (time.time(), time.perf_counter())
+        self._writer.submit(partial(_records.at_moment, moment, hook, self, **kwargs))
+
     # -- writes -------------------------------------------------------------------------
 
     def _write_app(
         self, partition_key: str | None, app_id: str, graph: bytes, metadata: dict[str, Any]
     ) -> str:
+        if self._writer.on_writer():  # from a deferred hook
+            return super()._write_app(partition_key, app_id, graph, metadata)
         # created (or, resumed, its files replaced) in order with its other writes; an error
         # (a folder of another partition key) is raised at the fan-out's next commit
         write_app = super()._write_app

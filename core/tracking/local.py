@@ -34,11 +34,9 @@ import os
 import re
 import sqlite3
 import threading
-import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fanwise.core._paths import resolved
@@ -187,7 +185,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
     ) -> None:
         start_time = _now()
         with self._lock:
-            self._started[(partition_key, app_id, sequence_id)] = (start_time, time.perf_counter())
+            self._started[(partition_key, app_id, sequence_id)] = (start_time, _records.clock())
         user_inputs = {k: v for k, v in (inputs or {}).items() if not k.startswith("__")}
         if self.redact is not None:
             user_inputs = self._redacted(action.name, user_inputs)
@@ -218,7 +216,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         exception: BaseException | None,
         **future_kwargs: Any,
     ) -> None:
-        end_time, end_clock = _now(), time.perf_counter()
+        end_time, end_clock = _now(), _records.clock()
         with self._lock:
             start_time, start_clock = self._started.pop(
                 (partition_key, app_id, sequence_id), (None, None)
@@ -873,7 +871,7 @@ def _partition_key_of(metadata: dict[str, Any]) -> str | None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat()
+    return _records.now()
 
 
 def _line(record: dict[str, Any], lenient: tuple[str, ...] = ()) -> bytes:
