@@ -262,3 +262,37 @@ def test_a_multi_step_childs_intermediate_rows_follow_their_tracking(tmp_path):
             halt_after=["done"])[2]
     assert state["ys"] == [i + 3 for i in range(20)]
     assert persister.rows_checked >= 40  # two intermediate rows per child, then the last
+
+
+def test_records_built_later_carry_the_times_of_their_events():
+    from datetime import UTC, datetime
+
+    from fanwise.core.tracking import _records
+
+    seen = []
+    _records.at_moment((1_000_000.0, 42.5), lambda: seen.append((_records.now(),
+                                                                 _records.clock())))
+    assert seen == [(datetime.fromtimestamp(1_000_000.0, UTC).isoformat(), 42.5)]
+    assert _records.clock() != 42.5  # outside, the clock runs again
+
+
+@action(reads=["x"], writes=["y"])
+def traced(state: State, __tracer) -> State:
+    with __tracer("inner") as span:
+        span.log_attributes(x=state["x"])
+    return state.update(y=state["x"])
+
+
+def test_a_childs_log_keeps_the_order_of_its_hooks_span_lines_between_begin_and_end(tmp_path):
+    class Traced(Doubles):
+        child = traced
+
+    tracker = LocalTrackingClient("p", tmp_path)
+    with MultiThreadedExecutor(4) as executor:
+        _app(Traced(), tracker, InMemoryPersister(), executor, 30).build().run(
+            halt_after=["done"])
+    for child in tracker.children("parent"):
+        with open(os.path.join(_app_dir(tracker, child["child_app_id"]), "log.jsonl")) as f:
+            kinds = [json.loads(line)["type"] for line in f]
+        assert kinds[0] == "begin_entry" and kinds[-1] == "end_entry", kinds
+        assert {"begin_span", "end_span", "attribute"} <= set(kinds[1:-1]), kinds
