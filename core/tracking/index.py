@@ -244,6 +244,9 @@ CREATE INDEX IF NOT EXISTS apps_by_parent ON apps (parent_app_id, parent_key);
 CREATE INDEX IF NOT EXISTS apps_by_parent_status ON apps (parent_app_id, parent_key, status);
 CREATE INDEX IF NOT EXISTS roots_by_partition ON apps (partition_key, status)
     WHERE parent_app_id IS NULL;
+-- children of a parent longest first (`children_by_duration`)
+CREATE INDEX IF NOT EXISTS apps_by_parent_duration ON apps (parent_app_id, parent_key,
+    duration_ms);
 CREATE TABLE IF NOT EXISTS counts (
     scope_key TEXT NOT NULL,  -- roots: the partition key; children: the parent's
     scope_app TEXT NOT NULL,  -- roots: ''; children: the parent app id
@@ -456,15 +459,28 @@ class RunIndex:
         status: str | None = None,
         limit: int = 50,
         cursor: int | None = None,
+        prefix: str | None = None,
     ) -> Page:
         """Root apps (no spawning parent), newest first, `limit` per page, with their counts
-        by status (of the partition key, or of all)."""
+        by status (of the partition key, or of all); only app ids starting with `prefix` if
+        given (then counted over the matching apps, O(matches) rather than one lookup)."""
         _check_page(status, limit)
         where, params = ["parent_app_id IS NULL"], []
         if partition_key is not ANY:
             where.append("partition_key = ?")
             params.append(_key(partition_key))
+        if prefix:
+            # a range, not LIKE: LIKE ignores case and treats '%' and '_' as wildcards
+            where.append("app_id >= ? AND app_id < ?")
+            params.extend((prefix, prefix + "\U0010ffff"))
         rows = self._page(where, params, status, limit, cursor, descending=True)
+        if prefix:
+            with self._locked() as connection:
+                counted = connection.execute(
+                    f"SELECT status, count(*) FROM apps WHERE {' AND '.join(where)}"
+                    " GROUP BY status", params,
+                ).fetchall()
+            return _paged(rows, dict(counted), limit)
         if partition_key is ANY:
             counts = self._counts("scope_app = '' AND scope_seq = -1", ())
         else:
@@ -497,6 +513,43 @@ class RunIndex:
         rows = self._page(where, params, status, limit, cursor, descending=False)
         return _paged(rows, self._counts(scope, scope_params), limit)
 
+    def children_by_duration(
+        self,
+        app_id: str,
+        partition_key: str | None = None,
+        *,
+        sequence_id: int | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """The children of `app_id` longest first (unfinished ones last), `limit` per page
+        from `offset`; `next_cursor` is the next page's offset. Counts as `children`."""
+        _check_page(status, limit)
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset {offset!r} must be an int >= 0")
+        where = ["parent_app_id = ?", "parent_key IS ?"]
+        params: list[Any] = [app_id, partition_key]
+        scope = "scope_key = ? AND scope_app = ?"
+        scope_params: list[Any] = [_key(partition_key), app_id]
+        if sequence_id is not None:
+            where.append("parent_seq = ?")
+            params.append(sequence_id)
+            scope += " AND scope_seq = ?"
+            scope_params.append(sequence_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        query = (f"SELECT {_COLUMNS} FROM apps WHERE {' AND '.join(where)}"
+                 " ORDER BY duration_ms DESC, rowid LIMIT ? OFFSET ?")
+        with self._locked() as connection:
+            rows = [_row(values) for values in
+                    connection.execute(query, (*params, limit + 1, offset))]
+        counts = self._counts(scope, scope_params)
+        if len(rows) > limit:
+            return Page(rows[:limit], counts, offset + limit)
+        return Page(rows, counts, None)
+
     def fanout_steps(self, app_id: str, partition_key: str | None = None) -> list[FanoutStep]:
         """Each step of `app_id` that spawned children, with their counts by status, and
         how many of its children had finished before the step last began (read from the
@@ -524,23 +577,28 @@ class RunIndex:
         return [FanoutStep(seq, counts, resumed.get(seq, 0)) for seq, counts in by_step.items()]
 
     def failures(
-        self, app_id: str, partition_key: str | None = None, *, sample: int = 10
+        self, app_id: str, partition_key: str | None = None, *, sample: int = 10,
+        sequence_id: int | None = None,
     ) -> list[FailureGroup]:
-        """The failed children of `app_id`, grouped by exception type and message first
-        line, largest group first, each with up to `sample` child ids."""
+        """The failed children of `app_id` (of its fan-out step `sequence_id` if given),
+        grouped by exception type and message first line, largest group first, each with up
+        to `sample` child ids."""
+        step = "" if sequence_id is None else " AND parent_seq = ?"
+        scope: tuple[Any, ...] = (app_id, partition_key) + (
+            () if sequence_id is None else (sequence_id,))
         with self._locked() as connection:
             groups = connection.execute(
                 "SELECT error_type, error_line, count(*) FROM apps WHERE parent_app_id = ? AND"
-                " parent_key IS ? AND status = 'failed' GROUP BY error_type, error_line"
-                " ORDER BY count(*) DESC, min(rowid)", (app_id, partition_key),
+                f" parent_key IS ?{step} AND status = 'failed' GROUP BY error_type, error_line"
+                " ORDER BY count(*) DESC, min(rowid)", scope,
             ).fetchall()
             found = []
             for error_type, error_line, count in groups:
                 ids = [row[0] for row in connection.execute(
-                    "SELECT app_id FROM apps WHERE parent_app_id = ? AND parent_key IS ? AND"
-                    " status = 'failed' AND error_type IS ? AND error_line IS ?"
+                    f"SELECT app_id FROM apps WHERE parent_app_id = ? AND parent_key IS ?{step}"
+                    " AND status = 'failed' AND error_type IS ? AND error_line IS ?"
                     " ORDER BY rowid LIMIT ?",
-                    (app_id, partition_key, error_type, error_line, sample),
+                    (*scope, error_type, error_line, sample),
                 )]
                 found.append(FailureGroup(error_type, error_line, count, ids))
         return found
