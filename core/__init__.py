@@ -1,5 +1,9 @@
 """fanwise.core: state, actions, graphs and the application that runs them."""
 
+# The submodule `fanwise.core.action` (Burr's `burr.core.action` path) is loaded first, so
+# that the decorator `action` imported below is what `fanwise.core.action` names here: a
+# submodule loaded later would replace the package attribute with itself.
+import fanwise.core.action  # noqa: F401, I001
 from fanwise.core.actions import (
     Action,
     FunctionBasedAction,

@@ -126,6 +126,13 @@ class TaskBasedParallelAction(Action):
     def takes_any_inputs(self) -> bool:
         return True
 
+    @property
+    def single_step(self) -> bool:
+        """Result and new state come from one call (`reduce`), as Burr's parallel actions are
+        `SingleStepAction`s: a field `reduce` writes outside `writes` is kept, with a
+        warning."""
+        return True
+
     def is_async(self) -> bool:
         methods = [getattr(self, name) for name in (*self._plan_methods, "reduce")]
         return any(_is_async_callable(m) for m in methods)

@@ -372,3 +372,47 @@ def test_every_public_name_of_burr_core_action_is_in_fanwise_core_actions(module
     }
     assert len(public) > 30
     assert sorted(public - NOT_PROVIDED - set(dir(ours))) == []
+
+
+def test_a_parallel_reduce_writing_an_undeclared_field_keeps_it_as_burr_does():
+    from fanwise.core.actions import UndeclaredWriteWarning
+    from fanwise.parallel import MapStates
+
+    @action(reads=["x"], writes=["y"])
+    def square(state):
+        return state.update(y=state["x"] ** 2)
+
+    class Squares(MapStates):
+        reads, writes = ["xs"], ["total"]
+
+        def action(self, state, inputs):
+            return square
+
+        def states(self, state, context, inputs):
+            for x in state["xs"]:
+                yield state.update(x=x)
+
+        def reduce(self, state, states):
+            return state.update(total=sum(s["y"] for s in states), extra=1)
+
+    assert Squares().single_step is True
+    with pytest.warns(UndeclaredWriteWarning, match=r"\['extra'\]"):
+        _, _, state = one_action_app(Squares(), state={"xs": [1, 2]}).step()
+    assert (state["total"], state["extra"]) == (5, 1)
+
+
+def test_importing_the_action_module_path_leaves_the_action_decorator_in_place():
+    import subprocess
+    import sys
+
+    code = (
+        "from fanwise.core.action import Condition, StreamingAction\n"
+        "import fanwise.core.action\n"
+        "from fanwise.core import action\n"
+        "assert action.__module__ == 'fanwise.core.actions', action\n"
+        "@action(reads=[], writes=[])\n"
+        "def noop(state):\n"
+        "    return state\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
