@@ -242,9 +242,8 @@ class _Server:
             following = app.get_next_action()
             writer.add("halted", sequence_id=app.sequence_id,
                        next_action=None if following is None else following.name)
-            view = self._view_of(app, self._status(app))
-        view.last_event_id = self.store.last_event_id(partition_key, app_id)
-        return view, True
+        # after the writer's last flush: the view counts this run's children and events
+        return self._view_of(app, self._status(app)), True
 
     def _check_waits_for(self, app: Application, action: str | None) -> None:
         following = app.get_next_action()
@@ -446,13 +445,14 @@ def _add_create(router: APIRouter, server: _Server) -> None:
 def _add_action(router: APIRouter, server: _Server, name: str) -> None:
     model: type[BaseModel] = server.inputs_models[name]
     required = any(field.is_required() for field in model.model_fields.values())
+    body_type: Any = model if required else model | None
 
     @router.post(f"/apps/{{app_id}}/{name}", response_model=models.AppView,
                  responses=_responses(400, 404, 409, 500), name=f"run_{name}",
                  summary=f"Give {name} its inputs and run to the next halt")
     def run_action(
         app_id: str = AppIdPath,
-        body: Annotated[model | None, Body()] = ... if required else None,  # type: ignore
+        body: Annotated[body_type, Body()] = ... if required else None,
         partition_key: str | None = Depends(server.partition),
     ) -> Any:
         def work() -> models.AppView:
