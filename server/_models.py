@@ -96,7 +96,9 @@ def inputs_model(action: Action, extra: Literal["forbid", "allow"]) -> type[Base
             fields[name] = (annotation | None if default is None else annotation,
                             None if default is inspect.Parameter.empty else default)
     title = "".join(part.capitalize() for part in str(action.name).split("_")) + "Inputs"
-    return pydantic.create_model(title, __config__=ConfigDict(extra=extra), **fields)
+    # strict: JSON `false` is no integer, `1` no string (lax pydantic would take both)
+    config = ConfigDict(extra=extra, strict=True)
+    return pydantic.create_model(title, __config__=config, **fields)
 
 
 def _parameters(action: Action) -> dict[str, inspect.Parameter]:

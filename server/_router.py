@@ -371,7 +371,7 @@ def _add_reads(router: APIRouter, server: _Server) -> None:
     def get_children(
         app_id: str = AppIdPath,
         status: Literal["running", "done", "resumed", "failed"] | None = Query(None),
-        sequence_id: int | None = Query(None, ge=0, le=2**31,
+        sequence_id: int = Query(None, ge=0, le=2**31,
                                         description="the fan-out step (default: the latest)"),
         cursor: int = Query(-1, ge=-1, le=2**31, description="list after this position"),
         limit: int = Query(100, ge=1, le=1000),
@@ -391,8 +391,9 @@ def _add_reads(router: APIRouter, server: _Server) -> None:
     async def stream(
         request: Request,
         app_id: str = AppIdPath,
-        last_event_id: int | None = Header(None, alias="Last-Event-ID", ge=0, le=2**62),
-        after: int | None = Query(None, ge=0, le=2**62,
+        # typed int (not int | None): the schema then says what a client sends, a number
+        last_event_id: int = Header(None, alias="Last-Event-ID", ge=0, le=2**62),
+        after: int = Query(None, ge=0, le=2**62,
                                   description="as Last-Event-ID, for clients that cannot "
                                               "set headers"),
         idle: float = Query(60.0, gt=0, le=3600,
