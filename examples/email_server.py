@@ -7,9 +7,10 @@ final draft. The LLM is a deterministic stand-in (`FakeLLM`); the draft streams 
     uvicorn --app-dir examples email_server:app --workers 2               # several workers
 
 Settings (environment): `FANWISE_EMAIL_DB` (SQLite file or postgresql:// DSN, default
-`email-server.db`), `FANWISE_EMAIL_BUSY` (`reject` or `queue`), `FANWISE_EMAIL_TOKEN_DELAY`
-(seconds between streamed words, default 0). A request's `X-User` header is its
-partition key: one user's apps are invisible to another.
+`email-server.db`), `FANWISE_EMAIL_TABLE` (the state table, default `email_state`; the
+server's tables are named after it), `FANWISE_EMAIL_BUSY` (`reject` or `queue`),
+`FANWISE_EMAIL_TOKEN_DELAY` (seconds between streamed words, default 0). A request's
+`X-User` header is its partition key: one user's apps are invisible to another.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from fanwise.core import ApplicationBuilder, State, action, expr, streaming_action
 from fanwise.core.graph import GraphBuilder
-from fanwise.server import create_app
+from fanwise.server import create_app, open_store
 from fastapi import Request
 
 HALT_BEFORE = ["clarify_instructions", "process_feedback"]
@@ -113,19 +114,20 @@ graph = (
 )
 
 
-def open_persister(url: str) -> Any:
+def open_persister(url: str, table: str) -> Any:
     """The store of `FANWISE_EMAIL_DB`: PostgreSQL for a DSN, else a SQLite file."""
     if url.startswith(("postgresql://", "postgres://")):
         from fanwise.core.persistence import PostgreSQLPersister
 
-        return PostgreSQLPersister(url, table_name="email_state", max_connections=4)
+        return PostgreSQLPersister(url, table_name=table, max_connections=4)
     from fanwise.core.persistence import SQLitePersister
 
-    return SQLitePersister(url, table_name="email_state")
+    return SQLitePersister(url, table_name=table)
 
 
 DB = os.environ.get("FANWISE_EMAIL_DB", "email-server.db")
-persister = open_persister(DB)
+TABLE = os.environ.get("FANWISE_EMAIL_TABLE", "email_state")
+persister = open_persister(DB, TABLE)
 
 
 def build_app(app_id: str, partition_key: str | None) -> ApplicationBuilder:
@@ -152,7 +154,7 @@ app = create_app(
     halt_after=HALT_AFTER,
     auth=user,
     busy=os.environ.get("FANWISE_EMAIL_BUSY", "reject"),  # type: ignore[arg-type]
-    store=DB,
+    store=open_store(DB, prefix=f"{TABLE}_server"),
 )
 
 if __name__ == "__main__":
