@@ -1,0 +1,165 @@
+"""Calls in flight: a counting semaphore in this process, or slots in a shared table.
+
+A shared slot is a row holding its holder's id until it is released or its lease runs out
+(a worker killed mid-call frees its slot after `timeout` seconds, not never).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from typing import Any, Protocol
+
+from fanwise.llm._stores import check_table, wall_ms
+
+_POLL = (0.002, 0.05)
+"""First and longest pause between tries for a shared slot (seconds)."""
+
+
+class Slots(Protocol):
+    """At most N holders at once."""
+
+    def take(self) -> str: ...
+
+    async def atake(self) -> str: ...
+
+    def give_back(self, holder: str) -> None: ...
+
+
+class LocalSlots:
+    """N slots for this process's threads; async callers wait without blocking the loop."""
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._lock = threading.Condition()
+
+    def take(self) -> str:
+        with self._lock:
+            while self._free == 0:
+                self._lock.wait()
+            self._free -= 1
+        return ""
+
+    def try_take(self) -> str | None:
+        with self._lock:
+            if self._free == 0:
+                return None
+            self._free -= 1
+            return ""
+
+    async def atake(self) -> str:
+        pause = _POLL[0]
+        while (holder := self.try_take()) is None:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _POLL[1])
+        return holder
+
+    def give_back(self, holder: str) -> None:
+        with self._lock:
+            self._free += 1
+            self._lock.notify()
+
+
+class SharedSlots:
+    """N slots as rows of a SQLite or PostgreSQL table, leased for `timeout` seconds."""
+
+    def __init__(self, connect: Any, key: str, count: int, timeout: float,
+                 table: str = "fanwise_budget_slots", paramstyle: str = "?") -> None:
+        self._connect = connect
+        self.key, self.count, self.timeout = key, count, timeout
+        self.table = check_table(table)
+        self._p = paramstyle
+        self._local = threading.local()
+
+    def _connection(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != os.getpid():
+            connection = self._connect()
+            p = self._p
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT, slot INTEGER, "
+                "holder TEXT, expires BIGINT, PRIMARY KEY (key, slot))"
+            )
+            for slot in range(self.count):
+                connection.execute(
+                    f"INSERT INTO {self.table} (key, slot, holder, expires) "
+                    f"VALUES ({p}, {p}, NULL, 0) ON CONFLICT (key, slot) DO NOTHING",
+                    (self.key, slot),
+                )
+            self._local.connection, self._local.pid = connection, os.getpid()
+        return connection
+
+    def try_take(self) -> str | None:
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        now, p = wall_ms(), self._p
+        cursor = self._connection().execute(
+            f"UPDATE {self.table} SET holder = {p}, expires = {p} WHERE key = {p} AND slot = ("
+            f"SELECT slot FROM {self.table} WHERE key = {p} AND slot < {p} "
+            f"AND (holder IS NULL OR expires < {p}) LIMIT 1)",
+            (holder, now + int(self.timeout * 1000), self.key, self.key, self.count, now),
+        )
+        return holder if cursor.rowcount == 1 else None
+
+    def take(self) -> str:
+        pause = _POLL[0]
+        while (holder := self.try_take()) is None:
+            time.sleep(pause)
+            pause = min(pause * 2, _POLL[1])
+        return holder
+
+    async def atake(self) -> str:
+        pause = _POLL[0]
+        while (holder := self.try_take()) is None:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _POLL[1])
+        return holder
+
+    def give_back(self, holder: str) -> None:
+        p = self._p
+        self._connection().execute(
+            f"UPDATE {self.table} SET holder = NULL, expires = 0 WHERE key = {p} AND "
+            f"holder = {p}", (self.key, holder),
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+        self._local = threading.local()
+
+
+def sqlite_connector(path: str) -> Any:
+    """A picklable connect() for `SharedSlots` on a SQLite file."""
+    return _SQLiteConnect(os.path.abspath(os.path.expanduser(path)))
+
+
+class _SQLiteConnect:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                     check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        return connection
+
+
+class _PostgresConnect:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def __call__(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.dsn, autocommit=True)
+
+
+def postgres_connector(dsn: str) -> Any:
+    """A picklable connect() for `SharedSlots` on PostgreSQL."""
+    return _PostgresConnect(dsn)

@@ -1,0 +1,171 @@
+"""Where a budget's limiter state lives: pyrate-limiter `StateStore`s over SQLite (the
+processes of one machine) and PostgreSQL (a cluster), one row per budget key.
+
+pyrate-limiter's GCRA keeps a few integers per key (one theoretical arrival time per
+rate), so a check is one short transaction: read the row, let the algorithm step, write
+it back. The algorithm is the library's; these stores only make that step atomic across
+processes. Times are wall-clock milliseconds (a monotonic clock means nothing in another
+process); the PostgreSQL store takes the server's clock, the one every host shares.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+import time
+from typing import Any
+
+from pyrate_limiter import Decision, Rate, StateAlgorithm, StateStore
+
+_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BUSY_MS = 30_000
+
+
+def check_table(table: str) -> str:
+    if not _TABLE.fullmatch(table):
+        raise ValueError(f"table name {table!r} must match [A-Za-z_][A-Za-z0-9_]*")
+    return table
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SQLiteStateStore(StateStore):
+    """One key's limiter state in a SQLite file (WAL): shared by the processes of a machine.
+
+    Pickles as its path, table and key (a connection does not travel); each process and
+    thread opens its own connection."""
+
+    is_async = False
+
+    def __init__(self, path: str, key: str, table: str = "fanwise_budget") -> None:
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.key = key
+        self.table = check_table(table)
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or getattr(self._local, "pid", None) != os.getpid():
+            connection = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000,
+                                         isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT PRIMARY KEY, state TEXT)"
+            )
+            self._local.connection, self._local.pid = connection, os.getpid()
+        return connection
+
+    def check(self, algorithm: StateAlgorithm, rates: list[Rate], now: int,
+              weight: int) -> Decision:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")  # the read and the write as one step
+        try:
+            row = connection.execute(
+                f"SELECT state FROM {self.table} WHERE key = ?", (self.key,)
+            ).fetchone()
+            state = algorithm.decode(row[0].split(",")) if row else algorithm.initial(rates)
+            new_state, decision = algorithm.step(rates, state, now, weight)
+            if decision.allowed:
+                connection.execute(
+                    f"INSERT INTO {self.table} (key, state) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET state = excluded.state",
+                    (self.key, ",".join(str(value) for value in new_state)),
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return decision
+
+    def read(self, algorithm: StateAlgorithm, rates: list[Rate]) -> Any:
+        row = self._connection().execute(
+            f"SELECT state FROM {self.table} WHERE key = ?", (self.key,)
+        ).fetchone()
+        return algorithm.decode(row[0].split(",")) if row else algorithm.initial(rates)
+
+    def reset(self) -> None:
+        self._connection().execute(f"DELETE FROM {self.table} WHERE key = ?", (self.key,))
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "key": self.key, "table": self.table}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__init__(data["path"], data["key"], data["table"])  # type: ignore[misc]
+
+
+class PostgresStateStore(StateStore):
+    """One key's limiter state in a PostgreSQL table, stepped under a row lock with the
+    server's clock (the hosts of a cluster share it). Pickles as DSN, table and key."""
+
+    is_async = False
+
+    def __init__(self, dsn: str, key: str, table: str = "fanwise_budget") -> None:
+        self.dsn = dsn
+        self.key = key
+        self.table = check_table(table)
+        self._local = threading.local()
+
+    def _connection(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or connection.closed or self._local.pid != os.getpid():
+            import psycopg
+
+            connection = psycopg.connect(self.dsn, autocommit=True)
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT PRIMARY KEY, state TEXT)"
+            )
+            self._local.connection, self._local.pid = connection, os.getpid()
+        return connection
+
+    def check(self, algorithm: StateAlgorithm, rates: list[Rate], now: int,
+              weight: int) -> Decision:
+        connection = self._connection()
+        with connection.transaction():
+            connection.execute(
+                f"INSERT INTO {self.table} (key, state) VALUES (%s, NULL) "
+                "ON CONFLICT (key) DO NOTHING", (self.key,),
+            )
+            state_text, server_ms = connection.execute(
+                f"SELECT state, (extract(epoch from clock_timestamp()) * 1000)::bigint "
+                f"FROM {self.table} WHERE key = %s FOR UPDATE", (self.key,),
+            ).fetchone()
+            state = (algorithm.decode(state_text.split(",")) if state_text
+                     else algorithm.initial(rates))
+            new_state, decision = algorithm.step(rates, state, int(server_ms), weight)
+            if decision.allowed:
+                connection.execute(
+                    f"UPDATE {self.table} SET state = %s WHERE key = %s",
+                    (",".join(str(value) for value in new_state), self.key),
+                )
+        return decision
+
+    def read(self, algorithm: StateAlgorithm, rates: list[Rate]) -> Any:
+        row = self._connection().execute(
+            f"SELECT state FROM {self.table} WHERE key = %s", (self.key,)
+        ).fetchone()
+        return algorithm.decode(row[0].split(",")) if row and row[0] else algorithm.initial(
+            rates)
+
+    def reset(self) -> None:
+        self._connection().execute(f"DELETE FROM {self.table} WHERE key = %s", (self.key,))
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"dsn": self.dsn, "key": self.key, "table": self.table}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__init__(data["dsn"], data["key"], data["table"])  # type: ignore[misc]
