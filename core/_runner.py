@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from fanwise.core import visibility
+from fanwise.core import context, visibility
 from fanwise.core._declared_reads import UndeclaredWriteWarning
 from fanwise.core.errors import AsyncMismatchError, GraphError, InputError, LeaseLostError
 from fanwise.core.hooks import (
@@ -243,9 +243,11 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
         yield hook.pre_run_step(**ids, state=before, action=action, inputs=chosen)
     try:
         token = visibility.activate(tracer) if tracer is not None else None
+        running = context.entered(lambda: app._context(action, sequence_id))
         try:
             result, returned = yield from _run_action(action, before, chosen_with_context, report)
         finally:
+            context.left(running)
             if token is not None:
                 visibility.deactivate(token)
         after = apply_writes(action, before, returned)

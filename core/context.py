@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,13 @@ class ApplicationContext:
     event_path: tuple[int, ...] = ()
     """Positions of this app in the fan-outs above it, for nested fan-outs' events."""
 
+    @staticmethod
+    def get() -> ApplicationContext | None:
+        """The context of the action running now (Burr's context-local lookup, instead of a
+        `__context` parameter); None outside an action."""
+        current = _running.get()
+        return current() if current is not None else None
+
     @property
     def parallel_executor_factory(self) -> Callable[[], Executor]:
         """Burr's name: a callable giving an executor to run children on, as in `with
@@ -60,3 +68,22 @@ class ApplicationContext:
 
             return MultiThreadedExecutor
         return executor
+
+
+_Maker = Callable[[], ApplicationContext]
+_running: ContextVar[_Maker | None] = ContextVar("fanwise_running_action", default=None)
+"""Makes the context of the action running in this thread or task (built only if asked)."""
+
+
+def entered(make: _Maker) -> Token[_Maker | None]:
+    """Mark an action as running (its context made by `make` when `get()` asks)."""
+    return _running.set(make)
+
+
+def left(token: Token[_Maker | None]) -> None:
+    """The action marked by `entered` is no longer running. A streamed step may end in
+    another context than it started in (closed by another task): it is then unset there."""
+    try:
+        _running.reset(token)
+    except ValueError:
+        _running.set(None)

@@ -266,3 +266,20 @@ def test_placeholders_draw_a_graph_before_its_actions_exist():
     assert "ask -> answer" in app.visualize().source
     with pytest.raises(NotImplementedError, match="'ask' is a Placeholder"):
         app.step()
+
+
+@action(reads=["n"], writes=["seen"])
+def look(state: State) -> State:
+    from fanwise.core import ApplicationContext
+
+    current = ApplicationContext.get()
+    return state.update(seen=(current.app_id, current.action_name, current.sequence_id))
+
+
+def test_application_context_get_gives_the_running_actions_context():
+    from fanwise.core import ApplicationContext
+
+    app = (ApplicationBuilder().with_actions(look).with_identifiers(app_id="ctx")
+           .with_state(n=0).with_entrypoint("look").build())
+    assert app.step()[2]["seen"] == ("ctx", "look", 0)
+    assert ApplicationContext.get() is None
