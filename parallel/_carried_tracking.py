@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ from fanwise.parallel.child import ChildResult, ChildSpec, run_child
 TRACKING_META = "tracking"
 """The key of a saved row's `meta` that holds its child's tracking records so far."""
 _BYTES = "__bytes__"
+_TUPLE = "__tuple__"
+_LOG = logging.getLogger(__name__)
 
 
 def runner_for(spec: ChildSpec) -> Callable[[ChildSpec], ChildResult]:
@@ -109,8 +112,9 @@ class _RecordsInRows:
              meta=None, **kwargs):
         if app_id == self._app_id and partition_key == self._partition_key:
             records = self._recorder.peek(app_id, partition_key)
-            if records is not None:
-                meta = {**(meta or {}), TRACKING_META: _encoded(records, sequence_id)}
+            encoded = None if records is None else _encoded(records, sequence_id)
+            if encoded is not None:
+                meta = {**(meta or {}), TRACKING_META: encoded}
         return self._inner.save(partition_key, app_id, sequence_id, position, state, status,
                                 meta=meta, **kwargs)
 
@@ -150,10 +154,19 @@ def _step_at_most(line: bytes, sequence_id: int) -> bool:
 
 def _encoded(record: dict[str, Any], sequence_id: int) -> Any:
     """A recorder's record as JSON: its own step lines up to `sequence_id` (a row is saved
-    while the next step runs), the apps it spawned whole; bytes marked as such."""
+    while the next step runs), the apps it spawned whole; bytes and tuples marked as such.
+    None if some part is not JSON (the row is saved without it: tracking never fails a
+    child; the driver still gets every record when the child finishes)."""
     own = {**record, "log": [line for line in record.get("log") or ()
                              if _step_at_most(line, sequence_id)]}
-    return _jsonable(own)
+    encoded = _jsonable(own)
+    try:
+        json.dumps(encoded)
+    except (TypeError, ValueError) as exc:
+        _LOG.warning("the tracking records of app %r stay out of its saved row: %s",
+                     record.get("app_id"), exc)
+        return None
+    return encoded
 
 
 def _jsonable(value: Any) -> Any:
@@ -161,7 +174,9 @@ def _jsonable(value: Any) -> Any:
         return {_BYTES: value.decode("utf-8", "surrogateescape")}
     if isinstance(value, dict):
         return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, tuple):
+        return {_TUPLE: [_jsonable(item) for item in value]}
+    if isinstance(value, list):
         return [_jsonable(item) for item in value]
     return value
 
@@ -170,6 +185,8 @@ def _decoded(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and _BYTES in value:
             return value[_BYTES].encode("utf-8", "surrogateescape")
+        if len(value) == 1 and _TUPLE in value:
+            return tuple(_decoded(item) for item in value[_TUPLE])
         return {key: _decoded(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_decoded(item) for item in value]
