@@ -12,8 +12,8 @@ from fanwise.ui import _appfiles, _views
 
 Render = Callable[..., str]
 """`render(name=template, **context)`: a fragment's HTML."""
-ETA_REFRESH_SECONDS = 2
-"""A running fan-out's bar is re-sent this often even if no child moved (its ETA ages)."""
+RATE_REFRESH_SECONDS = 2
+"""A running fan-out's bar is re-sent this often even if no child moved (its rate ages)."""
 FAILURE_SAMPLE = 5
 """Child ids listed per failure group (the "failed only" table lists them all)."""
 
@@ -65,7 +65,7 @@ class AppLive:
             self._steps_of = moved
         self.bars = [_views.bar(step, row)
                      for step in self.index.fanout_steps(row.app_id, self.pk)]
-        clock = int(time.time() // ETA_REFRESH_SECONDS)
+        clock = int(time.time() // RATE_REFRESH_SECONDS)
         versions: dict[str, Hashable] = {
             "app-header": (row.status, row.sequence_id, row.next_action, row.position,
                            row.ended_at, row.error_line),

@@ -1,5 +1,5 @@
 """What the templates show, computed from index rows and one app's steps: state diffs with
-previews of large values, and a fan-out's bar of counts with its throughput and ETA."""
+previews of large values, and a fan-out's bar of counts with its throughput."""
 
 from __future__ import annotations
 
@@ -61,8 +61,12 @@ def to_json(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Bar:
-    """A fan-out step's children by status, as one bar; `throughput` (children finished per
-    second since the step began, resumed ones excluded) and `eta_seconds` while it runs."""
+    """A fan-out step's children by status, as one bar, and while it runs its `throughput`
+    (children finished per second since the step began, resumed ones excluded).
+
+    `pending` counts the children spawned and not started: a fan-out spawns children as its
+    window admits them, and the index does not know how many its plan holds, so there is no
+    ETA (that needs the plan's size recorded: see docs/ui.md)."""
 
     sequence_id: int
     done: int
@@ -72,7 +76,7 @@ class Bar:
     failed: int
     running_now: bool
     throughput: float | None
-    eta_seconds: float | None
+    elapsed_seconds: float | None
 
     @property
     def total(self) -> int:
@@ -102,15 +106,13 @@ def bar(step: FanoutStep, parent: AppRow | None, now: datetime | None = None) ->
     failed = counts.get("failed", 0)
     running_now = (parent is not None and parent.status == "running"
                    and parent.sequence_id == step.sequence_id)
-    throughput = eta = None
+    throughput = elapsed = None
     if running_now and parent is not None and parent.step_started_at:
         elapsed = ((now or datetime.now(UTC)) - _time(parent.step_started_at)).total_seconds()
-        finished = done + failed
-        if elapsed > 0 and finished:
-            throughput = finished / elapsed
-            eta = (running + pending) / throughput
+        if elapsed > 0:
+            throughput = (done + failed) / elapsed
     return Bar(step.sequence_id, done, resumed, running, pending, failed, running_now,
-               throughput, eta)
+               throughput, elapsed)
 
 
 def duration(ms: float | None) -> str:

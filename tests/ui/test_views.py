@@ -36,7 +36,7 @@ def _parent(tmp_path, ended: bool, started: datetime) -> AppRow:
         return index.app("p")
 
 
-def test_a_running_fanout_bar_has_throughput_and_eta_resumed_children_excluded(tmp_path):
+def test_a_running_fanout_bar_has_its_throughput_resumed_children_excluded(tmp_path):
     now = datetime(2026, 1, 1, tzinfo=UTC)
     step = FanoutStep(3, {"completed": 50, "failed": 10, "running": 4, "created": 36},
                       resumed=20)
@@ -44,13 +44,13 @@ def test_a_running_fanout_bar_has_throughput_and_eta_resumed_children_excluded(t
     assert (shown.done, shown.resumed, shown.running, shown.pending, shown.failed) == (
         30, 20, 4, 36, 10)
     assert shown.total == 100 and shown.percent("done") == 30.0
-    assert shown.throughput == 4.0 and shown.eta_seconds == 10.0
+    assert shown.throughput == 4.0 and shown.elapsed_seconds == 10.0
 
 
-def test_a_finished_fanout_bar_has_no_eta(tmp_path):
+def test_a_finished_fanout_bar_has_no_throughput(tmp_path):
     now = datetime(2026, 1, 1, tzinfo=UTC)
     shown = bar(FanoutStep(3, {"completed": 5}), _parent(tmp_path, True, now), now)
-    assert not shown.running_now and shown.eta_seconds is None
+    assert not shown.running_now and shown.throughput is None
 
 
 def test_durations_read_in_the_unit_that_fits():
