@@ -249,10 +249,11 @@ def measure(
     def keep(store: str, what: str, seconds: float) -> None:
         best[(store, what)] = min(best.get((store, what), float("inf")), seconds)
 
-    for _ in range(rounds):
+    for round_ in range(rounds):
         keep("(none)", "fan-out", run_unsaved(children, workers))
         for make_backend in backends:
-            for fenced, suffix in ((True, ""), (False, " unfenced")):
+            kinds = ((True, ""), (False, " unfenced"))
+            for fenced, suffix in kinds[:: 1 if round_ % 2 else -1]:  # each first in turn
                 backend = make_backend()
                 try:
                     persist, resume = run_fan_out(backend, children, workers, fenced)

@@ -28,9 +28,9 @@ from fanwise.core.persistence import SQLitePersister
 THREADS = (1, 8)
 
 
-def timed_saves(saver: Any, writes: int, threads: int, batch: int) -> float:
-    """Seconds for `writes` single-row saves spread over `threads` threads (rows of batch
-    `batch`, so that no two batches write the same row)."""
+def timed_saves(saver: Any, writes: int, threads: int, batch: str) -> float:
+    """Seconds for `writes` single-row saves spread over `threads` threads (new rows: the
+    app ids name `batch`, so that no two batches write the same row)."""
     state = State({"x": 1, "text": "a" * 100})
 
     def write(worker: int) -> None:
@@ -45,8 +45,8 @@ def timed_saves(saver: Any, writes: int, threads: int, batch: int) -> float:
 
 def measure(make: Callable[[], Any], writes: int, rounds: int) -> dict[tuple[str, int], float]:
     """Median µs per write by (fenced or not, threads): batches of `writes` saves, fenced
-    and unfenced in turn on one store, `rounds` of each (taking turns spreads the load of a
-    shared machine evenly over both)."""
+    and unfenced in turn on one store, `rounds` of each, each first in half the turns
+    (taking turns spreads the load of a shared machine evenly over both)."""
     found: dict[tuple[str, int], list[float]] = {}
     for threads in THREADS:
         persister = make()
@@ -54,8 +54,11 @@ def measure(make: Callable[[], Any], writes: int, rounds: int) -> dict[tuple[str
         lease = persister.acquire_lease(None, f"parent-{uuid.uuid4().hex}")
         savers = {"unfenced": persister, "fenced": lease.store}
         for batch in range(rounds):
-            for kind, saver in savers.items():
-                seconds = timed_saves(saver, writes, threads, batch)
+            # which goes first alternates: the second batch of a turn is the slower one
+            # (it meets the first one's WAL checkpoint or dirty pages)
+            turn = list(savers.items())[:: 1 if batch % 2 else -1]
+            for kind, saver in turn:
+                seconds = timed_saves(saver, writes, threads, f"{kind}-{batch}")
                 found.setdefault((kind, threads), []).append(seconds / writes * 1e6)
         lease.release()
     return {key: statistics.median(values) for key, values in found.items()}
