@@ -243,7 +243,7 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
         yield hook.pre_run_step(**ids, state=before, action=action, inputs=chosen)
     try:
         token = visibility.activate(tracer) if tracer is not None else None
-        running = context.entered(lambda: app._context(action, sequence_id))
+        running = context.running_action.set((app, action, sequence_id))
         try:
             result, returned = yield from _run_action(action, before, chosen_with_context, report)
         finally:

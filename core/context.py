@@ -6,7 +6,11 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fanwise.core.actions import Action
+    from fanwise.core.application import Application
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,11 @@ class ApplicationContext:
     def get() -> ApplicationContext | None:
         """The context of the action running now (Burr's context-local lookup, instead of a
         `__context` parameter); None outside an action."""
-        current = _running.get()
-        return current() if current is not None else None
+        running = running_action.get()
+        if running is None:
+            return None
+        app, action, sequence_id = running
+        return app._context(action, sequence_id)
 
     @property
     def parallel_executor_factory(self) -> Callable[[], Executor]:
@@ -70,20 +77,19 @@ class ApplicationContext:
         return executor
 
 
-_Maker = Callable[[], ApplicationContext]
-_running: ContextVar[_Maker | None] = ContextVar("fanwise_running_action", default=None)
-"""Makes the context of the action running in this thread or task (built only if asked)."""
+running_action: ContextVar[tuple[Application, Action, int] | None] = ContextVar(
+    "fanwise_running_action", default=None
+)
+"""(app, action, sequence id) of the action running in this thread or task: the runner sets
+it around each action (a tuple, not a made context: every step pays for setting it, only
+`get()` pays for the context)."""
 
 
-def entered(make: _Maker) -> Token[_Maker | None]:
-    """Mark an action as running (its context made by `make` when `get()` asks)."""
-    return _running.set(make)
-
-
-def left(token: Token[_Maker | None]) -> None:
-    """The action marked by `entered` is no longer running. A streamed step may end in
-    another context than it started in (closed by another task): it is then unset there."""
+def left(token: Token[tuple[Application, Action, int] | None]) -> None:
+    """The action marked in `running_action` is no longer running. A streamed step may end
+    in another context than it started in (closed by another task): it is then unset
+    there."""
     try:
-        _running.reset(token)
+        running_action.reset(token)
     except ValueError:
-        _running.set(None)
+        running_action.set(None)
