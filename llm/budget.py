@@ -30,9 +30,25 @@ from fanwise.llm._slots import (
     sqlite_connector,
 )
 from fanwise.llm._stores import PostgresStateStore, SQLiteStateStore, wall_ms
-from pyrate_limiter import GCRA, Duration, InMemoryStateStore, Rate, StateStore
+from pyrate_limiter import GCRA, Decision, Duration, InMemoryStateStore, Rate, StateStore
 
-_MIN_PAUSE = 0.001
+
+class _Reserving(GCRA):
+    """pyrate-limiter's GCRA, reserving instead of refusing: an arrival that does not fit
+    now is admitted at the moment it will fit (its theoretical arrival time advances as
+    for an admitted one) and told to wait until then. Each acquisition is then one store
+    transaction, however many holders compete: refused holders retrying together fell
+    short of a SQLite budget by a quarter (`benchmarks/llm_budget.py`, the processes
+    row). A weight above the burst is admitted in pieces by `Budget`, never here."""
+
+    def step(self, rates: list[Rate], state: Any, now: int, weight: int) -> Any:
+        now_us, advanced, wait_us = now * 1000, [], 0
+        for rate, tat in zip(rates, state, strict=True):
+            emission = self._emission_us(rate)
+            new_tat = max(int(tat), now_us) + weight * emission
+            wait_us = max(wait_us, new_tat - rate.burst * emission - now_us)
+            advanced.append(new_tat)
+        return tuple(advanced), Decision(retry_after_ms=math.ceil(max(0, wait_us) / 1000))
 
 
 @dataclass
@@ -111,7 +127,7 @@ class Budget:
         self.name = name
         self.burst_seconds = burst_seconds
         self.slot_timeout = slot_timeout
-        self._algorithm = GCRA()
+        self._algorithm = _Reserving()
         self._requests = self._rate(requests_per_minute)
         self._tokens = self._rate(tokens_per_minute)
         self._request_store = self._state_store("requests") if self._requests else None
@@ -181,19 +197,19 @@ class Budget:
             tokens -= burst
 
     def _spend(self, store: StateStore, rate: Rate, weight: int) -> None:
-        while (pause := self._refused_for(store, rate, weight)) is not None:
+        pause = self._reserve(store, rate, weight)
+        if pause:
             time.sleep(pause)
 
     async def _aspend(self, store: StateStore, rate: Rate, weight: int) -> None:
-        while (pause := self._refused_for(store, rate, weight)) is not None:
+        pause = self._reserve(store, rate, weight)
+        if pause:
             await asyncio.sleep(pause)
 
-    def _refused_for(self, store: StateStore, rate: Rate, weight: int) -> float | None:
-        """None if the rate admits `weight` now (and spends it), else seconds to wait."""
+    def _reserve(self, store: StateStore, rate: Rate, weight: int) -> float:
+        """Seconds until `weight` of `rate` is this caller's (reserved now)."""
         decision = store.check(self._algorithm, [rate], wall_ms(), weight)
-        if decision.allowed:
-            return None
-        return max(_MIN_PAUSE, (decision.retry_after_ms or 1) / 1000)
+        return (decision.retry_after_ms or 0) / 1000
 
     def _rate(self, per_minute: float | None) -> Rate | None:
         if per_minute is None:
