@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint bench clean graphviz-dot image
+.PHONY: demo test lint bench clean graphviz-dot ui-browser image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,19 @@ graphviz-dot:
 	then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		graphviz >/dev/null || echo "graphviz (dot) not installed: rendering tests skip"; fi
 
-test: $(VENV)/.dev graphviz-dot
+# The system's headless Chromium, which Playwright drives in integration_tests/test_ui_browser.py
+# (no browser download at run time): Debian's chromium-headless-shell, else its chromium;
+# installed when missing and root (as in CI); without it those tests skip and say why.
+ui-browser:
+	@if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq; \
+		if apt-cache policy chromium-headless-shell | grep -q 'Candidate: [0-9]'; \
+		then browser=chromium-headless-shell; else browser=chromium; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$$browser >/dev/null || echo "$$browser not installed: browser tests skip"; fi
+
+test: $(VENV)/.dev graphviz-dot ui-browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q tests
 	$(BIN)/python -m pytest -p no:xdist -q integration_tests
