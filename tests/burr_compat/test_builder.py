@@ -283,3 +283,18 @@ def test_application_context_get_gives_the_running_actions_context():
            .with_state(n=0).with_entrypoint("look").build())
     assert app.step()[2]["seen"] == ("ctx", "look", 0)
     assert ApplicationContext.get() is None
+
+
+def test_an_app_reopened_after_its_end_runs_again_unless_its_lease_is_gone(persister):
+    from fanwise.core import ApplicationClosedError
+
+    plain = builder().with_state(n=0).with_entrypoint("add").build()
+    plain.run()
+    plain.reset_to_entrypoint()
+    assert plain.step()[0].name == "add"
+
+    leased = builder(persister, app_id="leased").with_state(n=0).with_entrypoint("add").build()
+    leased.run()  # the end of the graph releases the single-runner lease
+    leased.reset_to_entrypoint()
+    with pytest.raises(ApplicationClosedError, match="'leased'"):
+        leased.step()
