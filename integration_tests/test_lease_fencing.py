@@ -3,6 +3,7 @@ on one table and one app id. A driver frozen past its lease's expiry is replaced
 wakes its writes are refused (`LeaseLostError`); a driver whose sessions are terminated keeps
 its lease and finishes, while a second one is refused. No child runs twice."""
 
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +80,17 @@ def finished_children(table):
         ).fetchone()[0]
 
 
+def writers(table):
+    """Which driver ran each child whose steps are durable: the `by` of its stored state."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
+        rows = connection.execute(
+            f'SELECT state FROM "{table}" WHERE sequence_id = 1 AND position = %s', ["finish"]
+        ).fetchall()
+    return Counter(json.loads(state)["by"] for (state,) in rows)
+
+
 def wait_until(predicate, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -122,6 +134,9 @@ def test_a_driver_frozen_past_its_lease_is_replaced_and_refused_when_it_wakes(tr
     assert Counter(i for _, i in ran) == Counter(range(30))  # every child ran exactly once
     assert {i for tag, i in ran if tag == "2"} == set(range(30)) - done_by_first
     assert 8 <= len(done_by_first) < 30
+    # each durable child was written by the driver that ran it, and once the second driver
+    # took over, nothing of the first landed
+    assert writers(table) == {"1": len(done_by_first), "2": 30 - len(done_by_first)}
 
 
 def test_a_driver_whose_sessions_are_terminated_keeps_its_lease_and_finishes(trial, psycopg):
