@@ -523,8 +523,10 @@ class RunIndex:
         limit: int = 50,
         offset: int = 0,
     ) -> Page:
-        """The children of `app_id` longest first (unfinished ones last), `limit` per page
-        from `offset`; `next_cursor` is the next page's offset. Counts as `children`."""
+        """The children of `app_id` longest first (unfinished ones last; equals latest
+        spawned first, the order `apps_by_parent_duration` reads them in without sorting),
+        `limit` per page from `offset`; `next_cursor` is the next page's offset. Counts as
+        `children`."""
         _check_page(status, limit)
         if not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset {offset!r} must be an int >= 0")
@@ -541,7 +543,7 @@ class RunIndex:
             where.append("status = ?")
             params.append(status)
         query = (f"SELECT {_COLUMNS} FROM apps WHERE {' AND '.join(where)}"
-                 " ORDER BY duration_ms DESC, rowid LIMIT ? OFFSET ?")
+                 " ORDER BY duration_ms DESC, rowid DESC LIMIT ? OFFSET ?")
         with self._locked() as connection:
             rows = [_row(values) for values in
                     connection.execute(query, (*params, limit + 1, offset))]
