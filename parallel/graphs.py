@@ -22,7 +22,9 @@ class RunnableGraph:
 
     def __post_init__(self) -> None:
         self.graph.get_action(self.entrypoint)
-        self.graph.check_names(self.halt_after, "RunnableGraph.halt_after")
+        # "@tag:<tag>" names every action with that tag, as in a run's halt_after.
+        halts = self.graph.expand_names(self.halt_after, "RunnableGraph.halt_after")
+        object.__setattr__(self, "halt_after", halts)
 
     def is_finished(self, position: str, state: State) -> bool:
         """Whether a child whose last step was `position` has nothing left to run."""

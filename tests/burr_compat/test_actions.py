@@ -416,3 +416,37 @@ def test_importing_the_action_module_path_leaves_the_action_decorator_in_place()
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_child_graph_halts_after_a_tag():
+    from fanwise.parallel import MapStates, RunnableGraph
+
+    @action(reads=["x"], writes=["y"], tags=["last"])
+    def double(state):
+        return state.update(y=state["x"] * 2)
+
+    @action(reads=["y"], writes=["y"])
+    def never(state):
+        return state.update(y=-1)
+
+    child = RunnableGraph(
+        GraphBuilder().with_actions(double, never).with_transitions(("double", "never")).build(),
+        entrypoint="double",
+        halt_after=["@tag:last"],
+    )
+    assert list(child.halt_after) == ["double"]
+
+    class Doubles(MapStates):
+        reads, writes = ["xs"], ["ys"]
+
+        def action(self, state, inputs):
+            return child
+
+        def states(self, state, context, inputs):
+            for x in state["xs"]:
+                yield state.update(x=x)
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+    assert one_action_app(Doubles(), state={"xs": [1, 2]}).step()[2]["ys"] == [2, 4]
