@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
+import operator
 import warnings
 from collections.abc import Callable, Container, Iterable
 from typing import Any, ClassVar
@@ -24,19 +25,20 @@ from fanwise.core.state import State
 _BUILTINS = vars(builtins)
 
 _OPERATORS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
-    "eq": ("==", lambda a, b: a == b),
-    "ne": ("!=", lambda a, b: a != b),
-    "lt": ("<", lambda a, b: a < b),
-    "lte": ("<=", lambda a, b: a <= b),
-    "gt": (">", lambda a, b: a > b),
-    "gte": (">=", lambda a, b: a >= b),
-    "in": ("in", lambda a, b: a in b),
-    "notin": ("not in", lambda a, b: a not in b),
-    "contains": ("contains", lambda a, b: b in a),
-    "is": ("is", lambda a, b: a is b),
-    "isnot": ("is not", lambda a, b: a is not b),
+    "eq": ("==", operator.eq),
+    "ne": ("!=", operator.ne),
+    "lt": ("<", operator.lt),
+    "lte": ("<=", operator.le),
+    "gt": (">", operator.gt),
+    "gte": (">=", operator.ge),
+    "in": ("in", lambda field, value: field in value),
+    "notin": ("not in", lambda field, value: field not in value),
+    "contains": ("contains", operator.contains),
+    "is": ("is", operator.is_),
+    "isnot": ("is not", operator.is_not),
 }
-"""`when(field__<suffix>=value)`: the suffix's symbol (for the name) and test."""
+"""`when(field__<suffix>=value)`: the suffix's symbol (for the name) and its test of
+(state value, given value)."""
 
 
 class ConditionFieldError(GraphError, KeyError):
@@ -212,7 +214,7 @@ def _parse_when_key(
                 f"did you mean the operator '__{close[0]}'?",
                 stacklevel=3,
             )
-    return key, "=", lambda a, b: a == b, value, False
+    return key, "=", operator.eq, value, False
 
 
 Condition.default = Condition([], lambda state: True, name="default")
