@@ -14,17 +14,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from fanwise.core.hooks import HookSet
 
-_LOG = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -64,8 +62,7 @@ class ActionSpan:
         return cls(action, action_sequence_id, name, None, sequence_id=sequence_id)
 
 
-@dataclass(frozen=True)
-class _Open:
+class _Open(NamedTuple):
     """The innermost open span, and the factory (one per step) it belongs to."""
 
     factory: TracerFactory
@@ -122,7 +119,8 @@ class ActionSpanTracer:
 
     def __enter__(self) -> ActionSpanTracer:
         span = self._open()
-        self._factory._hooks.call_sync("pre_start_span", **self._hook_kwargs(span))
+        if self._factory._hooks.traces:
+            self._factory._hooks.call_sync("pre_start_span", **self._hook_kwargs(span))
         return self
 
     def __exit__(
@@ -132,7 +130,8 @@ class ActionSpanTracer:
         traceback: TracebackType | None,
     ) -> None:
         span = self._close()
-        self._factory._hooks.call_sync("post_end_span", **self._hook_kwargs(span))
+        if self._factory._hooks.traces:
+            self._factory._hooks.call_sync("post_end_span", **self._hook_kwargs(span))
 
     async def __aenter__(self) -> ActionSpanTracer:
         span = self._open()
