@@ -135,3 +135,13 @@ def test_an_actions_max_concurrency_bounds_the_window_while_the_executor_grows(
     threading.Timer(1.0, cluster.scale, args=(3,)).start()
 
     assert peak_concurrency(DaskExecutor(client=client), 8, action_max=2) == 2
+
+
+def test_a_fan_out_completes_while_workers_leave(cluster, client):
+    cluster.scale(3)
+    workers_become(client, 3)
+    executor = DaskExecutor(client=client)
+    threading.Timer(1.0, cluster.scale, args=(1,)).start()
+
+    assert peak_concurrency(executor, 12) == 3
+    assert executor.capacity() == 1
