@@ -187,7 +187,9 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         return twin
 
     def close(self) -> None:
-        """Close the connection pool (shared with copies); the next call opens a new one."""
+        """Let go of the connection pool, which copies and every persister of this process
+        with the same dsn and settings share: it closes once none holds it (at exit at the
+        latest); the next call takes it again (or opens a new one)."""
         with self._shared.lock:
             pool, self._shared.pool = self._shared.pool, None
         if pool is not None and self._shared.pid != os.getpid():
