@@ -49,9 +49,6 @@ class Graph:
                 f"graph has no action {name!r}; actions are {sorted(self._by_name)}"
             ) from None
 
-    def has_action(self, name: str) -> bool:
-        return name in self._by_name
-
     def next_action(self, from_name: str, state: State) -> Action | None:
         """The target of the first transition out of `from_name` whose condition holds."""
         for transition in self._outgoing.get(from_name, []):
