@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint bench clean graphviz-dot ui-browser image
+.PHONY: demo test lint bench clean graphviz-dot ui-browser image llm-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: $(VENV)/.dev graphviz-dot ui-browser
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+
+# a map-reduce LLM sweep, offline (a fake OpenAI-compatible endpoint, a local ONNX scorer)
+llm-demo: $(VENV)/.dev
+	$(BIN)/python examples/llm_sweep.py
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/core_steps.py
