@@ -109,7 +109,7 @@ class Squares(MapStates):
 
 @action(reads=["i"], writes=["i"])
 def square(state):
-    threading.Event().wait(0.01)
+    threading.Event().wait(0.04)
     return state.update(i=state["i"] ** 2)
 
 
@@ -124,7 +124,7 @@ def test_a_fan_out_completes_while_its_pooled_sessions_are_terminated(tagged):
     stop, ended = threading.Event(), []
 
     def killer():
-        while not stop.wait(0.05):
+        while not stop.wait(0.15):
             ended.append(terminate())
 
     app = (
