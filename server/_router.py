@@ -8,6 +8,7 @@ written) and reads the persister's rows and lease directly.
 """
 
 import asyncio
+import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -160,15 +161,16 @@ class _Server:
         if following is not None:
             model = self.inputs_models.get(following.name)
             schema = (model or models.inputs_model(following, "forbid")).model_json_schema()
-        counted = self.store.fanout_counts(app.partition_key, app.uid)
+        summary = self.store.summary(app.partition_key, app.uid)
         fanout = None
-        if counted is not None:
-            fanout = models.FanoutCounts(sequence_id=counted[0], counts=counted[1])
+        if summary.fanout is not None:
+            fanout = models.FanoutCounts(sequence_id=summary.fanout[0],
+                                         counts=summary.fanout[1])
         return models.AppView(
             app_id=app.uid, partition_key=app.partition_key, sequence_id=app.sequence_id,
             status=status, next_action=None if following is None else following.name,
             inputs_schema=schema, state=self._exposed(app.state.get_all()), fanout=fanout,
-            last_event_id=self.store.last_event_id(app.partition_key, app.uid),
+            last_event_id=summary.last_event_id,
         )
 
     def _exposed(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +228,8 @@ class _Server:
                     return self._view_of(app, self._status(app)), False
                 raise _Refused(409, f"app {app_id!r} exists already")
             if create is None:
+                if app.sequence_id is None:  # built fresh, or its first step failed
+                    self.saved(partition_key, app_id)
                 self._check_waits_for(app, action)
             writer.add("run", sequence_id=app.sequence_id, action=app.get_next_action().name)
             try:
@@ -446,22 +450,26 @@ def _add_create(router: APIRouter, server: _Server) -> None:
 def _add_action(router: APIRouter, server: _Server, name: str) -> None:
     model: type[BaseModel] = server.inputs_models[name]
     required = any(field.is_required() for field in model.model_fields.values())
-    body_type: Any = model if required else model | None
 
-    @router.post(f"/apps/{{app_id}}/{name}", response_model=models.AppView,
-                 responses=_responses(400, 404, 409, 500), name=f"run_{name}",
-                 summary=f"Give {name} its inputs and run to the next halt")
-    def run_action(
-        app_id: str = AppIdPath,
-        body: Annotated[body_type, Body()] = ... if required else None,
-        partition_key: str | None = Depends(server.partition),
-    ) -> Any:
+    def run_action(app_id: str, body: BaseModel | None, partition_key: str | None) -> Any:
         def work() -> models.AppView:
-            server.saved(partition_key, app_id)
             inputs = {} if body is None else body.model_dump(exclude_unset=True)
             return server.run(partition_key, app_id, inputs, action=name)[0]
 
         return _answer(work)
 
+    # the signature FastAPI reads: the body is this action's model, required only when the
+    # action has a required input (an action without one may be posted with no body)
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    run_action.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter("app_id", keyword, default=AppIdPath, annotation=str),
+        inspect.Parameter("body", keyword, annotation=model if required else model | None,
+                          default=Body(...) if required else Body(None)),
+        inspect.Parameter("partition_key", keyword, default=Depends(server.partition),
+                          annotation=str | None),
+    ])
     run_action.__doc__ = (f"Run `{name}` with these inputs (409 unless the app waits for it), "
                           "then on to the next halt.")
+    router.post(f"/apps/{{app_id}}/{name}", response_model=models.AppView,
+                responses=_responses(400, 404, 409, 500), name=f"run_{name}",
+                summary=f"Give {name} its inputs and run to the next halt")(run_action)

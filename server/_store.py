@@ -69,19 +69,24 @@ class ServerStore(Protocol):
     def last_run_start(self, partition_key: str | None, app_id: str) -> int | None:
         """The id of the app's latest `run` event (where a stream without an id starts)."""
 
-    def last_event_id(self, partition_key: str | None, app_id: str) -> int: ...
-
     def children(self, partition_key: str | None, app_id: str, sequence_id: int | None,
                  status: str | None, after: int, limit: int) -> ChildrenPage: ...
 
-    def fanout_counts(self, partition_key: str | None,
-                      app_id: str) -> tuple[int, dict[str, int]] | None:
-        """The latest fan-out step's sequence id and its children by status (None: none)."""
+    def summary(self, partition_key: str | None, app_id: str) -> Summary:
+        """The app's latest event id and fan-out counts, in one read."""
 
     def claim_key(self, partition_key: str | None, key: str, app_id: str) -> str:
         """The app id `key` stands for: `app_id` if the key is new, else the earlier one."""
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Summary:
+    last_event_id: int
+    """0: no event yet."""
+    fanout: tuple[int, dict[str, int]] | None
+    """The latest fan-out step's sequence id and its children by status (None: none)."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,8 @@ class _Queries:
     sql: _SQL
 
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def transaction(self, write: bool = True) -> Iterator[Cursor]:
+        """One transaction; `write=False` for reads, which then take no write lock."""
         raise NotImplementedError
 
     def append(self, partition_key: str | None, app_id: str, events: Sequence[NewEvent],
@@ -205,24 +211,19 @@ class _Queries:
 
     def events_after(self, partition_key: str | None, app_id: str, after: int,
                      limit: int) -> list[StoredEvent]:
-        with self.transaction() as run:
+        with self.transaction(write=False) as run:
             rows = run(self.sql.events_after, (_stored(partition_key), app_id, after, limit))
         return [StoredEvent(int(i), kind, json.loads(data)) for i, kind, data in rows]
 
     def last_run_start(self, partition_key: str | None, app_id: str) -> int | None:
-        with self.transaction() as run:
+        with self.transaction(write=False) as run:
             (found,), = run(self.sql.last_run, (_stored(partition_key), app_id))
         return None if found is None else int(found)
-
-    def last_event_id(self, partition_key: str | None, app_id: str) -> int:
-        with self.transaction() as run:
-            (found,), = run(self.sql.last_event, (_stored(partition_key), app_id))
-        return 0 if found is None else int(found)
 
     def children(self, partition_key: str | None, app_id: str, sequence_id: int | None,
                  status: str | None, after: int, limit: int) -> ChildrenPage:
         key = _stored(partition_key)
-        with self.transaction() as run:
+        with self.transaction(write=False) as run:
             if sequence_id is None:
                 (sequence_id,), = run(self.sql.last_fanout, (key, app_id))
                 if sequence_id is None:
@@ -238,15 +239,16 @@ class _Queries:
         return ChildrenPage(int(sequence_id), page, {k: int(v) for k, v in counts.items()},
                             page[-1].position if more else None)
 
-    def fanout_counts(self, partition_key: str | None,
-                      app_id: str) -> tuple[int, dict[str, int]] | None:
+    def summary(self, partition_key: str | None, app_id: str) -> Summary:
         key = _stored(partition_key)
-        with self.transaction() as run:
+        with self.transaction(write=False) as run:
+            (last,), = run(self.sql.last_event, (key, app_id))
             (sequence_id,), = run(self.sql.last_fanout, (key, app_id))
-            if sequence_id is None:
-                return None
-            counts = run(self.sql.counts, (key, app_id, sequence_id))
-        return int(sequence_id), {status: int(n) for status, n in counts}
+            counts = [] if sequence_id is None else run(self.sql.counts,
+                                                          (key, app_id, sequence_id))
+        fanout = None if sequence_id is None else (
+            int(sequence_id), {status: int(n) for status, n in counts})
+        return Summary(0 if last is None else int(last), fanout)
 
     def claim_key(self, partition_key: str | None, key: str, app_id: str) -> str:
         stored = _stored(partition_key)
@@ -286,9 +288,11 @@ class SQLiteServerStore(_Queries):
         return connection
 
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def transaction(self, write: bool = True) -> Iterator[Cursor]:
         connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
+        # a writer takes the lock up front (no deadlock upgrading a read lock); readers
+        # under WAL never wait for writers
+        connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield lambda sql, params: connection.execute(sql, params).fetchall()
         except BaseException:
@@ -324,7 +328,7 @@ class PostgresServerStore(_Queries):
                 run(statement, ())
 
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def transaction(self, write: bool = True) -> Iterator[Cursor]:
         with self._pool.connection() as connection, connection.transaction():
             def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
                 cursor = connection.execute(sql.replace("?", "%s"), params)

@@ -114,6 +114,7 @@ def test_undeclared_or_mistyped_inputs_are_422(serve, db):
     assert client.post("/apps/c1/add", json={"by": 1, "other": 2}).status_code == 422
     assert client.post("/apps/c1/add", json={"by": "many"}).status_code == 422
     assert client.post("/apps/c1/add", json={}).status_code == 422
+    assert client.post("/apps/c1/add").status_code == 422  # no body at all
     assert client.post("/apps", json={"app_id": "has space"}).status_code == 422
     assert client.get("/apps/c1").json()["sequence_id"] == 0
 

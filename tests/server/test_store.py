@@ -47,8 +47,8 @@ def test_events_of_one_app_come_back_in_order_after_an_id(store):
     ids = [e.event_id for e in events]
     assert ids == sorted(ids)
     assert [e.data for e in store.events_after(None, "a", ids[1], 1)] == [{"i": 2}]
-    assert store.last_event_id(None, "a") == ids[-1]
-    assert store.last_event_id(None, "unknown") == 0
+    assert store.summary(None, "a").last_event_id == ids[-1]
+    assert store.summary(None, "unknown").last_event_id == 0
 
 
 def test_a_stream_without_an_id_starts_at_the_latest_run(store):
@@ -72,8 +72,8 @@ def test_children_are_upserted_and_paged_by_position_with_counts(store):
     assert [c.position for c in rest.rows] == [2, 3, 4] and rest.next_cursor is None
     failed = store.children(None, "a", None, "failed", -1, 10).rows
     assert failed == [ChildRow(4, 3, "c3", "failed", 2, "ValueError('x')")]
-    assert store.fanout_counts(None, "a") == (4, page.counts)
-    assert store.fanout_counts(None, "b") is None
+    assert store.summary(None, "a").fanout == (4, page.counts)
+    assert store.summary(None, "b").fanout is None
     assert store.children(None, "b", None, None, -1, 10).sequence_id is None
 
 
