@@ -25,6 +25,7 @@ its folder on the spot (an app that Burr, or a writer without index, added later
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ INDEX_FILE: Final = ".fanwise-index.sqlite"
 """The index's file name inside a project folder (a dot file: Burr's UI lists folders only)."""
 STALE_MARKER: Final = ".fanwise-index.stale"
 """Left next to the index by a write that failed: the next reader rebuilds it."""
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 STATUSES: Final = ("created", "running", "completed", "failed")
 """An app's status in the index: `created` (no step begun yet), `running` (a step begun and
 not ended: running, or its driver died during it), `completed` / `failed` (its last step's
@@ -48,9 +49,9 @@ outcome; a `completed` app may be halted, with more steps to run on a resume).""
 ANY: Final[Any] = object()
 """`partition_key=ANY`: whatever the partition key (None is "no partition key")."""
 _LOG = logging.getLogger(__name__)
-_WAL_PAGES = 64
-"""Pages the WAL may hold before a checkpoint folds them into the index (and the size, in
-KiB, it is cut back to)."""
+_WAL_PAGES = 1000
+"""Pages (1 KiB) the WAL may hold before a checkpoint folds them into the index, and the
+size it is cut back to then (SQLite's default page count)."""
 
 Fact = tuple[Any, ...]
 """A fact, as the tracker hands it over (plain tuples and lists: they pickle and travel in
@@ -166,8 +167,6 @@ class AppRow:
     error_type: str | None
     error_line: str | None
     usage: dict[str, float] | None
-    step_started_at: str | None
-    """When its current (or last) step began."""
     row: int
     """The index's row number: a stable order of first sight (spawn order for children)."""
 
@@ -230,30 +229,30 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS apps (
     partition_key TEXT NOT NULL,           -- '' for none (a unique key cannot hold NULL)
     app_id TEXT NOT NULL,
-    parent_key TEXT, parent_app_id TEXT, parent_seq INTEGER,
+    parent_row INTEGER,                    -- the spawning parent's rowid; NULL for a root
+    parent_seq INTEGER,                    -- the parent's sequence id at the spawn
     created_at TEXT,
     progress INTEGER,                      -- 2 * sequence id, + 1 once that step ended
     status TEXT NOT NULL,
     position TEXT, next_action TEXT, sequence_id INTEGER,
-    started_at TEXT, step_started_at TEXT, ended_at TEXT, duration_ms REAL,
+    started_at TEXT, ended_at TEXT, duration_ms REAL,
     error_type TEXT, error_line TEXT, usage TEXT,
     UNIQUE (partition_key, app_id)
 );
--- children of a parent in spawn order (rowid), all or by status; roots are parent NULL
-CREATE INDEX IF NOT EXISTS apps_by_parent ON apps (parent_app_id, parent_key);
-CREATE INDEX IF NOT EXISTS apps_by_parent_status ON apps (parent_app_id, parent_key, status);
+-- children of a parent in spawn order (rowid), all or by status; roots are parent_row NULL
+CREATE INDEX IF NOT EXISTS apps_by_parent ON apps (parent_row);
+CREATE INDEX IF NOT EXISTS apps_by_parent_status ON apps (parent_row, status);
 CREATE INDEX IF NOT EXISTS roots_by_partition ON apps (partition_key, status)
-    WHERE parent_app_id IS NULL;
+    WHERE parent_row IS NULL;
 -- children of a parent longest first (`children_by_duration`)
-CREATE INDEX IF NOT EXISTS apps_by_parent_duration ON apps (parent_app_id, parent_key,
-    duration_ms);
+CREATE INDEX IF NOT EXISTS apps_by_parent_duration ON apps (parent_row, duration_ms);
 CREATE TABLE IF NOT EXISTS counts (
-    scope_key TEXT NOT NULL,  -- roots: the partition key; children: the parent's
-    scope_app TEXT NOT NULL,  -- roots: ''; children: the parent app id
-    scope_seq INTEGER NOT NULL,  -- roots: -1; children: the parent's sequence id
+    scope_row INTEGER NOT NULL,  -- children: the parent's rowid; roots: 0
+    scope_seq INTEGER NOT NULL,  -- children: the parent's sequence id; roots: -1
+    scope_key TEXT NOT NULL,     -- roots: their partition key; children: ''
     status TEXT NOT NULL,
     n INTEGER NOT NULL,
-    PRIMARY KEY (scope_key, scope_app, scope_seq, status)
+    PRIMARY KEY (scope_row, scope_seq, scope_key, status)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS launches (
     partition_key TEXT NOT NULL, app_id TEXT NOT NULL, launch TEXT NOT NULL,
@@ -261,62 +260,57 @@ CREATE TABLE IF NOT EXISTS launches (
 );
 CREATE TRIGGER IF NOT EXISTS apps_counted AFTER INSERT ON apps BEGIN
     INSERT INTO counts VALUES (
-        CASE WHEN new.parent_app_id IS NULL THEN new.partition_key
-             ELSE coalesce(new.parent_key, '') END,
-        coalesce(new.parent_app_id, ''), coalesce(new.parent_seq, -1), new.status, 1)
+        coalesce(new.parent_row, 0), coalesce(new.parent_seq, -1),
+        CASE WHEN new.parent_row IS NULL THEN new.partition_key ELSE '' END, new.status, 1)
     ON CONFLICT DO UPDATE SET n = n + 1;
 END;
-CREATE TRIGGER IF NOT EXISTS apps_recounted AFTER UPDATE OF status, parent_app_id, parent_key,
-    parent_seq ON apps
-    WHEN old.status IS NOT new.status OR old.parent_app_id IS NOT new.parent_app_id
-      OR old.parent_key IS NOT new.parent_key OR old.parent_seq IS NOT new.parent_seq
+CREATE TRIGGER IF NOT EXISTS apps_recounted AFTER UPDATE OF status, parent_row, parent_seq
+    ON apps
+    WHEN old.status IS NOT new.status OR old.parent_row IS NOT new.parent_row
+      OR old.parent_seq IS NOT new.parent_seq
 BEGIN
-    UPDATE counts SET n = n - 1 WHERE
-        scope_key = CASE WHEN old.parent_app_id IS NULL THEN old.partition_key
-                         ELSE coalesce(old.parent_key, '') END
-        AND scope_app = coalesce(old.parent_app_id, '')
-        AND scope_seq = coalesce(old.parent_seq, -1) AND status = old.status;
+    UPDATE counts SET n = n - 1 WHERE scope_row = coalesce(old.parent_row, 0)
+        AND scope_seq = coalesce(old.parent_seq, -1)
+        AND scope_key = CASE WHEN old.parent_row IS NULL THEN old.partition_key ELSE '' END
+        AND status = old.status;
     INSERT INTO counts VALUES (
-        CASE WHEN new.parent_app_id IS NULL THEN new.partition_key
-             ELSE coalesce(new.parent_key, '') END,
-        coalesce(new.parent_app_id, ''), coalesce(new.parent_seq, -1), new.status, 1)
+        coalesce(new.parent_row, 0), coalesce(new.parent_seq, -1),
+        CASE WHEN new.parent_row IS NULL THEN new.partition_key ELSE '' END, new.status, 1)
     ON CONFLICT DO UPDATE SET n = n + 1;
 END;
 """
 
-# A patch is at least as far as the row (`?7`, its progress), or re-runs the step that
+# A patch is at least as far as the row (`?6`, its progress), or re-runs the step that
 # failed: its step fields replace the row's.
-_AHEAD = ("(?7 IS NOT NULL AND (progress IS NULL OR ?7 >= progress"
-          " OR (status = 'failed' AND ?7 = progress - 1)))")
+_AHEAD = ("(?6 IS NOT NULL AND (progress IS NULL OR ?6 >= progress"
+          " OR (status = 'failed' AND ?6 = progress - 1)))")
 _UPSERT = f"""
-INSERT INTO apps (partition_key, app_id, parent_key, parent_app_id, parent_seq, created_at,
-    progress, status, position, next_action, sequence_id, started_at, step_started_at,
-    ended_at, duration_ms, error_type, error_line)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-    (julianday(?14) - julianday(?12)) * 86400000.0, ?15, ?16)
+INSERT INTO apps (partition_key, app_id, parent_row, parent_seq, created_at, progress, status,
+    position, next_action, sequence_id, started_at, ended_at, duration_ms, error_type,
+    error_line)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
+    (julianday(?12) - julianday(?11)) * 86400000.0, ?13, ?14)
 ON CONFLICT (partition_key, app_id) DO UPDATE SET
-    parent_key = CASE WHEN ?4 IS NULL THEN parent_key ELSE ?3 END,
-    parent_seq = CASE WHEN ?4 IS NULL THEN parent_seq ELSE ?5 END,
-    parent_app_id = coalesce(?4, parent_app_id),
-    created_at = coalesce(created_at, ?6),
-    started_at = coalesce(started_at, ?12),
-    status = CASE WHEN {_AHEAD} THEN ?8 ELSE status END,
-    position = CASE WHEN {_AHEAD} THEN coalesce(?9, position) ELSE position END,
-    next_action = CASE WHEN {_AHEAD} THEN ?10 ELSE next_action END,
-    sequence_id = CASE WHEN {_AHEAD} THEN ?11 ELSE sequence_id END,
-    step_started_at = CASE WHEN {_AHEAD} THEN coalesce(?13, step_started_at)
-                      ELSE step_started_at END,
-    ended_at = CASE WHEN {_AHEAD} THEN ?14 ELSE ended_at END,
+    parent_seq = CASE WHEN ?3 IS NULL THEN parent_seq ELSE ?4 END,
+    parent_row = coalesce(?3, parent_row),
+    created_at = coalesce(created_at, ?5),
+    started_at = coalesce(started_at, ?11),
+    status = CASE WHEN {_AHEAD} THEN ?7 ELSE status END,
+    position = CASE WHEN {_AHEAD} THEN coalesce(?8, position) ELSE position END,
+    next_action = CASE WHEN {_AHEAD} THEN ?9 ELSE next_action END,
+    sequence_id = CASE WHEN {_AHEAD} THEN ?10 ELSE sequence_id END,
+    ended_at = CASE WHEN {_AHEAD} THEN ?12 ELSE ended_at END,
     duration_ms = CASE WHEN {_AHEAD} THEN
-        (julianday(?14) - julianday(coalesce(started_at, ?12))) * 86400000.0
+        (julianday(?12) - julianday(coalesce(started_at, ?11))) * 86400000.0
         ELSE duration_ms END,
-    error_type = CASE WHEN {_AHEAD} THEN ?15 ELSE error_type END,
-    error_line = CASE WHEN {_AHEAD} THEN ?16 ELSE error_line END,
-    progress = CASE WHEN {_AHEAD} THEN ?7 ELSE progress END
+    error_type = CASE WHEN {_AHEAD} THEN ?13 ELSE error_type END,
+    error_line = CASE WHEN {_AHEAD} THEN ?14 ELSE error_line END,
+    progress = CASE WHEN {_AHEAD} THEN ?6 ELSE progress END
 """
-_COLUMNS = ("partition_key, app_id, parent_app_id, parent_key, parent_seq, status, position,"
-            " next_action, sequence_id, created_at, started_at, ended_at, duration_ms,"
-            " error_type, error_line, usage, step_started_at, rowid")
+_COLUMNS = ("a.partition_key, a.app_id, p.app_id, p.partition_key, a.parent_seq, a.status,"
+            " a.position, a.next_action, a.sequence_id, a.created_at, a.started_at, a.ended_at,"
+            " a.duration_ms, a.error_type, a.error_line, a.usage, a.rowid")
+_FROM = "apps a LEFT JOIN apps p ON p.rowid = a.parent_row"
 
 
 class RunIndex:
@@ -373,6 +367,11 @@ class RunIndex:
             return
         with self._transaction() as connection:
             self._note_if_complete(connection, {app_id for _, app_id in patches})
+            rows = _parent_rows(connection, {patch[2] for patch in patches.values()
+                                             if patch[2] is not None})
+            for patch in patches.values():
+                if patch[2] is not None:
+                    patch[2] = rows[patch[2]]
             connection.executemany(_UPSERT, patches.values())
             for (key, app_id), figures in usage.items():
                 _add_usage(connection, key, app_id, figures)
@@ -465,28 +464,26 @@ class RunIndex:
         by status (of the partition key, or of all); only app ids starting with `prefix` if
         given (then counted over the matching apps, O(matches) rather than one lookup)."""
         _check_page(status, limit)
-        where, params = ["parent_app_id IS NULL"], []
+        where, params = ["a.parent_row IS NULL"], []
+        scope, scope_params = "scope_row = 0 AND scope_seq = -1", []
         if partition_key is not ANY:
-            where.append("partition_key = ?")
+            where.append("a.partition_key = ?")
             params.append(_key(partition_key))
+            scope += " AND scope_key = ?"
+            scope_params.append(_key(partition_key))
         if prefix:
             # a range, not LIKE: LIKE ignores case and treats '%' and '_' as wildcards
-            where.append("app_id >= ? AND app_id < ?")
+            where.append("a.app_id >= ? AND a.app_id < ?")
             params.extend((prefix, prefix + "\U0010ffff"))
         rows = self._page(where, params, status, limit, cursor, descending=True)
         if prefix:
             with self._locked() as connection:
                 counted = connection.execute(
-                    f"SELECT status, count(*) FROM apps WHERE {' AND '.join(where)}"
-                    " GROUP BY status", params,
+                    f"SELECT a.status, count(*) FROM apps a WHERE {' AND '.join(where)}"
+                    " GROUP BY a.status", params,
                 ).fetchall()
             return _paged(rows, dict(counted), limit)
-        if partition_key is ANY:
-            counts = self._counts("scope_app = '' AND scope_seq = -1", ())
-        else:
-            counts = self._counts("scope_key = ? AND scope_app = '' AND scope_seq = -1",
-                                  (_key(partition_key),))
-        return _paged(rows, counts, limit)
+        return _paged(rows, self._counts(scope, scope_params), limit)
 
     def children(
         self,
@@ -501,12 +498,13 @@ class RunIndex:
         """The apps that `app_id` (of `partition_key`) spawned, in spawn order, `limit` per
         page, with their counts by status; of one fan-out step if `sequence_id` is given."""
         _check_page(status, limit)
-        where = ["parent_app_id = ?", "parent_key IS ?"]
-        params: list[Any] = [app_id, partition_key]
-        scope = "scope_key = ? AND scope_app = ?"
-        scope_params: list[Any] = [_key(partition_key), app_id]
+        parent = self._rowid(app_id, partition_key)
+        if parent is None:
+            return Page([], {}, None)
+        where, params = ["a.parent_row = ?"], [parent]
+        scope, scope_params = "scope_row = ?", [parent]
         if sequence_id is not None:
-            where.append("parent_seq = ?")
+            where.append("a.parent_seq = ?")
             params.append(sequence_id)
             scope += " AND scope_seq = ?"
             scope_params.append(sequence_id)
@@ -530,20 +528,21 @@ class RunIndex:
         _check_page(status, limit)
         if not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset {offset!r} must be an int >= 0")
-        where = ["parent_app_id = ?", "parent_key IS ?"]
-        params: list[Any] = [app_id, partition_key]
-        scope = "scope_key = ? AND scope_app = ?"
-        scope_params: list[Any] = [_key(partition_key), app_id]
+        parent = self._rowid(app_id, partition_key)
+        if parent is None:
+            return Page([], {}, None)
+        where, params = ["a.parent_row = ?"], [parent]
+        scope, scope_params = "scope_row = ?", [parent]
         if sequence_id is not None:
-            where.append("parent_seq = ?")
+            where.append("a.parent_seq = ?")
             params.append(sequence_id)
             scope += " AND scope_seq = ?"
             scope_params.append(sequence_id)
         if status is not None:
-            where.append("status = ?")
+            where.append("a.status = ?")
             params.append(status)
-        query = (f"SELECT {_COLUMNS} FROM apps WHERE {' AND '.join(where)}"
-                 " ORDER BY duration_ms DESC, rowid DESC LIMIT ? OFFSET ?")
+        query = (f"SELECT {_COLUMNS} FROM {_FROM} WHERE {' AND '.join(where)}"
+                 " ORDER BY a.duration_ms DESC, a.rowid DESC LIMIT ? OFFSET ?")
         with self._locked() as connection:
             rows = [_row(values) for values in
                     connection.execute(query, (*params, limit + 1, offset))]
@@ -556,10 +555,13 @@ class RunIndex:
         """Each step of `app_id` that spawned children, with their counts by status, and
         how many of its children had finished before the step last began (read from the
         app's own log, which holds its steps, not its children's)."""
+        parent = self._rowid(app_id, partition_key)
+        if parent is None:
+            return []
         with self._locked() as connection:
             counted = connection.execute(
-                "SELECT scope_seq, status, n FROM counts WHERE scope_key = ? AND scope_app = ?"
-                " AND n > 0 ORDER BY scope_seq", (_key(partition_key), app_id),
+                "SELECT scope_seq, status, n FROM counts WHERE scope_row = ? AND n > 0"
+                " ORDER BY scope_seq", (parent,),
             ).fetchall()
         by_step: dict[int, dict[str, int]] = {}
         for seq, status, n in counted:
@@ -572,9 +574,8 @@ class RunIndex:
             for seq in by_step:
                 if starts.get(seq) is not None:
                     (resumed[seq],) = connection.execute(
-                        "SELECT count(*) FROM apps WHERE parent_app_id = ? AND parent_key IS ?"
-                        " AND status = 'completed' AND parent_seq = ? AND ended_at < ?",
-                        (app_id, partition_key, seq, starts[seq]),
+                        "SELECT count(*) FROM apps WHERE parent_row = ? AND status = 'completed'"
+                        " AND parent_seq = ? AND ended_at < ?", (parent, seq, starts[seq]),
                     ).fetchone()
         return [FanoutStep(seq, counts, resumed.get(seq, 0)) for seq, counts in by_step.items()]
 
@@ -585,21 +586,22 @@ class RunIndex:
         """The failed children of `app_id` (of its fan-out step `sequence_id` if given),
         grouped by exception type and message first line, largest group first, each with up
         to `sample` child ids."""
+        parent = self._rowid(app_id, partition_key)
+        if parent is None:
+            return []
         step = "" if sequence_id is None else " AND parent_seq = ?"
-        scope: tuple[Any, ...] = (app_id, partition_key) + (
-            () if sequence_id is None else (sequence_id,))
+        scope: tuple[Any, ...] = (parent,) + (() if sequence_id is None else (sequence_id,))
         with self._locked() as connection:
             groups = connection.execute(
-                "SELECT error_type, error_line, count(*) FROM apps WHERE parent_app_id = ? AND"
-                f" parent_key IS ?{step} AND status = 'failed' GROUP BY error_type, error_line"
+                f"SELECT error_type, error_line, count(*) FROM apps WHERE parent_row = ?{step}"
+                " AND status = 'failed' GROUP BY error_type, error_line"
                 " ORDER BY count(*) DESC, min(rowid)", scope,
             ).fetchall()
             found = []
             for error_type, error_line, count in groups:
                 ids = [row[0] for row in connection.execute(
-                    f"SELECT app_id FROM apps WHERE parent_app_id = ? AND parent_key IS ?{step}"
-                    " AND status = 'failed' AND error_type IS ? AND error_line IS ?"
-                    " ORDER BY rowid LIMIT ?",
+                    f"SELECT app_id FROM apps WHERE parent_row = ?{step} AND status = 'failed'"
+                    " AND error_type IS ? AND error_line IS ? ORDER BY rowid LIMIT ?",
                     (*scope, error_type, error_line, sample),
                 )]
                 found.append(FailureGroup(error_type, error_line, count, ids))
@@ -655,14 +657,14 @@ class RunIndex:
               cursor: int | None, descending: bool) -> list[AppRow]:
         where, params = list(where), list(params)
         if status is not None:
-            where.append("status = ?")
+            where.append("a.status = ?")
             params.append(status)
         if cursor is not None:
-            where.append("rowid < ?" if descending else "rowid > ?")
+            where.append("a.rowid < ?" if descending else "a.rowid > ?")
             params.append(cursor)
         order = "DESC" if descending else "ASC"
-        query = (f"SELECT {_COLUMNS} FROM apps WHERE {' AND '.join(where)}"
-                 f" ORDER BY rowid {order} LIMIT ?")
+        query = (f"SELECT {_COLUMNS} FROM {_FROM} WHERE {' AND '.join(where)}"
+                 f" ORDER BY a.rowid {order} LIMIT ?")
         with self._locked() as connection:
             return [_row(values) for values in connection.execute(query, (*params, limit + 1))]
 
@@ -673,11 +675,20 @@ class RunIndex:
             ).fetchall()
         return {status: n for status, n in counted if n}
 
+    def _rowid(self, app_id: str, partition_key: str | None) -> int | None:
+        with self._locked() as connection:
+            row = connection.execute(
+                "SELECT rowid FROM apps WHERE partition_key = ? AND app_id = ?",
+                (_key(partition_key), app_id),
+            ).fetchone()
+        return None if row is None else row[0]
+
     def _find(self, app_id: str, partition_key: str | None) -> list[AppRow]:
         if partition_key is ANY:
-            query, params = f"SELECT {_COLUMNS} FROM apps WHERE app_id = ?", (app_id,)
+            query, params = f"SELECT {_COLUMNS} FROM {_FROM} WHERE a.app_id = ?", (app_id,)
         else:
-            query = f"SELECT {_COLUMNS} FROM apps WHERE partition_key = ? AND app_id = ?"
+            query = (f"SELECT {_COLUMNS} FROM {_FROM} WHERE a.partition_key = ? AND"
+                     " a.app_id = ?")
             params = (_key(partition_key), app_id)
         with self._locked() as connection:
             return [_row(values) for values in connection.execute(query, params)]
@@ -718,31 +729,43 @@ class RunIndex:
         if self._connection is not None and self._pid == os.getpid():
             return self._connection
         os.makedirs(self.folder, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                     check_same_thread=False)
-        # small pages and a WAL kept short: an index of a few children stays a few pages,
-        # beside app folders of a few kilobytes each
-        connection.execute("PRAGMA page_size=1024")
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
-        connection.execute(f"PRAGMA journal_size_limit={_WAL_PAGES * 1024}")
+        connection = _opened(self.path)
+        if _schema_version(connection) not in (None, str(SCHEMA_VERSION)):
+            # derived data of another layout: started afresh, rebuilt from the folders
+            connection.close()
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path + suffix)
+            connection = _opened(self.path)
         connection.executescript(_SCHEMA)
         connection.execute("BEGIN IMMEDIATE")
         version = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if version is None:
             connection.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             self._created = True
-        elif version[0] != str(SCHEMA_VERSION):
-            connection.rollback()
-            connection.close()
-            raise RuntimeError(
-                f"run index {self.path} has schema version {version[0]}, this fanwise writes "
-                f"version {SCHEMA_VERSION}: delete the file, it is rebuilt from the app folders"
-            )
         connection.commit()
         self._connection, self._pid = connection, os.getpid()
         return connection
+
+
+def _opened(path: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None,
+                                 check_same_thread=False)
+    # small pages: an index of a few children stays a few kilobytes, as their folders are
+    connection.execute("PRAGMA page_size=1024")
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+    connection.execute(f"PRAGMA journal_size_limit={_WAL_PAGES * 1024}")
+    return connection
+
+
+def _schema_version(connection: sqlite3.Connection) -> str | None:
+    try:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    except sqlite3.OperationalError:  # no meta table: a new file
+        return None
+    return None if row is None else row[0]
 
 
 _SHARED: weakref.WeakValueDictionary[tuple[int, str, str], RunIndex] = (
@@ -788,23 +811,22 @@ def _paged(rows: list[AppRow], counts: dict[str, int], limit: int) -> Page:
 def _row(values: Sequence[Any]) -> AppRow:
     (partition_key, app_id, parent_app_id, parent_key, parent_seq, status, position,
      next_action, sequence_id, created_at, started_at, ended_at, duration_ms, error_type,
-     error_line, usage, step_started_at, rowid) = values
+     error_line, usage, rowid) = values
     return AppRow(
         partition_key=partition_key or None, app_id=app_id, parent_app_id=parent_app_id,
-        parent_partition_key=parent_key, parent_sequence_id=parent_seq, status=status,
+        parent_partition_key=parent_key or None, parent_sequence_id=parent_seq, status=status,
         position=position, next_action=next_action, sequence_id=sequence_id,
         steps=0 if sequence_id is None else sequence_id + 1, created_at=created_at,
         started_at=started_at, ended_at=ended_at, duration_ms=duration_ms,
         error_type=error_type, error_line=error_line,
-        usage=None if usage is None else json.loads(usage), step_started_at=step_started_at,
-        row=rowid,
+        usage=None if usage is None else json.loads(usage), row=rowid,
     )
 
 
 def _fold(facts: Iterable[Fact]) -> tuple[dict[tuple[str, str], list[Any]],
                                           dict[tuple[str, str], dict[str, float]]]:
-    """One upsert's parameters per app (see `_UPSERT`), and usage figures to add, from
-    facts in the order they happened."""
+    """One upsert's parameters per app (see `_UPSERT`; the parent still as its key, made a
+    rowid by `apply`), and usage figures to add, from facts in the order they happened."""
     patches: dict[tuple[str, str], list[Any]] = {}
     usage: dict[tuple[str, str], dict[str, float]] = {}
     for fact in facts:
@@ -817,27 +839,46 @@ def _fold(facts: Iterable[Fact]) -> tuple[dict[tuple[str, str], list[Any]],
             continue
         patch = patches.get(app)
         if patch is None:
-            # 1 key, 2 id, 3-5 parent, 6 created, 7 progress, 8 status, 9 position,
-            # 10 next action, 11 sequence id, 12 started, 13 step started, 14 ended,
-            # 15-16 error
-            patch = patches[app] = [app[0], app[1], None, None, None, None, None, "created",
-                                    None, None, None, None, None, None, None, None]
+            # 0 key, 1 id, 2 parent, 3 parent sequence id, 4 created, 5 progress, 6 status,
+            # 7 position, 8 next action, 9 sequence id, 10 started, 11 ended, 12-13 error
+            patch = patches[app] = [app[0], app[1], None, None, None, None, "created", None,
+                                    None, None, None, None, None, None]
         if kind == "c":
-            patch[2], patch[3], patch[4], patch[5] = fact[3], fact[4], fact[5], fact[6]
+            if fact[4] is not None:
+                patch[2], patch[3] = (_key(fact[3]), fact[4]), fact[5]
+            patch[4] = fact[6]
         elif kind == "b":
             rank = 2 * fact[3]
-            if patch[6] is None or rank >= patch[6] or (patch[7] == "failed"
-                                                        and rank == patch[6] - 1):
-                patch[6:11] = [rank, "running", patch[8], fact[4], fact[3]]
-                patch[11] = patch[11] or fact[5]
-                patch[12], patch[13], patch[14], patch[15] = fact[5], None, None, None
+            if patch[5] is None or rank >= patch[5] or (patch[6] == "failed"
+                                                        and rank == patch[5] - 1):
+                patch[5:10] = [rank, "running", patch[7], fact[4], fact[3]]
+                patch[10] = patch[10] or fact[5]
+                patch[11], patch[12], patch[13] = None, None, None
         elif kind == "e":
             rank = 2 * fact[3] + 1
-            if patch[6] is None or rank >= patch[6]:
+            if patch[5] is None or rank >= patch[5]:
                 failed = fact[5] == "failed"
-                patch[6:11] = [rank, fact[5], fact[4], fact[4] if failed else None, fact[3]]
-                patch[13], patch[14], patch[15] = fact[6], fact[7], fact[8]
+                patch[5:10] = [rank, fact[5], fact[4], fact[4] if failed else None, fact[3]]
+                patch[11], patch[12], patch[13] = fact[6], fact[7], fact[8]
     return patches, usage
+
+
+def _parent_rows(connection: sqlite3.Connection,
+                 parents: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The rowid of each parent (partition key, app id); a parent not indexed yet gets a
+    row (filled in when its own facts come)."""
+    rows = {}
+    for key, app_id in parents:
+        found = connection.execute(
+            "SELECT rowid FROM apps WHERE partition_key = ? AND app_id = ?", (key, app_id)
+        ).fetchone()
+        if found is None:
+            found = (connection.execute(
+                "INSERT INTO apps (partition_key, app_id, status) VALUES (?, ?, 'created')",
+                (key, app_id),
+            ).lastrowid,)
+        rows[(key, app_id)] = found[0]
+    return rows
 
 
 def _add_usage(connection: sqlite3.Connection, key: str, app_id: str,
