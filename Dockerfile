@@ -26,6 +26,8 @@ RUN pip install --no-cache-dir \
         "psycopg-pool==3.3.3" \
         "fastapi==0.165.0" \
         "uvicorn==0.54.0" \
+        "jinja2==3.1.6" \
+        "sse-starlette==3.7.0" \
         "tqdm==4.70.1" \
         "graphviz==0.21" \
     && pip install --no-cache-dir --no-deps /wheels/fanwise-*.whl \

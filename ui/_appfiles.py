@@ -12,7 +12,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from fanwise.core.tracking.local import GRAPH_FILE, LOG_FILE, partition_folder
+from fanwise.core.tracking.local import (
+    EARLIER_PARTITION_PREFIX,
+    GRAPH_FILE,
+    LOG_FILE,
+    PARTITION_PREFIX,
+    partition_folder,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +42,9 @@ def app_folder(project_folder: str, app_id: str, partition_key: str | None) -> s
     """The folder of the app (either of the tracker's layouts), or None if it has none."""
     candidates = [os.path.join(project_folder, app_id)]
     if partition_key is not None:
-        candidates.insert(0, os.path.join(project_folder, partition_folder(partition_key),
-                                          app_id))
+        candidates[:0] = [os.path.join(project_folder, partition_folder(partition_key, prefix),
+                                       app_id)
+                          for prefix in (PARTITION_PREFIX, EARLIER_PARTITION_PREFIX)]
     for folder in candidates:
         if os.path.isfile(os.path.join(folder, LOG_FILE)) or os.path.isfile(
             os.path.join(folder, GRAPH_FILE)

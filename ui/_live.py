@@ -63,7 +63,8 @@ class AppLive:
         if moved != self._steps_of:
             self.steps = _appfiles.read_steps(self.folder)
             self._steps_of = moved
-        self.bars = [_views.bar(step, row)
+        started = {step.sequence_id: step.start_time for step in self.steps}
+        self.bars = [_views.bar(step, row, started.get(step.sequence_id))
                      for step in self.index.fanout_steps(row.app_id, self.pk)]
         clock = int(time.time() // RATE_REFRESH_SECONDS)
         versions: dict[str, Hashable] = {

@@ -97,8 +97,10 @@ PARTS = ("done", "resumed", "running", "pending", "failed")
 """The bar's parts, in the order they are drawn."""
 
 
-def bar(step: FanoutStep, parent: AppRow | None, now: datetime | None = None) -> Bar:
-    """The bar of `step`; it runs if the parent is running that step."""
+def bar(step: FanoutStep, parent: AppRow | None, step_started: str | None,
+        now: datetime | None = None) -> Bar:
+    """The bar of `step`, which began at `step_started` (the parent's log says when); it runs
+    if the parent is running that step."""
     counts = step.counts
     completed = counts.get("completed", 0)
     done, resumed = completed - step.resumed, step.resumed
@@ -107,8 +109,8 @@ def bar(step: FanoutStep, parent: AppRow | None, now: datetime | None = None) ->
     running_now = (parent is not None and parent.status == "running"
                    and parent.sequence_id == step.sequence_id)
     throughput = elapsed = None
-    if running_now and parent is not None and parent.step_started_at:
-        elapsed = ((now or datetime.now(UTC)) - _time(parent.step_started_at)).total_seconds()
+    if running_now and step_started:
+        elapsed = ((now or datetime.now(UTC)) - _time(step_started)).total_seconds()
         if elapsed > 0:
             throughput = (done + failed) / elapsed
     return Bar(step.sequence_id, done, resumed, running, pending, failed, running_now,

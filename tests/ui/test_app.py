@@ -8,8 +8,7 @@ import re
 import pytest
 from fanwise.core.tracking.index import RunIndex
 from fanwise.ui import PAGE_SIZE
-
-from conftest import LARGE, PROJECT, SWEEP_CHILDREN, SWEEP_FAILED
+from ui_apps import LARGE, PROJECT, SWEEP_CHILDREN, SWEEP_FAILED
 
 
 def _rows(html: str, table_class: str) -> list[str]:
@@ -163,8 +162,7 @@ def test_the_ui_is_read_only(client):
 def test_mounted_inside_another_app_its_links_carry_the_mount_path(storage):
     from fanwise.ui import create_app
     from fastapi import FastAPI
-
-    from conftest import Client
+    from ui_apps import Client
 
     host = FastAPI()
     host.mount("/runs", create_app(PROJECT, storage))
@@ -184,8 +182,7 @@ def test_mounted_inside_another_app_its_links_carry_the_mount_path(storage):
 @pytest.mark.parametrize("project", [None, PROJECT])
 def test_a_new_storage_folder_opens_empty(tmp_path, project):
     from fanwise.ui import create_app
-
-    from conftest import Client
+    from ui_apps import Client
 
     client = Client(create_app(project, str(tmp_path)))
     assert client.get("/").status_code == 200

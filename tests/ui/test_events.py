@@ -10,8 +10,7 @@ import httpx
 import pytest
 from fanwise.core import ApplicationBuilder
 from fanwise.core.tracking import LocalTrackingClient
-
-from conftest import finish, reply
+from ui_apps import finish, reply
 
 PROJECT = "live"
 

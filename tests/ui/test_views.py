@@ -25,9 +25,9 @@ def test_a_large_value_is_cut_to_a_preview():
     assert preview({"small": True}) == ('{"small": true}', False)
 
 
-def _parent(tmp_path, ended: bool, started: datetime) -> AppRow:
+def _parent(tmp_path, ended: bool) -> AppRow:
     """The row of a parent at step 3 (a fan-out), running it or past it, from a real index."""
-    at = started.isoformat()
+    at = "2026-01-01T00:00:00+00:00"
     facts = [("c", None, "p", None, None, None, at), ("b", None, "p", 3, "fan", at)]
     if ended:
         facts.append(("e", None, "p", 3, "fan", "completed", at, None, None))
@@ -40,7 +40,8 @@ def test_a_running_fanout_bar_has_its_throughput_resumed_children_excluded(tmp_p
     now = datetime(2026, 1, 1, tzinfo=UTC)
     step = FanoutStep(3, {"completed": 50, "failed": 10, "running": 4, "created": 36},
                       resumed=20)
-    shown = bar(step, _parent(tmp_path, False, now - timedelta(seconds=10)), now)
+    began = (now - timedelta(seconds=10)).isoformat()
+    shown = bar(step, _parent(tmp_path, False), began, now)
     assert (shown.done, shown.resumed, shown.running, shown.pending, shown.failed) == (
         30, 20, 4, 36, 10)
     assert shown.total == 100 and shown.percent("done") == 30.0
@@ -49,7 +50,7 @@ def test_a_running_fanout_bar_has_its_throughput_resumed_children_excluded(tmp_p
 
 def test_a_finished_fanout_bar_has_no_throughput(tmp_path):
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    shown = bar(FanoutStep(3, {"completed": 5}), _parent(tmp_path, True, now), now)
+    shown = bar(FanoutStep(3, {"completed": 5}), _parent(tmp_path, True), now.isoformat(), now)
     assert not shown.running_now and shown.throughput is None
 
 
