@@ -16,10 +16,13 @@ from typing import Any
 from fanwise.core.errors import CorruptStateError
 from fanwise.core.tracking.index import Fact, ended_fact, usage_of
 from fanwise.core.tracking.local import (
+    EARLIER_PARTITION_PREFIX,
     LOG_FILE,
+    PARTITION_PREFIX,
     _partition_key_of,
     _read_lines,
     _read_metadata,
+    is_partition_folder,
     partition_folder,
 )
 
@@ -42,7 +45,8 @@ def facts_of_app(folder: str, app_id: str, partition_key: Any) -> list[Fact]:
     `partition_key` may be the index's `ANY`: the app id's folder without a partition key."""
     candidates = [os.path.join(folder, app_id)]
     if isinstance(partition_key, str):
-        candidates.insert(0, os.path.join(folder, partition_folder(partition_key), app_id))
+        candidates[:0] = [os.path.join(folder, partition_folder(partition_key, prefix), app_id)
+                          for prefix in (PARTITION_PREFIX, EARLIER_PARTITION_PREFIX)]
     for app_dir in candidates:
         try:
             metadata = _read_metadata(app_dir, app_id)
@@ -62,7 +66,7 @@ def _app_folders(folder: str) -> Iterator[tuple[str, dict[str, Any]]]:
         metadata = _metadata_or_warn(entry)
         if metadata is not None:
             yield entry, metadata
-        elif os.path.basename(entry).startswith("partition="):
+        elif is_partition_folder(os.path.basename(entry)):
             for inner in _subfolders(entry):
                 metadata = _metadata_or_warn(inner)
                 if metadata is not None:

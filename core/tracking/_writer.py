@@ -250,10 +250,11 @@ class BackgroundTrackingClient(LocalTrackingClient):
     # -- reads wait for the writes -------------------------------------------------------
 
     def load(
-        self, partition_key: str | None, app_id: str, sequence_id: int | None = None
+        self, partition_key: str | None, app_id: str, sequence_id: int | None = None,
+        **kwargs: Any,
     ) -> PersistedStateData | None:
         self._writer.flush()
-        return super().load(partition_key, app_id, sequence_id)
+        return super().load(partition_key, app_id, sequence_id, **kwargs)
 
     def list_app_ids(self, partition_key: str | None, on_unreadable: Any = None) -> list[str]:
         self._writer.flush()

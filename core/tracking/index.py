@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import weakref
@@ -49,6 +50,9 @@ outcome; a `completed` app may be halted, with more steps to run on a resume).""
 ANY: Final[Any] = object()
 """`partition_key=ANY`: whatever the partition key (None is "no partition key")."""
 _LOG = logging.getLogger(__name__)
+_PARTITIONED = re.compile(r"\.?partition=[a-z0-9_.-]*-[0-9a-f]{24}")
+"""A project's folder of partitioned apps, hidden (`.partition=`) or of earlier versions
+(`partition=`), as `fanwise.core.tracking.local` names them."""
 _WAL_PAGES = 1000
 """Pages (1 KiB) the WAL may hold before a checkpoint folds them into the index, and the
 size it is cut back to then (SQLite's default page count)."""
@@ -783,7 +787,7 @@ def _holds_apps(folder: str, besides: set[str]) -> bool:
     except FileNotFoundError:
         return False
     for entry in folders:
-        if entry.name.startswith("partition="):
+        if _PARTITIONED.fullmatch(entry.name):
             if _holds_apps(entry.path, besides):
                 return True
         elif entry.name not in besides:

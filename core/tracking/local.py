@@ -5,10 +5,12 @@ An application is identified by its partition key and its app id. Under
 
 - an app without a partition key lives in `<app_id>/` (Burr's layout);
 - an app with partition key `k` lives in `<partition_folder(k)>/<app_id>/`, where
-  `partition_folder(k)` is `partition=<k, lowercased, other characters as '_', cut to 40>-
+  `partition_folder(k)` is `.partition=<k, lowercased, other characters as '_', cut to 40>-
   <24 hex digits of sha256(k)>`: readable, safe on any filesystem (no separator, no case
   collision, bounded length), and distinct for two keys. Apps of two partition keys may
-  share an app id, and so may the children of their fan-outs.
+  share an app id, and so may the children of their fan-outs. The folder is hidden: Burr's
+  UI takes every visible folder of a project for an app (it knows no partition folders),
+  and skips hidden ones.
 
 An app folder holds `graph.json`, `metadata.json` (whose `partition_key` is checked on every
 read), `log.jsonl` (appended, never rewritten) and, for a fan-out parent, `children.jsonl`.
@@ -17,10 +19,11 @@ A line is written with one `write`; a crash or a full disk can still leave a tor
 Readers skip it; writers repair it (drop it, or end it if it is a whole record) under an
 exclusive `flock` before appending, so it never becomes a corrupt middle line.
 
-Earlier versions put every app in `<app_id>/`. Such a folder of an app with a partition key
-is still read (`load`, `list_app_ids`, `children`, `app_log_exists`), and moved to its
-partition's folder the next time that app is created (resumed), or when an app without a
-partition key takes the id.
+Earlier versions put every app in `<app_id>/`, and then apps with a partition key in a
+visible `partition=...` folder. Such a folder of an app with a partition key is still read
+(`load`, `list_app_ids`, `children`, `app_log_exists`), and moved to its partition's folder
+the next time that app is created (resumed), or when an app without a partition key takes
+the id.
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ GRAPH_FILE = "graph.json"
 METADATA_FILE = "metadata.json"
 LOG_FILE = "log.jsonl"
 CHILDREN_FILE = "children.jsonl"
-PARTITION_PREFIX = "partition="
+PARTITION_PREFIX = ".partition="
+"""Partition folders are hidden (Burr's UI skips hidden folders of a project)."""
+EARLIER_PARTITION_PREFIX = "partition="
+"""The visible prefix of partition folders written by earlier versions (still read)."""
 REDACTED = "***"
 """What `redact=` names are recorded as instead of their values."""
 
@@ -67,7 +73,7 @@ OnUnreadable = Callable[[str, Exception], None]
 _SAFE_PROJECT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
 """Burr's project names (letters, digits, `_`, `-`, `:`; e.g. `"template:chatbot"`) and
 dotted ones, not hidden, not starting with `-`."""
-_PARTITION_FOLDER = re.compile(re.escape(PARTITION_PREFIX) + r"[a-z0-9_.-]*-[0-9a-f]{24}")
+_PARTITION_FOLDER = re.compile(r"\.?partition=[a-z0-9_.-]*-[0-9a-f]{24}")
 _UNREADABLE_CHARS = re.compile(r"[^a-z0-9_.-]")
 _SEQUENCE_ID = re.compile(rb'"sequence_id"\s*:\s*(\d+)')
 _MAX_OPEN_LOGS = 128
@@ -79,11 +85,17 @@ AppKey = tuple[str | None, str]
 """(partition key, app id): what identifies an application."""
 
 
-def partition_folder(partition_key: str) -> str:
-    """The folder, inside a project, of the apps with `partition_key`."""
+def partition_folder(partition_key: str, prefix: str = PARTITION_PREFIX) -> str:
+    """The folder, inside a project, of the apps with `partition_key` (in the layout of
+    `prefix`: `EARLIER_PARTITION_PREFIX` gives where earlier versions put them)."""
     readable = _UNREADABLE_CHARS.sub("_", partition_key.lower())[:40]
     digest = hashlib.sha256(partition_key.encode()).hexdigest()[:24]
-    return f"{PARTITION_PREFIX}{readable}-{digest}"
+    return f"{prefix}{readable}-{digest}"
+
+
+def is_partition_folder(name: str) -> bool:
+    """Whether a project's entry `name` is a folder of partitioned apps (either layout)."""
+    return _PARTITION_FOLDER.fullmatch(name) is not None
 
 
 class LocalTrackingClient(SpanRecords, BaseStateLoader):
@@ -315,10 +327,12 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
 
     def _adopt_earlier_layout(self, partition_key: str, app_id: str, app_dir: str) -> bool:
         """Move the app into its new, empty folder `app_dir` if an earlier version recorded
-        it in `<app_id>/` (a resume); whether it did."""
-        earlier = os.path.join(self._root, app_id)
-        metadata = _read_metadata_if_sound(earlier)
-        if metadata is None or _partition_key_of(metadata) != partition_key:
+        it in a visible `partition=...` folder or in `<app_id>/` (a resume); whether it did."""
+        for earlier in self._earlier_dirs(partition_key, app_id):
+            metadata = _read_metadata_if_sound(earlier)
+            if metadata is not None and _partition_key_of(metadata) == partition_key:
+                break
+        else:
             return False
         try:
             os.rename(earlier, app_dir)  # replaces the empty folder
@@ -490,10 +504,12 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         report = on_unreadable or _warn_unreadable
         found: dict[str, str] = {}
         if partition_key is not None:
-            folder = os.path.join(self._root, partition_folder(partition_key))
-            for metadata in _scan(folder, report):
-                if metadata.get("partition_key") == partition_key:
-                    found[metadata["app_id"]] = str(metadata.get("created_at") or "")
+            for prefix in (PARTITION_PREFIX, EARLIER_PARTITION_PREFIX):
+                folder = os.path.join(self._root, partition_folder(partition_key, prefix))
+                for metadata in _scan(folder, report):
+                    if metadata.get("partition_key") == partition_key:
+                        found.setdefault(metadata["app_id"],
+                                         str(metadata.get("created_at") or ""))
         for metadata in _scan(self._root, report):
             if _partition_key_of(metadata) == partition_key:
                 found.setdefault(metadata["app_id"], str(metadata.get("created_at") or ""))
@@ -589,11 +605,19 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             return app_dir if _partition_key_of(metadata) == partition_key else None
         if partition_key is None or os.path.isdir(app_dir):
             return app_dir  # created, metadata not yet written: what the folder holds
-        earlier = os.path.join(self._root, app_id)
-        metadata = _read_metadata(earlier, app_id)
-        if metadata is not None and _partition_key_of(metadata) == partition_key:
-            return earlier
+        for earlier in self._earlier_dirs(partition_key, app_id):
+            metadata = _read_metadata(earlier, app_id)
+            if metadata is not None and _partition_key_of(metadata) == partition_key:
+                return earlier
         return None
+
+    def _earlier_dirs(self, partition_key: str, app_id: str) -> tuple[str, str]:
+        """Where earlier versions kept an app with a partition key, newest layout first."""
+        return (
+            os.path.join(self._root, partition_folder(partition_key, EARLIER_PARTITION_PREFIX),
+                         app_id),
+            os.path.join(self._root, app_id),
+        )
 
     def _check_app(self, partition_key: str | None, app_id: str) -> None:
         self._check_partition_key(partition_key, app_id)

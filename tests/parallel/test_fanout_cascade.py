@@ -200,7 +200,7 @@ def test_children_carry_a_spawning_parent_pointer_in_the_tracking_store(stores):
     assert {entry["child_app_id"] for entry in listed} == child_ids(3)
     assert all(entry["sequence_id"] == 0 for entry in listed)
     for child_id in child_ids(3):
-        [path] = (stores["tmp"] / "track" / "proj").glob(f"partition=*/{child_id}/metadata.json")
+        [path] = (stores["tmp"] / "track" / "proj").glob(f".partition=*/{child_id}/metadata.json")
         metadata = json.loads(path.read_text())
         assert metadata["spawning_parent_pointer"] == {
             "app_id": "parent",

@@ -15,7 +15,7 @@ from fanwise.core.hooks import PostApplicationCreateHook, PostRunStepHook, PreRu
 from fanwise.core.persistence.base import BaseStateLoader
 from fanwise.core.state import State
 from fanwise.core.tracking import LocalTrackingClient
-from fanwise.core.tracking.local import partition_folder
+from fanwise.core.tracking.local import EARLIER_PARTITION_PREFIX, partition_folder
 from fanwise.parallel import MapStates, child_app_id
 
 GRAPH = {  # already in Burr's ApplicationModel form: the tracker writes it as it is
@@ -543,7 +543,7 @@ def test_partition_folders_are_safe_distinct_and_bounded_names():
 
     assert len(set(folders)) == len(keys)
     assert len({folder.lower() for folder in folders}) == len(keys)  # case-insensitive disks
-    assert all("/" not in f and len(f) < 100 and f.startswith("partition=") for f in folders)
+    assert all("/" not in f and len(f) < 100 and f.startswith(".partition=") for f in folders)
 
 
 def test_tracker_as_loader_resumes_each_partitions_app_after_the_other_used_the_id(tmp_path):
@@ -709,6 +709,38 @@ def test_an_app_without_partition_key_taking_an_earlier_layout_apps_id_moves_it_
     assert client.load("alice", "chat")["state"] == State({"n": 2})
     assert client.load(None, "chat")["state"] == State({"n": 1})
     assert len(read_log(tmp_path / "proj" / "chat" / "log.jsonl")) == 2
+
+
+def visible_partition_app(tmp_path, app_id, partition_key, steps):
+    """An app as the version before hidden partition folders wrote it: `partition=.../`."""
+    writer = LocalTrackingClient("proj", storage_dir=str(tmp_path))
+    run_counter(writer, app_id, steps, partition_key=partition_key)
+    writer.close()
+    hidden = tmp_path / "proj" / partition_folder(partition_key)
+    visible = tmp_path / "proj" / partition_folder(partition_key, EARLIER_PARTITION_PREFIX)
+    hidden.rename(visible)
+    return visible / app_id
+
+
+def test_partition_folders_are_hidden_so_burrs_ui_lists_only_apps(client, tmp_path):
+    run_counter(client, "chat", 1, partition_key="alice")
+    run_counter(client, "solo", 1)
+    visible = [p.name for p in (tmp_path / "proj").iterdir() if not p.name.startswith(".")]
+    assert visible == ["solo"]
+
+
+def test_an_app_in_a_visible_partition_folder_is_read_and_moved_when_resumed(client, tmp_path):
+    earlier = visible_partition_app(tmp_path, "chat", "alice", 2)
+    assert client.load("alice", "chat")["state"] == State({"n": 2})
+    assert client.list_app_ids("alice") == ["chat"]
+
+    create(client, "chat", "alice")
+    step(client, "chat", 2, State({"n": 2}), State({"n": 3}), "alice")
+
+    moved = tmp_path / "proj" / partition_folder("alice") / "chat"
+    assert not earlier.exists()
+    assert [r["sequence_id"] for r in read_log(moved / "log.jsonl")] == [0, 0, 1, 1, 2, 2]
+    assert client.list_app_ids("alice") == ["chat"]
 
 
 def test_metadata_with_an_empty_partition_key_from_an_earlier_version_is_no_key(client, tmp_path):
