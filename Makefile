@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint bench clean graphviz-dot ui-browser image llm-demo
+.PHONY: demo test lint bench clean graphviz-dot ui-browser image llm-demo serve-email
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ $(VENV)/.dev: $(BIN)/python pyproject.toml
 
 demo: $(VENV)/.core
 	$(BIN)/python examples/demo.py
+
+# The web-server tutorial's email assistant on fanwise.server (docs/server.md), two workers
+# on 127.0.0.1:7242 over ./email-server.db; its OpenAPI page is /docs.
+serve-email: $(VENV)/.dev
+	$(BIN)/python -m uvicorn --app-dir examples email_server:app --host 127.0.0.1 \
+		--port 7242 --workers 2
 
 # Graphviz's `dot` renders `visualize()` images: installed when missing and root (as in CI);
 # without it the rendering tests skip and say why.
