@@ -274,6 +274,9 @@ def test_burrs_ui_server_lists_and_opens_a_fanwise_project(tmp_path):
     from burr.tracking.server.backend import LocalBackend
 
     counting_app(tmp_path, app_id="plain").run(halt_after=["done"])
+    # an app with a partition key lives in a hidden folder, which Burr's UI skips
+    counting_app(tmp_path, app_id="tenant-app", partition_key="tenant").run(
+        halt_after=["done"])
     with MultiThreadedExecutor(2) as executor:
         fan_out_app(tmp_path, executor).run(halt_after=["done"])
     backend = LocalBackend(path=str(tmp_path))
