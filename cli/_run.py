@@ -134,8 +134,14 @@ def _execute(args: argparse.Namespace, resuming: bool) -> int:
     if resuming:
         _print_saved(args, tracker, persister)
     executor = _executor(args)
+    from fanwise.core.errors import AppLockedError
+
     try:
-        app = _build(func, args, persister, tracker, executor, inputs)
+        try:
+            app = _build(func, args, persister, tracker, executor, inputs)
+        except AppLockedError as exc:  # the lease is taken when the app is built
+            raise CliError(f"{exc} (`fanwise lease {args.app_id} --db ...` shows the holder)",
+                           EXIT_LOCKED) from exc
         return _drive(app, args, inputs)
     finally:
         if executor is not None:
@@ -167,8 +173,9 @@ def _drive(app: Application, args: argparse.Namespace, inputs: dict[str, Any]) -
         return EXIT_INTERRUPTED
     except Exception as exc:
         progress.close()
-        print(f"fanwise run: app {app.uid} failed: {type(exc).__name__}: "
-              f"{str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        print(f"fanwise run: app {app.uid} failed: {_first_line(exc)}", file=sys.stderr)
+        for child in _child_errors(exc):
+            print(f"fanwise run:   {child}", file=sys.stderr)
         print(f"fanwise run: `{_command('failed', app.uid, args)}` groups the failures; "
               f"`{_command('resume', app.uid, args)}` re-runs what did not finish",
               file=sys.stderr)
@@ -179,6 +186,24 @@ def _drive(app: Application, args: argparse.Namespace, inputs: dict[str, Any]) -
     code = EXIT_OK if ended else EXIT_STOPPED
     _result(args, app, "completed" if ended else "stopped", code, progress)
     return code
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _child_errors(exc: BaseException, most: int = 3) -> list[str]:
+    """The first distinct errors of the children an exception group names (each child's
+    own exception: the cause of its `ChildFailedError`)."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return []
+    found: dict[str, None] = {}
+    for failure in exc.exceptions:
+        found[_first_line(failure.__cause__ or failure)] = None
+    listed = list(found)
+    more = len(exc.exceptions) - most if len(listed) > most else 0
+    return listed[:most] + ([f"... ({more} more)"] if more else [])
 
 
 def _command(name: str, app_id: str, args: argparse.Namespace) -> str:
