@@ -67,9 +67,7 @@ class Application:
         """`entrypoint` is where the app starts (and `reset_to_entrypoint` goes back to);
         `prior_action`, the last action run before it was built (resumed), if any: the next
         action is chosen by its transitions."""
-        self._graph = ApplicationGraph(
-            graph.actions, graph.transitions, graph.get_action(entrypoint)
-        )
+        self._graph = graph.starting_at(entrypoint)
         self._state = state
         self._entrypoint = entrypoint
         self._prior_action_name = prior_action

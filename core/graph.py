@@ -40,6 +40,17 @@ class Graph:
         self._outgoing: dict[str, list[Transition]] = {name: [] for name in self._by_name}
         for transition in self.transitions:
             self._outgoing[transition.from_.name].append(transition)
+        self._starting: dict[str, ApplicationGraph] = {}
+
+    def starting_at(self, entrypoint: str) -> ApplicationGraph:
+        """This graph as an app starting at `entrypoint` sees it; one per entrypoint, shared
+        by every app built on this graph (all of a fan-out's children: a new one each cost a
+        child 3%, callgrind, a fan-out child with a tracker)."""
+        found = self._starting.get(entrypoint)
+        if found is None:
+            found = self._starting[entrypoint] = ApplicationGraph(
+                self.actions, self.transitions, self.get_action(entrypoint))
+        return found
 
     def get_action(self, name: str) -> Action:
         try:
@@ -174,23 +185,33 @@ class GraphBuilder:
     def __init__(self) -> None:
         self._actions: dict[str, Action] = {}
         self._transitions: list[tuple[str, str, Condition]] = []
+        self._whole: Graph | None = None
+        """A built graph given alone: `build()` returns it as it is (it was checked when it
+        was built). Every fan-out child's app is built from its graph this way; rebuilding
+        it cost each child 4% (15k of 382k instructions, callgrind, a child with a tracker)."""
 
     def with_actions(self, *actions: Any, **named_actions: Any) -> GraphBuilder:
         self._actions = _collect_actions(self._actions, actions, named_actions)
+        self._whole = None
         return self
 
     def with_transitions(self, *transitions: TransitionSpec) -> GraphBuilder:
         self._transitions.extend(_expand_transitions(transitions))
+        self._whole = None
         return self
 
     def with_graph(self, graph: Graph) -> GraphBuilder:
         """Add every action and transition of a built graph (action names must not clash
         with those already added)."""
+        alone = not self._actions and not self._transitions
         self._actions = _collect_actions(self._actions, graph.actions, {})
         self._transitions.extend((t.from_.name, t.to.name, t.condition) for t in graph.transitions)
+        self._whole = graph if alone and type(graph) is Graph else None
         return self
 
     def build(self) -> Graph:
+        if self._whole is not None:
+            return self._whole
         return build_graph(self._actions, self._transitions)
 
 
