@@ -108,12 +108,27 @@ def _counts(page, scope: str) -> dict[str, int]:
 
 
 def test_the_apps_page_lists_the_root_app_not_its_children(page, base_url):
-    page.goto(f"{base_url}/p/{ui_project.PROJECT}")
+    page.goto(f"{base_url}/")
+    page.click(f"ul.projects a:text-is('{ui_project.PROJECT}')")
+    page.wait_for_selector("#apps-table")
     links = page.locator("#apps-table tbody tr a")
     shown = [links.nth(i).inner_text() for i in range(links.count())]
     # the live fan-out's app is there too once its test has run
     assert ui_project.BIG_APP in shown and set(shown) <= {ui_project.BIG_APP, "live-sweep"}
     assert page.locator("#apps-counts").inner_text().startswith(f"{len(shown)} apps")
+
+
+def test_the_apps_filter_form_searches_by_prefix_and_status(page, base_url):
+    page.goto(f"{base_url}/p/{ui_project.PROJECT}")
+    page.fill("input[name=prefix]", "big-")
+    page.click("button[type=submit]")
+    page.wait_for_url("**prefix=big-**")
+    links = page.locator("#apps-table tbody tr a")
+    assert [links.nth(i).inner_text() for i in range(links.count())] == [ui_project.BIG_APP]
+    page.select_option("select[name=status]", "failed")
+    page.click("button[type=submit]")
+    page.wait_for_url("**status=failed**")
+    assert page.locator("#apps-table tbody").inner_text().strip() == "no apps match"
 
 
 def test_the_fanout_panel_loads_with_the_right_counts_and_one_page_of_rows(page, base_url):

@@ -31,7 +31,8 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
 from sse_starlette import EventSourceResponse
 
-Status = Literal["created", "running", "completed", "failed"]
+Status = Literal["", "created", "running", "completed", "failed"]
+"""A status filter; "" (what the filter form sends for "any") is none."""
 Sort = Literal["spawn", "duration"]
 _HERE = Path(__file__).parent
 _PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
@@ -72,8 +73,8 @@ def create_app(project: str | None, storage_dir: str = "~/.fanwise", *,
                         prefix), page_size, cursor, lambda **kw: render(request, **kw))
         versions = live.versions()
         return page(request, "apps.html", project=project, live=live,
-                    since=snapshot_id(versions), page=live.page,
-                    partition_key=partition_key, status=status, prefix=prefix, cursor=cursor)
+                    since=snapshot_id(versions), page=live.page, partition_key=partition_key,
+                    status=status or None, prefix=prefix, cursor=cursor)
 
     @app.get("/p/{project}/events", name="apps_events")
     async def apps_events(request: Request, project: str, partition_key: str | None = None,
@@ -138,7 +139,7 @@ def create_app(project: str | None, storage_dir: str = "~/.fanwise", *,
         index = projects.index(project)
         _app_row(index, app_id, pk)
         return page(request, "_children.html", **children_context(
-            index, project, app_id, pk, sequence_id, status, sort, cursor, page_size))
+            index, project, app_id, pk, sequence_id, status or None, sort, cursor, page_size))
 
     return app
 
@@ -187,7 +188,7 @@ def _state_context(steps: list[_appfiles.Step], sequence_id: int) -> dict[str, A
 def _filters(partition_key: str | None, status: str | None,
              prefix: str | None) -> dict[str, Any]:
     return {"partition_key": ANY if not partition_key else partition_key,
-            "status": status, "prefix": prefix or None}
+            "status": status or None, "prefix": prefix or None}
 
 
 class _Projects:

@@ -43,6 +43,16 @@ def test_apps_page_filters_by_partition_key_status_and_app_id_prefix(client):
     assert "no apps match" in failed
 
 
+def test_the_filter_forms_empty_fields_filter_nothing(client):
+    page = client.get(f"/p/{PROJECT}", params={"prefix": "", "partition_key": "",
+                                                "status": ""})
+    assert page.status_code == 200
+    assert re.findall(r'/a/([\w-]+)["?]', page.text) == ["chat-2", "chat-1", "nested", "sweep"]
+    children = client.get(f"/p/{PROJECT}/a/sweep/fanout/0/children",
+                          params={"pk": "alice", "status": ""})
+    assert children.status_code == 200 and f"shown of {SWEEP_CHILDREN}" in children.text
+
+
 def test_apps_page_rejects_an_unknown_status_naming_it(client):
     answer = client.get(f"/p/{PROJECT}", params={"status": "finished"})
     assert answer.status_code == 422
