@@ -28,8 +28,11 @@ RUN pip install --no-cache-dir \
         "uvicorn==0.54.0" \
         "jinja2==3.1.6" \
         "sse-starlette==3.7.0" \
+        "pydantic==2.14.4" \
         "tqdm==4.70.1" \
         "graphviz==0.21" \
+        "pyarrow==26.0.1" \
+        "pyrate-limiter==4.5.1" \
     && pip install --no-cache-dir --no-deps /wheels/fanwise-*.whl \
     && pip check \
     && rm -rf /wheels \
