@@ -47,7 +47,6 @@ def create_app(project: str | None, storage_dir: str = "~/.fanwise", *,
     live pages poll the index every `poll_seconds`."""
     projects = _Projects(os.path.expanduser(str(storage_dir)), project)
     app = FastAPI(title="fanwise tracking", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.projects = projects
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
     env = templates.env
     env.globals.update(href=_href, duration=_views.duration, parts=_views.PARTS,
