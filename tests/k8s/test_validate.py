@@ -134,7 +134,7 @@ def test_maps_and_preserved_fields_stay_open(validate):
     assert schema["properties"]["note"]["type"] == ["string", "null"]
 
 
-def test_the_command_fails_on_a_typo_and_passes_the_shipped_overlays(k8s_copy: Path):
+def test_the_command_fails_on_a_typo_and_passes_the_shipped_overlays(k8s_copy: Path, kubectl):
     broken = k8s_copy / "overlays" / "typo"
     broken.mkdir()
     (broken / "kustomization.yaml").write_text(
