@@ -203,3 +203,32 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             field, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             event[field] = json.loads(value) if field == "data" else value
+
+
+def gated_fanning(db: str, gate: Gate) -> Any:
+    """numbers(count) -> squares whose children wait at the gate -> finish."""
+    persister = SQLitePersister(db)
+
+    @action(reads=["n"], writes=["square"])
+    def slow_square(state: State) -> State:
+        gate.entered.set()
+        assert gate.release.wait(20), "the test never released the gate"
+        return state.update(square=state["n"] ** 2)
+
+    class SlowSquares(Squares):
+        max_concurrency = 2
+
+        def action(self) -> Any:
+            return slow_square
+
+    def build_app(app_id: str, partition_key: str | None) -> ApplicationBuilder:
+        return (
+            ApplicationBuilder()
+            .with_actions(numbers, finish, squares=SlowSquares())
+            .with_transitions(("numbers", "squares"), ("squares", "finish"))
+            .initialize_from(persister, default_entrypoint="numbers", default_state={})
+            .with_state_persister(persister)
+            .with_identifiers(app_id=app_id, partition_key=partition_key)
+        )
+
+    return build_app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -10,7 +11,16 @@ from fanwise.core import ApplicationBuilder
 from fanwise.core.persistence import InMemoryPersister
 from fanwise.server import create_router
 from fastapi import Request
-from server_apps import Gate, awkward, counter, fanning, gated, speaking, sse_events
+from server_apps import (
+    Gate,
+    awkward,
+    counter,
+    fanning,
+    gated,
+    gated_fanning,
+    speaking,
+    sse_events,
+)
 
 
 def by_header(request: Request) -> str | None:
@@ -166,6 +176,30 @@ def test_children_of_a_fan_out_are_listed_by_status_with_counts(serve, db):
     failed = client.get("/apps/f1/children", params={"status": "failed"}).json()
     assert [(c["position"], c["status"]) for c in failed["children"]] == [(3, "failed")]
     assert "three is refused" in failed["children"][0]["error"]
+
+
+def test_a_running_fan_out_shows_its_counts_while_its_children_run(serve, db):
+    gate = Gate()
+    client = serve(gated_fanning(db, gate), halt_before=["finish"], halt_after=[])
+    answers: list[Any] = []
+    creating = threading.Thread(target=lambda: answers.append(
+        client.post("/apps", json={"app_id": "f1", "inputs": {"count": 4}})))
+    creating.start()
+    assert gate.entered.wait(10)
+    for _ in range(100):  # the event writer flushes every 50 ms
+        view = client.get("/apps/f1").json()
+        if view["fanout"] is not None:
+            break
+        time.sleep(0.05)
+    assert view["status"] == "running"
+    assert view["fanout"] == {"sequence_id": 1, "counts": {"running": 2}}
+    running = client.get("/apps/f1/children", params={"status": "running"}).json()
+    assert [c["position"] for c in running["children"]] == [0, 1]
+    gate.release.set()
+    creating.join(20)
+    assert answers[0].status_code == 201
+    assert answers[0].json()["fanout"]["counts"] == {"done": 4}
+    assert answers[0].json()["state"]["sum"] == 0 + 1 + 4 + 9
 
 
 def run_concurrently(client: Any, gate: Gate, path: str, labels: list[str]) -> list[Any]:
