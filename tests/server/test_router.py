@@ -251,6 +251,19 @@ def test_queued_requests_on_a_busy_app_each_run_once_in_turn(serve, db):
     assert [s["sequence_id"] for s in steps] == [0, 1, 2, 3]
 
 
+def test_a_queued_request_that_waits_longer_than_queue_timeout_is_409(serve, db):
+    gate = Gate()
+    client = serve(gated(db, gate), halt_before=["step"], halt_after=[], busy="queue",
+                   queue_timeout=0.3)
+    client.post("/apps", json={"app_id": "g1"})
+    threads, answers = run_concurrently(client, gate, "/apps/g1/step", ["a", "b"])
+    threads[1].join(10)
+    assert answers["b"].status_code == 409 and "pid" in answers["b"].json()["holder"]
+    gate.release.set()
+    threads[0].join(10)
+    assert client.get("/apps/g1").json()["state"]["runs"] == ["a"]
+
+
 def test_a_stream_gives_the_runs_items_and_resumes_after_last_event_id(serve, db):
     client = serve(speaking(db), halt_before=["speak"], halt_after=[])
     client.post("/apps", json={"app_id": "s1"})
