@@ -102,7 +102,7 @@ def apply_writes(action: Action, before: State, after: State) -> State:
             stacklevel=2,
         )
         data.update((key, new[key]) for key in undeclared)
-    return State(data)
+    return State(data, before._typing)
 
 
 def is_async_adapter(adapter: Any) -> bool:

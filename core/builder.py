@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 import warnings
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ class ApplicationBuilder:
         self._initializer: dict[str, Any] | None = None
         self._sequence_id: int | None = None
         self._lease_wait = 0.0
+        self._typing: Any = None
 
     # -- graph --------------------------------------------------------------------------
 
@@ -74,10 +76,24 @@ class ApplicationBuilder:
                 "with_state() after initialize_from(): the initializer sets the state; pass "
                 "the fresh-start state as initialize_from(default_state=...)"
             )
+        if state is not None and not isinstance(state, State | Mapping):
+            if self._typing is None:
+                raise ValueError(
+                    f"with_state() got a {type(state).__name__}, not a State or dict: set a "
+                    "typing system first (with_typing(...)) to give the state as a typed object"
+                )
+            state = self._typing.construct_state(state)
         data = state.get_all() if isinstance(state, State) else dict(state or {})
         data.update(fields)
         base = State(data)
         self._state = base if self._state is None else self._state.merge(base)
+        return self
+
+    def with_typing(self, typing_system: Any) -> ApplicationBuilder:
+        """Burr's typing system (`fanwise.core.typing.TypingSystem`): the app's state is seen
+        through it (`app.state.data`), and `with_state` may take its typed object."""
+        if typing_system is not None:
+            self._typing = typing_system
         return self
 
     def with_entrypoint(self, name: str) -> ApplicationBuilder:
@@ -292,6 +308,8 @@ class ApplicationBuilder:
             first = 0 if self._sequence_id is None else self._sequence_id + 1
             start = _Start(self._state or State(), self._entrypoint, None, first, None)
         graph.get_action(start.entrypoint)
+        if self._typing is not None:
+            start = dataclasses.replace(start, state=start.state.with_typing_system(self._typing))
         hooks = [*self._hooks, *([self._tracker] if self._tracker is not None else [])]
         # the run's writes, and those of its children, carry the lease's fence
         saver = self._saver if lease is None or lease.store is None else lease.store
