@@ -8,6 +8,7 @@ pinned, a non-root user, a build context that holds what `pip wheel .` needs, an
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -116,7 +117,9 @@ def test_make_image_tags_the_project_version():
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
     done = subprocess.run(
-        ["make", "--dry-run", "image"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--dry-run", "--no-print-directory", "image"], cwd=ROOT,
+        capture_output=True, text=True, check=True,
+        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL")},
     )
 
     assert done.stdout.strip() == f"docker build --tag fanwise:{version} ."
