@@ -204,13 +204,17 @@ class _Server:
     # -- runs -----------------------------------------------------------------------------
 
     def run(self, partition_key: str | None, app_id: str, inputs: dict[str, Any],
-            action: str | None = None, create: Literal["new", "retry"] | None = None) -> (
-        tuple[models.AppView, bool]
-    ):
+            action: str | None = None,
+            create: Literal["new", "retry"] | None = None) -> models.AppView:
         """Run the app to its next halt under its lease; with `action`, only if that is the
         action it waits for; with `create`, only if it has no step yet (`"retry"`: an
-        idempotent retry then answers the app as it is). Returns the view and whether a
-        run happened."""
+        idempotent retry answers the app as it is, having first run on a first run that was
+        cut short).
+
+        A `stopped` app (halted before an action no route takes: a run a crash cut short)
+        is run on to its next halt by any action request, which then answers 409 with what
+        it waits for: the request may have been the one that was cut short, so it is not
+        applied twice without the client seeing the state first."""
         builder = self.build_app(app_id, partition_key)
         if self.busy == "queue":
             builder.with_lease_wait(self.queue_timeout)
@@ -223,31 +227,50 @@ class _Server:
             raise _Refused(409, f"app {app_id!r} is busy: another request runs it",
                            holder=exc.holder) from exc
         with app, writer:
+            stopped = app.sequence_id is not None and self._status(app) == "stopped"
             if create is not None and app.sequence_id is not None:
-                if create == "retry":
-                    return self._view_of(app, self._status(app)), False
-                raise _Refused(409, f"app {app_id!r} exists already")
-            if create is None:
+                if create == "new":
+                    raise _Refused(409, f"app {app_id!r} exists already")
+                if not stopped:
+                    return self._view_of(app, self._status(app))
+                inputs = {}
+            elif create is None:
                 if app.sequence_id is None:  # built fresh, or its first step failed
                     self.saved(partition_key, app_id)
+                if stopped:
+                    self._run_recorded(app, {}, recorder, writer)
+                    raise _Refused(409, self._continued(app, action))
                 self._check_waits_for(app, action)
-            writer.add("run", sequence_id=app.sequence_id, action=app.get_next_action().name)
-            try:
-                self._drive(app, inputs, recorder, writer)
-            except InputError as exc:
-                writer.add("failed", error=str(exc))
-                raise _Refused(400, str(exc)) from exc
-            except LeaseLostError as exc:
-                writer.add("failed", error=str(exc))
-                raise _Refused(409, str(exc)) from exc
-            except Exception as exc:
-                writer.add("failed", error=repr(exc))
-                raise _Refused(500, f"app {app_id!r} failed: {exc!r}") from exc
-            following = app.get_next_action()
-            writer.add("halted", sequence_id=app.sequence_id,
-                       next_action=None if following is None else following.name)
+            self._run_recorded(app, inputs, recorder, writer)
         # after the writer's last flush: the view counts this run's children and events
-        return self._view_of(app, self._status(app)), True
+        return self._view_of(app, self._status(app))
+
+    def _run_recorded(self, app: Application, inputs: dict[str, Any], recorder: Recorder,
+                      writer: EventWriter) -> None:
+        """Run to the next halt between a `run` and a `halted` (or `failed`) event."""
+        writer.add("run", sequence_id=app.sequence_id, action=app.get_next_action().name)
+        try:
+            self._drive(app, inputs, recorder, writer)
+        except InputError as exc:
+            writer.add("failed", error=str(exc))
+            raise _Refused(400, str(exc)) from exc
+        except LeaseLostError as exc:
+            writer.add("failed", error=str(exc))
+            raise _Refused(409, str(exc)) from exc
+        except Exception as exc:
+            writer.add("failed", error=repr(exc))
+            raise _Refused(500, f"app {app.uid!r} failed: {exc!r}") from exc
+        following = app.get_next_action()
+        writer.add("halted", sequence_id=app.sequence_id,
+                   next_action=None if following is None else following.name)
+
+    @staticmethod
+    def _continued(app: Application, action: str | None) -> str:
+        following = app.get_next_action()
+        now = "is done" if following is None else f"now waits for {following.name!r}"
+        return (f"app {app.uid!r} had stopped short of a halt (a run cut short): it ran on "
+                f"and {now}; {action!r} was not run: check its state, then send the request "
+                "again if it still applies")
 
     def _check_waits_for(self, app: Application, action: str | None) -> None:
         following = app.get_next_action()
@@ -420,7 +443,7 @@ def _add_create(router: APIRouter, server: _Server) -> None:
 
     @router.post("/apps", response_model=models.AppView, status_code=201,
                  responses={200: {"model": models.AppView,
-                                  "description": "an Idempotency-Key seen before: that app"},
+                                  "description": "a retry (its Idempotency-Key seen before)"},
                             **_responses(400, 409, 500)})
     def create(
         body: Annotated[body_model, Body()],  # type: ignore[valid-type]
@@ -435,14 +458,12 @@ def _add_create(router: APIRouter, server: _Server) -> None:
             app_id = body.app_id or str(uuid.uuid4())
             create: Literal["new", "retry"] = "new"
             if idempotency_key is not None:
-                claimed = server.store.claim_key(partition_key, idempotency_key, app_id)
-                create = "new" if claimed == app_id else "retry"
-                app_id = claimed
+                app_id, first = server.store.claim_key(partition_key, idempotency_key, app_id)
+                create = "new" if first else "retry"
             inputs = body.inputs.model_dump(exclude_unset=True)
-            view, ran = server.run(partition_key, app_id, inputs, create=create)
-            if not ran:
+            if create == "retry":
                 response.status_code = 200
-            return view
+            return server.run(partition_key, app_id, inputs, create=create)
 
         return _answer(work)
 
@@ -454,7 +475,7 @@ def _add_action(router: APIRouter, server: _Server, name: str) -> None:
     def run_action(app_id: str, body: BaseModel | None, partition_key: str | None) -> Any:
         def work() -> models.AppView:
             inputs = {} if body is None else body.model_dump(exclude_unset=True)
-            return server.run(partition_key, app_id, inputs, action=name)[0]
+            return server.run(partition_key, app_id, inputs, action=name)
 
         return _answer(work)
 

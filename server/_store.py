@@ -75,8 +75,9 @@ class ServerStore(Protocol):
     def summary(self, partition_key: str | None, app_id: str) -> Summary:
         """The app's latest event id and fan-out counts, in one read."""
 
-    def claim_key(self, partition_key: str | None, key: str, app_id: str) -> str:
-        """The app id `key` stands for: `app_id` if the key is new, else the earlier one."""
+    def claim_key(self, partition_key: str | None, key: str, app_id: str) -> tuple[str, bool]:
+        """The app id `key` stands for, and whether this call claimed it: `(app_id, True)`
+        if the key is new, else the earlier claim's app id and False."""
 
     def close(self) -> None: ...
 
@@ -176,7 +177,7 @@ class _SQL:
         self.children_with_status = f"{children} AND status = ? ORDER BY position LIMIT ?"
         self.claim = (
             f"INSERT INTO {prefix}_idempotency (partition_key, key, app_id, created_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (partition_key, key) DO NOTHING"
+            "VALUES (?, ?, ?, ?) ON CONFLICT (partition_key, key) DO NOTHING RETURNING app_id"
         )
         self.claimed = (
             f"SELECT app_id FROM {prefix}_idempotency WHERE partition_key = ? AND key = ?"
@@ -250,12 +251,13 @@ class _Queries:
             int(sequence_id), {status: int(n) for status, n in counts})
         return Summary(0 if last is None else int(last), fanout)
 
-    def claim_key(self, partition_key: str | None, key: str, app_id: str) -> str:
+    def claim_key(self, partition_key: str | None, key: str, app_id: str) -> tuple[str, bool]:
         stored = _stored(partition_key)
         with self.transaction() as run:
-            run(self.sql.claim, (stored, key, app_id, _now()))
+            if run(self.sql.claim, (stored, key, app_id, _now())):
+                return app_id, True
             (claimed,), = run(self.sql.claimed, (stored, key))
-        return claimed
+        return claimed, False
 
 
 class SQLiteServerStore(_Queries):

@@ -142,6 +142,32 @@ def test_a_run_missing_a_later_steps_input_is_400_and_a_raising_action_500(serve
     assert view["status"] == "failed" and view["next_action"] == "explode"
 
 
+def test_a_stopped_app_is_run_on_by_an_action_request_which_then_answers_409(serve, db):
+    client = serve(fanning(db), halt_before=["finish"], halt_after=["numbers"])
+    stopped = client.post("/apps", json={"app_id": "f1", "inputs": {"count": 3}}).json()
+    assert stopped["status"] == "stopped" and stopped["next_action"] == "squares"
+    refused = client.post("/apps/f1/finish")
+    assert refused.status_code == 409
+    assert "now waits for 'finish'" in refused.json()["detail"]
+    view = client.get("/apps/f1").json()
+    assert view["status"] == "waiting" and view["state"]["sum"] == 0 + 1 + 4
+    finished = client.post("/apps/f1/finish").json()
+    assert finished["status"] == "completed"
+    steps = client.get("/apps/f1/history").json()["steps"]
+    assert [s["action"] for s in steps] == ["numbers", "squares", "finish"]
+
+
+def test_an_idempotent_retry_runs_on_a_first_run_that_stopped_short(serve, db):
+    client = serve(fanning(db), halt_before=["finish"], halt_after=["numbers"])
+    headers = {"Idempotency-Key": "k"}
+    body = {"app_id": "f1", "inputs": {"count": 3}}
+    assert client.post("/apps", json=body, headers=headers).json()["status"] == "stopped"
+    retried = client.post("/apps", json=body, headers=headers)
+    assert retried.status_code == 200
+    assert retried.json()["status"] == "waiting" and retried.json()["state"]["sum"] == 5
+    assert client.post("/apps", json=body, headers=headers).json() == retried.json()
+
+
 def test_expose_limits_the_state_answered(serve, db):
     client = serve(counter(db), halt_before=["add"], halt_after=["finish"], expose=["total"])
     client.post("/apps", json={"app_id": "c1"})

@@ -78,9 +78,10 @@ def test_children_are_upserted_and_paged_by_position_with_counts(store):
 
 
 def test_an_idempotency_key_stands_for_the_first_app_claimed_with_it(store):
-    assert store.claim_key(None, "k", "first") == "first"
-    assert store.claim_key(None, "k", "second") == "first"
-    assert store.claim_key("other", "k", "third") == "third"
+    assert store.claim_key(None, "k", "first") == ("first", True)
+    assert store.claim_key(None, "k", "second") == ("first", False)
+    assert store.claim_key(None, "k", "first") == ("first", False)
+    assert store.claim_key("other", "k", "third") == ("third", True)
 
 
 def test_bad_table_prefixes_and_memory_databases_are_refused(tmp_path):
