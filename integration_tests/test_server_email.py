@@ -147,6 +147,44 @@ def test_the_conversation_goes_on_from_the_store_across_kill_9s(servers, tmp_pat
     assert [s["sequence_id"] for s in steps] == list(range(10))
 
 
+def test_a_run_killed_mid_draft_is_run_on_by_the_next_request(servers, tmp_path):
+    server = EmailServer(str(tmp_path / "email.db"), FANWISE_EMAIL_TOKEN_DELAY="0.2")
+    servers.append(server.start())
+    create_waiting_for_feedback(server.url, "mail-5")
+    with server.client() as http:
+        last = http.get("/apps/mail-5").json()["last_event_id"]
+    poster = threading.Thread(target=lambda: _post_ignoring_drop(
+        f"{server.url}/apps/mail-5/process_feedback", {"feedback": "shorter"}))
+    poster.start()
+    with httpx.stream("GET", f"{server.url}/apps/mail-5/stream",
+                      headers={"Last-Event-ID": str(last)}, timeout=60) as stream:
+        for event in sse_events(stream.iter_lines()):
+            if event["event"] == "item":
+                break  # the draft is being written: kill the server now
+    server.restart()
+    poster.join(60)
+    with server.client() as http:
+        view = http.get("/apps/mail-5").json()
+        assert view["status"] == "stopped" and view["next_action"] == "formulate_draft"
+        retried = http.post("/apps/mail-5/process_feedback", json={"feedback": "shorter"})
+        assert retried.status_code == 409
+        assert "now waits for 'process_feedback'" in retried.json()["detail"]
+        view = http.get("/apps/mail-5").json()
+        steps = http.get("/apps/mail-5/history").json()["steps"]
+    assert view["status"] == "waiting" and view["state"]["feedback_history"] == ["shorter"]
+    assert len(view["state"]["draft_history"]) == 2 and "shorter" in view["state"][
+        "current_draft"]
+    assert [s["action"] for s in steps].count("process_feedback") == 1
+
+
+def _post_ignoring_drop(url: str, body: dict[str, Any]) -> None:
+    """A request whose server is killed under it: its connection drops."""
+    try:
+        httpx.post(url, json=body, timeout=60)
+    except httpx.TransportError:
+        pass
+
+
 def concurrent_feedback(urls: list[str], app_id: str) -> dict[str, Any]:
     """POST two different feedbacks to `app_id` at the same moment, one per url."""
     barrier = threading.Barrier(len(urls))
