@@ -99,7 +99,8 @@ class TrackingWriter:
         self._queue.put((None, apply, key, item))
 
     def flushed(self) -> Future[None]:
-        """A future done once everything submitted so far is written."""
+        """A future done once everything submitted so far is written; it raises a write's
+        error instead (one so far or one among these writes)."""
         self._check_open()
         done: Future[None] = Future()
         self._queue.put((None, done))
@@ -159,8 +160,13 @@ class TrackingWriter:
                 self._run(lambda w=write, k=key, p=pending: w(k, b"".join(p)))
             for (apply, key), items in gathered.items():
                 self._run(lambda a=apply, k=key, i=items: a(k, i))
+            # a barrier stands for "written": after a failed write it carries the error, so
+            # that no row is committed on the word of tracking that is not on disk
             for barrier in barriers:
-                barrier.set_result(None)
+                if self._error is None:
+                    barrier.set_result(None)
+                else:
+                    barrier.set_exception(self._error)
             if stop:
                 return
 

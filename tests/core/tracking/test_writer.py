@@ -137,6 +137,27 @@ def test_a_write_that_fails_fails_the_fan_out_naming_the_problem(tmp_path):
             app.run(halt_after=["done"])
 
 
+def test_no_childs_row_is_stored_when_its_tracking_failed_to_be_written(tmp_path):
+    for trial in range(10):  # the failing write and the commit's wait race: try it often
+        tracker = LocalTrackingClient("p", tmp_path / str(trial))
+        persister = SharedPersister()
+        with MultiThreadedExecutor(2) as executor:
+            app = _app(Doubles(), tracker, persister, executor, 1, "k").build()
+            app_id = _child_id(app.uid, app.sequence_id, 0)
+            folder = _app_dir(tracker, app_id, "k")
+            os.makedirs(folder)
+            with open(os.path.join(folder, "metadata.json"), "w") as f:
+                json.dump({"app_id": app_id, "partition_key": "someone-else"}, f)
+            with pytest.raises(CorruptStateError, match="someone-else"):
+                app.run(halt_after=["done"])
+        assert persister.load("k", app_id) is None, f"trial {trial}: row without tracking"
+
+
+class SharedPersister(InMemoryPersister):
+    def copy(self):
+        return self  # the children's rows come here too
+
+
 def _child_id(parent, sequence_id, position):
     from fanwise.parallel._child_ids import child_app_id
 
@@ -174,6 +195,20 @@ def test_a_writers_error_is_kept_and_raised_and_later_writes_still_happen():
     with pytest.raises(OSError, match="disk full"):
         writer.flush()
     assert done == [1]
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+
+
+def test_a_flushed_future_raises_the_error_of_a_write_it_waited_for():
+    writer = TrackingWriter("test-writer")
+
+    def fail():
+        raise OSError("disk full")
+
+    writer.submit(fail)
+    flushed = writer.flushed()  # handed out before the failing write ran
+    with pytest.raises(OSError, match="disk full"):
+        flushed.result(timeout=10)
     with pytest.raises(OSError, match="disk full"):
         writer.close()
 
