@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from fanwise.llm._stores import check_table, wall_ms
+from fanwise.llm._stores import check_table, create_postgres_table, wall_ms
 
 _POLL = (0.002, 0.05)
 """First and longest pause between tries for a shared slot (seconds)."""
@@ -81,10 +81,11 @@ class SharedSlots:
         if connection is None or self._local.pid != os.getpid():
             connection = self._connect()
             p = self._p
-            connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT, slot INTEGER, "
-                "holder TEXT, expires BIGINT, PRIMARY KEY (key, slot))"
-            )
+            columns = "key TEXT, slot INTEGER, holder TEXT, expires BIGINT, PRIMARY KEY (key, slot)"
+            if p == "%s":
+                create_postgres_table(connection, self.table, columns)
+            else:
+                connection.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({columns})")
             for slot in range(self.count):
                 connection.execute(
                     f"INSERT INTO {self.table} (key, slot, holder, expires) "
@@ -97,11 +98,14 @@ class SharedSlots:
     def try_take(self) -> str | None:
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         now, p = wall_ms(), self._p
+        # the outer test of "free" again: on PostgreSQL a taker that waited for another's
+        # row lock rechecks only the outer WHERE on the row it then finds taken
         cursor = self._connection().execute(
             f"UPDATE {self.table} SET holder = {p}, expires = {p} WHERE key = {p} AND slot = ("
             f"SELECT slot FROM {self.table} WHERE key = {p} AND slot < {p} "
-            f"AND (holder IS NULL OR expires < {p}) LIMIT 1)",
-            (holder, now + int(self.timeout * 1000), self.key, self.key, self.count, now),
+            f"AND (holder IS NULL OR expires < {p}) LIMIT 1) "
+            f"AND (holder IS NULL OR expires < {p})",
+            (holder, now + int(self.timeout * 1000), self.key, self.key, self.count, now, now),
         )
         return holder if cursor.rowcount == 1 else None
 

@@ -10,6 +10,7 @@ process); the PostgreSQL store takes the server's clock, the one every host shar
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sqlite3
@@ -31,6 +32,15 @@ def check_table(table: str) -> str:
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+def create_postgres_table(connection: Any, table: str, columns: str) -> None:
+    """CREATE TABLE IF NOT EXISTS, one creator at a time: concurrent first users of a
+    PostgreSQL table otherwise collide in its catalog (a UniqueViolation on pg_type)."""
+    lock = int.from_bytes(hashlib.sha256(table.encode()).digest()[:8], "big", signed=True)
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        connection.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
 
 
 class SQLiteStateStore(StateStore):
@@ -121,9 +131,7 @@ class PostgresStateStore(StateStore):
             import psycopg
 
             connection = psycopg.connect(self.dsn, autocommit=True)
-            connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT PRIMARY KEY, state TEXT)"
-            )
+            create_postgres_table(connection, self.table, "key TEXT PRIMARY KEY, state TEXT")
             self._local.connection, self._local.pid = connection, os.getpid()
         return connection
 

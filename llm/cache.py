@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from fanwise.llm._stores import check_table
+from fanwise.llm._stores import check_table, create_postgres_table
 
 
 def canonical(request: Mapping[str, Any]) -> str:
@@ -148,18 +148,17 @@ class CallCache:
     def _connection(self) -> Any:
         connection = getattr(self._local, "connection", None)
         if connection is None or self._local.pid != os.getpid():
+            columns = "key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL"
             if self._is_postgres:
                 import psycopg
 
                 connection = psycopg.connect(self.store, autocommit=True)
+                create_postgres_table(connection, self.table, columns)
             else:
                 connection = sqlite3.connect(self.store, timeout=30, isolation_level=None,
                                              check_same_thread=False)
                 connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} "
-                "(key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL)"
-            )
+                connection.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({columns})")
             self._local.connection, self._local.pid = connection, os.getpid()
         return connection
 

@@ -11,7 +11,8 @@ import threading
 import time
 
 import pytest
-from fanwise.llm import Budget
+from fanwise.llm import Budget, CallCache
+from fanwise.llm._slots import SharedSlots, postgres_connector
 from fanwise.llm._stores import PostgresStateStore, SQLiteStateStore
 from pyrate_limiter import GCRA, Duration, Rate
 
@@ -85,6 +86,71 @@ def test_calls_in_flight_never_exceed_max_in_flight():
     for thread in threads:
         thread.join()
     assert peak[0] == 3
+
+
+def _peak_in_flight(take, give_back, threads=8, calls=30):
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    def call():
+        for _ in range(calls):
+            holder = take()
+            try:
+                with lock:
+                    now[0] += 1
+                    peak[0] = max(peak[0], now[0])
+                time.sleep(0.002)
+                with lock:
+                    now[0] -= 1
+            finally:
+                give_back(holder)
+
+    workers = [threading.Thread(target=call) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return peak[0]
+
+
+def test_calls_in_flight_on_postgres_never_exceed_max_in_flight(postgres_table):
+    dsn, table = postgres_table
+    slots = SharedSlots(postgres_connector(dsn), "k", 2, 60.0, table=f"{table}_slots",
+                        paramstyle="%s")
+    slots.give_back(slots.take())  # the table exists before the threads compete
+    # a taker that waited on another's row lock must not take the slot it just lost
+    assert _peak_in_flight(slots.take, slots.give_back) == 2
+
+
+def test_tables_on_postgres_are_created_by_many_first_users_at_once(postgres_table):
+    dsn, table = postgres_table
+    start, errors = threading.Barrier(6), []
+    rate = Rate(1, Duration.HOUR, burst=100)
+
+    def first_use(what):
+        start.wait()
+        try:
+            if what == "slots":
+                slots = SharedSlots(postgres_connector(dsn), "k", 3, 60.0,
+                                    table=f"{table}_slots", paramstyle="%s")
+                slots.give_back(slots.take())
+            elif what == "state":
+                PostgresStateStore(dsn, "k", table).check(GCRA(), [rate], 0, 1)
+            else:
+                CallCache(dsn, table=f"{table}_calls").get({"model": "m"})
+        except Exception as exc:  # noqa: BLE001 - each first user's error is the finding
+            errors.append(exc)
+
+    workers = [threading.Thread(target=first_use, args=(what,))
+               for what in ("slots", "state", "calls") * 2]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f"DROP TABLE IF EXISTS {table}_calls")
+    assert errors == []
 
 
 def test_tokens_beyond_the_estimate_are_charged_when_settled():
