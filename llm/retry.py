@@ -13,6 +13,7 @@ import email.utils
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, TypeVar
 
 from tenacity import (
@@ -79,8 +80,14 @@ def retry_after(exc: BaseException) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         when = email.utils.parsedate_to_datetime(str(value))
-        return None if when is None else max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):  # neither seconds nor a date: the backoff decides
+        return None
+    if when.tzinfo is None:  # "-0000": an HTTP date is GMT, not this machine's local time
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -1,6 +1,9 @@
 """Retries that understand APIs: what is retried, how long it waits, what is recorded."""
 
 import asyncio
+import email.utils
+import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -65,6 +68,26 @@ def test_retry_after_reads_seconds_milliseconds_and_dates():
     assert retry_after(_status_error(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) \
         == 0.0  # a date in the past: no wait
     assert retry_after(_status_error(429)) is None
+
+
+def test_a_retry_after_that_is_neither_seconds_nor_a_date_falls_back_to_the_backoff():
+    assert retry_after(_status_error(429, {"Retry-After": "soon"})) is None
+    call = Flaky(_status_error(429, {"Retry-After": "soon"}))
+    record = Attempts()
+    assert call_with_retries(call, initial_wait=0.01, record=record) == "answer"
+    assert call.calls == 2 and record.retries == 1
+
+
+def test_a_retry_after_date_without_a_zone_is_read_as_gmt(monkeypatch):
+    later = email.utils.format_datetime(
+        datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=120))  # "... -0000"
+    monkeypatch.setenv("TZ", "America/New_York")  # a machine whose local time is not GMT
+    time.tzset()
+    try:
+        assert 100 < retry_after(_status_error(429, {"Retry-After": later})) <= 120
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_server_asking_for_a_long_wait_is_capped_at_max_wait():
