@@ -131,8 +131,8 @@ def _execute(args: argparse.Namespace, resuming: bool) -> int:
     tracker = None if args.no_tracking else _tracker(args)
     if tracker is not None and not resuming:
         _record_launch(tracker, args)
-    if resuming:
-        _print_saved(args, tracker, persister)
+    if resuming or _ran_before(args, tracker, persister):
+        _print_saved(args, tracker, persister)  # a run of an app id that ran resumes it
     executor = _executor(args)
     from fanwise.core.errors import AppLockedError
 
@@ -398,18 +398,18 @@ def _print_saved(args: argparse.Namespace, tracker: Any, persister: Any) -> None
             step = steps[-1]
             saved = step.counts.get("completed", 0)
             to_compute = step.total - saved
-    last = persister.load(args.partition_key, args.app_id) if persister is not None else None
+    last = _saved(persister, args) if persister is not None else None
     where = "nothing saved yet" if last is None else (
         f"last saved step {last['sequence_id']} {last['position']!r} ({last['status']})")
     message = f"app {args.app_id}: {where}; {saved:,} saved, {to_compute:,} to compute"
-    if step is None:
-        message += " (no fan-out tracked yet)"
+    message += (" (no fan-out tracked yet)" if step is None else
+                " (of the children tracked so far; the others are computed too)")
     if args.json:
         print_json({"type": "resume", "app_id": args.app_id, "saved": saved,
                     "to_compute": to_compute})
     else:
         print(message, file=sys.stderr)
-    if args.only == "failed" and step is not None:
+    if getattr(args, "only", None) == "failed" and step is not None:
         others = step.counts.get("running", 0) + step.counts.get("created", 0)
         if others:
             raise CliError(
@@ -417,6 +417,25 @@ def _print_saved(args: argparse.Namespace, tracker: Any, persister: Any) -> None
                 "nor failed (running or pending when it stopped); they would run too: resume "
                 "without --only"
             )
+
+
+def _ran_before(args: argparse.Namespace, tracker: Any, persister: Any) -> bool:
+    """Whether the store or the run index knows the app id already."""
+    if persister is not None and _saved(persister, args) is not None:
+        return True
+    if tracker is None:
+        return False
+    from fanwise.core.tracking.index import RunIndex
+
+    with RunIndex(tracker.project, tracker.storage_dir) as index:
+        return bool(index.fanout_steps(args.app_id, args.partition_key))
+
+
+def _saved(persister: Any, args: argparse.Namespace) -> Any:
+    try:
+        return persister.load(args.partition_key, args.app_id)
+    except Exception as exc:  # the store's own error: unreachable, no such table
+        raise CliError(f"cannot read --db: {type(exc).__name__}: {exc}", EXIT_FAILED) from exc
 
 
 class _Progress:
