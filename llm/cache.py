@@ -6,11 +6,13 @@ for a call that was answered once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -50,7 +52,8 @@ class CallCache:
     `CallCache.beside(persister)` puts it in the persister's own database.
 
     Concurrent callers of one request in this process make one call (the others wait for
-    its answer); `hits` and `misses` count this process's lookups."""
+    its answer: threads of `call`, coroutines of one event loop of `acall`); `hits` and
+    `misses` count this process's lookups."""
 
     def __init__(self, store: str, table: str = "fanwise_llm_calls") -> None:
         self.store = str(store)
@@ -61,6 +64,8 @@ class CallCache:
         self._p = "%s" if self._is_postgres else "?"
         self._local = threading.local()
         self._flights: dict[str, threading.Lock] = {}
+        self._aflights: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
         self._flights_lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -81,10 +86,14 @@ class CallCache:
 
     def get(self, request: Mapping[str, Any]) -> Any | None:
         """The stored answer to `request`, or None."""
+        return self._stored(request_key(request))[1]
+
+    def _stored(self, key: str) -> tuple[bool, Any]:
+        """(found, answer): a stored answer may itself be None (JSON null)."""
         row = self._connection().execute(
-            f"SELECT response FROM {self.table} WHERE key = {self._p}", (request_key(request),)
+            f"SELECT response FROM {self.table} WHERE key = {self._p}", (key,)
         ).fetchone()
-        return None if row is None else json.loads(row[0])
+        return (False, None) if row is None else (True, json.loads(row[0]))
 
     def put(self, request: Mapping[str, Any], response: Any) -> None:
         """Store `response` (JSON-able: convert SDK objects, e.g. `.model_dump()`)."""
@@ -111,10 +120,10 @@ class CallCache:
             return fn(), False
         key = request_key(request)
         with self._flight(key):
-            found = self.get(request)
-            if found is not None:
+            found, answer = self._stored(key)
+            if found:
                 self.hits += 1
-                return found, True
+                return answer, True
             self.misses += 1
             answer = fn()
             self.put(request, answer)
@@ -125,14 +134,16 @@ class CallCache:
         """`call` for a coroutine function."""
         if not use_cache:
             return await fn(), False
-        found = self.get(request)
-        if found is not None:
-            self.hits += 1
-            return found, True
-        self.misses += 1
-        answer = await fn()
-        self.put(request, answer)
-        return answer, False
+        key = request_key(request)
+        async with self._aflight(key):
+            found, answer = self._stored(key)
+            if found:
+                self.hits += 1
+                return answer, True
+            self.misses += 1
+            answer = await fn()
+            self.put(request, answer)
+            return answer, False
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -143,6 +154,19 @@ class CallCache:
                 if len(self._flights) > 4096:  # forget idle keys
                     self._flights = {k: v for k, v in self._flights.items() if v.locked()}
                 lock = self._flights[key] = threading.Lock()
+            return lock
+
+    def _aflight(self, key: str) -> asyncio.Lock:
+        """The running loop's lock for `key` (an asyncio lock belongs to one loop)."""
+        loop = asyncio.get_running_loop()
+        with self._flights_lock:
+            flights = self._aflights.setdefault(loop, {})
+            lock = flights.get(key)
+            if lock is None:
+                if len(flights) > 4096:  # forget idle keys
+                    flights = self._aflights[loop] = {
+                        k: v for k, v in flights.items() if v.locked()}
+                lock = flights[key] = asyncio.Lock()
             return lock
 
     def _connection(self) -> Any:

@@ -1,5 +1,6 @@
 """The call cache: keyed by the canonical request, JSON in the state's database."""
 
+import asyncio
 import sqlite3
 import threading
 
@@ -67,6 +68,31 @@ def test_concurrent_callers_of_one_request_make_one_call(tmp_path):
     for thread in threads:
         thread.join()
     assert len(calls) == 1 and cache.hits == 5
+
+
+def test_concurrent_coroutines_asking_one_request_make_one_call(tmp_path):
+    cache = CallCache(str(tmp_path / "c.sqlite"))
+    calls = []
+
+    async def call():
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        return {"a": 1}
+
+    async def main():
+        return await asyncio.gather(*(cache.acall(REQUEST, call) for _ in range(6)))
+
+    answers = asyncio.run(main())
+    assert len(calls) == 1 and cache.hits == 5
+    assert sorted(hit for _, hit in answers) == [False] + [True] * 5
+
+
+def test_a_cached_null_answer_is_a_hit(tmp_path):
+    cache = CallCache(str(tmp_path / "c.sqlite"))
+    calls = []
+    assert cache.call(REQUEST, lambda: calls.append(1)) == (None, False)
+    assert cache.call(REQUEST, lambda: calls.append(1)) == (None, True)
+    assert len(calls) == 1
 
 
 def test_what_is_not_json_is_a_clear_error(tmp_path):
