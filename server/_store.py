@@ -312,9 +312,10 @@ class SQLiteServerStore(_Queries):
 
 class PostgresServerStore(_Queries):
     """The tables in a PostgreSQL database (extra `postgres`): every worker on every host
-    that reaches it shares them. A small connection pool per store."""
+    that reaches it shares them. A connection pool per store, as large as a persister's
+    default (10): each request thread of a worker may hold one."""
 
-    def __init__(self, dsn: str, prefix: str = DEFAULT_PREFIX, max_connections: int = 4) -> None:
+    def __init__(self, dsn: str, prefix: str = DEFAULT_PREFIX, max_connections: int = 10) -> None:
         try:
             import psycopg_pool
         except ImportError as exc:
