@@ -12,12 +12,13 @@ import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.errors import AppLockedError, InputError, LeaseLostError
-from fanwise.core.persistence import SQLitePersister
+from fanwise.core.persistence import LeaseInfo, SQLitePersister
+from fanwise.core.protocols import conforms
 from fanwise.parallel.actions import TaskBasedParallelAction
 from fanwise.server import _models as models
 from fanwise.server._events import EventWriter, Recorder, jsonable
@@ -62,8 +63,11 @@ class _Refused(Exception):
         return JSONResponse(self.problem.model_dump(exclude_none=True), status_code=self.status)
 
 
-class _LeaseReader(Protocol):
-    def lease_info(self, partition_key: str | None, app_id: str) -> Any: ...
+@runtime_checkable
+class LeaseReader(Protocol):
+    """A persister that tells who holds an app's lease (the bundled SQL ones do)."""
+
+    def lease_info(self, partition_key: str | None, app_id: str) -> LeaseInfo | None: ...
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -142,9 +146,8 @@ class _Server:
         status = self._status(app)
         if saved["status"] != "completed":
             status = "failed"
-        lease_info = getattr(self.persister, "lease_info", None)
-        if lease_info is not None:
-            lease = lease_info(partition_key, app_id)
+        if conforms(self.persister, LeaseReader):
+            lease = self.persister.lease_info(partition_key, app_id)
             if lease is not None and lease.live:
                 status = "running"
         return self._view_of(app, status)
