@@ -30,6 +30,8 @@ class Slots(Protocol):
 
     def give_back(self, holder: str) -> None: ...
 
+    async def agive_back(self, holder: str) -> None: ...
+
 
 class LocalSlots:
     """N slots for this process's threads; async callers wait without blocking the loop."""
@@ -63,6 +65,9 @@ class LocalSlots:
         with self._lock:
             self._free += 1
             self._lock.notify()
+
+    async def agive_back(self, holder: str) -> None:
+        self.give_back(holder)
 
 
 class SharedSlots:
@@ -117,11 +122,27 @@ class SharedSlots:
         return holder
 
     async def atake(self) -> str:
+        """`take` with the database's work off the loop (its lock may be held a while)."""
         pause = _POLL[0]
-        while (holder := self.try_take()) is None:
+        while True:
+            attempt = asyncio.ensure_future(asyncio.to_thread(self.try_take))
+            try:
+                holder = await asyncio.shield(attempt)
+            except asyncio.CancelledError:  # a slot the thread takes after all goes back
+                attempt.add_done_callback(self._give_back_taken)
+                raise
+            if holder is not None:
+                return holder
             await asyncio.sleep(pause)
             pause = min(pause * 2, _POLL[1])
-        return holder
+
+    def _give_back_taken(self, attempt: asyncio.Future[str | None]) -> None:
+        if not attempt.cancelled() and attempt.exception() is None and attempt.result():
+            threading.Thread(target=self.give_back, args=(attempt.result(),)).start()
+
+    async def agive_back(self, holder: str) -> None:
+        """`give_back` off the loop; done even if the caller is cancelled meanwhile."""
+        await asyncio.shield(asyncio.to_thread(self.give_back, holder))
 
     def give_back(self, holder: str) -> None:
         p = self._p

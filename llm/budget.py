@@ -169,7 +169,7 @@ class Budget:
             yield grant
         finally:
             if holder is not None:
-                self._slots.give_back(holder)
+                await self._slots.agive_back(holder)
 
     # -- the rates ----------------------------------------------------------------------
 
@@ -202,7 +202,10 @@ class Budget:
             time.sleep(pause)
 
     async def _aspend(self, store: StateStore, rate: Rate, weight: int) -> None:
-        pause = self._reserve(store, rate, weight)
+        if isinstance(store, InMemoryStateStore):
+            pause = self._reserve(store, rate, weight)
+        else:  # a database's lock may be held for a while: wait for it off the loop
+            pause = await asyncio.to_thread(self._reserve, store, rate, weight)
         if pause:
             await asyncio.sleep(pause)
 

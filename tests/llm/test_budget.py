@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import os
 import pickle
+import sqlite3
 import threading
 import time
 
@@ -193,6 +194,70 @@ def test_async_callers_wait_without_blocking_the_loop():
     asyncio.run(main())
     assert time.monotonic() - started >= 0.65  # 8 requests at 10/s after a burst of 1
     assert len(ticks) == 20  # the loop kept running while callers waited
+
+
+@pytest.mark.parametrize("limits", [{"requests_per_minute": 60000}, {"max_in_flight": 2}])
+def test_an_async_caller_waiting_for_a_locked_sqlite_store_leaves_the_loop_running(
+        tmp_path, limits):
+    path = str(tmp_path / "budget.sqlite")
+    budget = Budget(store=path, **limits)
+    ticked_meanwhile = threading.Event()
+
+    def hold_the_write_lock(locked):
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+        locked.set()
+        ticked_meanwhile.wait(10)  # released once the loop has run meanwhile, else late
+        connection.execute("COMMIT")
+        connection.close()
+
+    async def main():
+        async with budget.aacquire():  # its tables exist
+            pass
+        locked = threading.Event()
+        holder = threading.Thread(target=hold_the_write_lock, args=(locked,))
+        holder.start()
+        await asyncio.to_thread(locked.wait, 10)
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+                if ticks == 3:
+                    ticked_meanwhile.set()
+
+        ticking = asyncio.create_task(tick())
+        async with budget.aacquire():
+            seen = ticks
+        ticking.cancel()
+        await asyncio.to_thread(holder.join)
+        return seen
+
+    assert asyncio.run(main()) >= 3
+
+
+def test_async_callers_cancelled_anywhere_leave_no_shared_slot_taken(tmp_path):
+    path = str(tmp_path / "budget.sqlite")
+    budget = Budget(max_in_flight=2, requests_per_minute=600000, store=path)
+
+    async def call():
+        async with budget.aacquire():
+            await asyncio.sleep(0.003)
+
+    async def main():
+        for round_ in range(20):
+            tasks = [asyncio.create_task(call()) for _ in range(10)]
+            await asyncio.sleep(round_ * 0.0005)  # cancelled waiting, taking or holding
+            for task in tasks[::2]:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        async with asyncio.timeout(10):  # both slots free again: two callers at once
+            async with budget.aacquire(), budget.aacquire():
+                pass
+
+    asyncio.run(main())
 
 
 def _processes_share(path, results):
