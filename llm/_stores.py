@@ -16,6 +16,7 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 from pyrate_limiter import Decision, Rate, StateAlgorithm, StateStore
@@ -32,6 +33,13 @@ def check_table(table: str) -> str:
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+def shown_dsn(dsn: str) -> str:
+    """A DSN fit to show: its host, port and database, without user, password or options
+    (a password may be in the user part or in a `?password=` parameter)."""
+    parts = urllib.parse.urlsplit(dsn)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def create_postgres_table(connection: Any, table: str, columns: str) -> None:

@@ -29,7 +29,7 @@ from fanwise.llm._slots import (
     postgres_connector,
     sqlite_connector,
 )
-from fanwise.llm._stores import PostgresStateStore, SQLiteStateStore, wall_ms
+from fanwise.llm._stores import PostgresStateStore, SQLiteStateStore, shown_dsn, wall_ms
 from pyrate_limiter import GCRA, Decision, Duration, InMemoryStateStore, Rate, StateStore
 
 
@@ -257,7 +257,7 @@ class Budget:
         return {k: v for k, v in self.__dict__.items()}
 
     def __repr__(self) -> str:
-        store = self.store.split("@")[-1] if "://" in self.store else self.store
+        store = shown_dsn(self.store) if "://" in self.store else self.store
         return (
             f"Budget(name={self.name!r}, requests_per_minute={self.requests_per_minute}, "
             f"tokens_per_minute={self.tokens_per_minute}, max_in_flight={self.max_in_flight}, "

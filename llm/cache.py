@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from fanwise.llm._stores import check_table, create_postgres_table
+from fanwise.llm._stores import check_table, create_postgres_table, shown_dsn
 
 
 def canonical(request: Mapping[str, Any]) -> str:
@@ -193,5 +193,5 @@ class CallCache:
         self.__init__(data["store"], data["table"])  # type: ignore[misc]
 
     def __repr__(self) -> str:
-        where = self.store.split("@")[-1] if self._is_postgres else self.store
+        where = shown_dsn(self.store) if self._is_postgres else self.store
         return f"CallCache({where!r}, table={self.table!r})"

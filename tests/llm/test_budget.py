@@ -320,6 +320,9 @@ def test_a_bad_estimate_is_a_clear_error():
         pass
 
 
-def test_a_repr_never_shows_a_password():
-    budget = Budget(max_in_flight=1, store="postgresql://me:s3cret@db.example/x")
-    assert "s3cret" not in repr(budget)
+@pytest.mark.parametrize("dsn", ["postgresql://me:s3cret@db.example/x",
+                                 "postgresql://db.example/x?user=me&password=s3cret"])
+def test_a_repr_never_shows_a_password(dsn):
+    assert "s3cret" not in repr(Budget(max_in_flight=1, store=dsn))
+    assert "s3cret" not in repr(CallCache(dsn))
+    assert "db.example/x" in repr(Budget(max_in_flight=1, store=dsn))
