@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -399,12 +397,11 @@ def durable_pg_children(connection, table: str, app_id: str) -> set[int]:
     return positions_of({row[0] for row in rows}, app_id)
 
 
-def test_terminated_postgres_backends_fail_the_fan_out_clearly_then_it_resumes(
-    pg_table, tmp_path, reference, request
-):
+def test_terminated_postgres_backends_do_not_stop_the_fan_out(pg_table, tmp_path, reference,
+                                                              request):
     """The driver's sessions (and only they: its application_name) are terminated again and
-    again mid-fan-out, as during a database restart: the driver must fail with the database's
-    error, not hang, and a new driver must finish the fan-out."""
+    again mid-fan-out, as during a database restart: reads and writes retry on fresh
+    connections and its lease survives, so the fan-out finishes, every child run once."""
     import psycopg
     from psycopg.conninfo import make_conninfo
 
@@ -413,11 +410,10 @@ def test_terminated_postgres_backends_fail_the_fan_out_clearly_then_it_resumes(
     app_id = "pg-crash"
     backend = Backend("threads", dict(os.environ))
     request.addfinalizer(backend.stop_all)
-    common = ("--dsn", make_conninfo(dsn, application_name=tag), "--table", table,
-              "--app-id", app_id, "--sleep-ms", "10")
-    first_log, resume_log = tmp_path / "first.log", tmp_path / "resume.log"
-    first = backend.driver(tmp_path, "first", *common, "--log", str(first_log))
-    resume = backend.driver(tmp_path, "resume", *common, "--log", str(resume_log))
+    log = tmp_path / "first.log"
+    first = backend.driver(tmp_path, "first", "--dsn", make_conninfo(dsn, application_name=tag),
+                           "--table", table, "--app-id", app_id, "--sleep-ms", "10",
+                           "--log", str(log))
 
     with psycopg.connect(dsn, autocommit=True, application_name=f"monitor_{tag}") as monitor:
         first.go()
@@ -428,31 +424,19 @@ def test_terminated_postgres_backends_fail_the_fan_out_clearly_then_it_resumes(
             time.sleep(0.005)
         outage_began = time.monotonic()
         terminated = 0
-        while first.process.poll() is None and time.monotonic() - outage_began < 30:
+        while first.process.poll() is None and time.monotonic() - outage_began < 3:
             terminated += len(monitor.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE"
                 " application_name = %s AND datname = current_database()"
                 " AND pid <> pg_backend_pid()",
                 [tag],
             ).fetchall())
-            time.sleep(0.02)
-        code = first.finish(timeout=1)
-        durable = durable_pg_children(monitor, table, app_id)
-    stderr = first.stderr_path.read_text(errors="replace")
+            time.sleep(0.05)
     assert terminated, "no session of the driver was found to terminate"
-    assert code not in (0, -signal.SIGKILL), first.output()
-    assert re.search(
-        r"psycopg\.[\w.]+: .*(terminating connection|server closed the connection)", stderr
-    ), f"the driver's error does not name the database problem:\n{stderr[-3000:]}"
-    assert 40 <= len(durable) < CHILDREN
-
-    resume.go()
-    assert resume.finish() == 0, resume.output()
-    assert resume.result() == reference
-    resumed = Counter(executions(resume_log))
-    assert not durable & set(resumed), "children finished before the outage ran again"
-    assert set(resumed) == ALL - durable
-    assert set(executions(first_log)) | set(resumed) == ALL
+    assert first.finish() == 0, first.output()
+    assert first.result() == reference
+    runs = Counter(executions(log))
+    assert set(runs) == ALL and max(runs.values()) == 1, "a child ran twice"
 
 
 # -- racing drivers -------------------------------------------------------------------------
