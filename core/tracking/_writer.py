@@ -91,7 +91,8 @@ class TrackingWriter:
 
     def gather(self, apply: Gather, key: Hashable, item: Any) -> None:
         """Hand `item` to `apply(key, items)`, called once per batch with that batch's items
-        for `key`, after the batch's appends."""
+        for `key`, after the batch's appends and its `flushed()` futures (a flush does not
+        wait for what is gathered)."""
         if self.on_writer():
             self._gathered.setdefault((apply, key), []).append(item)
             return
@@ -158,8 +159,6 @@ class TrackingWriter:
                     stop = True
             for (write, key), pending in lines.items():
                 self._run(lambda w=write, k=key, p=pending: w(k, b"".join(p)))
-            for (apply, key), items in gathered.items():
-                self._run(lambda a=apply, k=key, i=items: a(k, i))
             # a barrier stands for "written": after a failed write it carries the error, so
             # that no row is committed on the word of tracking that is not on disk
             for barrier in barriers:
@@ -167,6 +166,10 @@ class TrackingWriter:
                     barrier.set_result(None)
                 else:
                     barrier.set_exception(self._error)
+            # after the barriers: what is gathered (the run index) derives from the files and
+            # is rebuilt from them if lost, so a commit does not wait for it
+            for (apply, key), items in gathered.items():
+                self._run(lambda a=apply, k=key, i=items: a(k, i))
             if stop:
                 return
 
