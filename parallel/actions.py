@@ -19,6 +19,7 @@ from fanwise.core._runner import Driver
 from fanwise.core.actions import Action
 from fanwise.core.context import ApplicationContext
 from fanwise.core.errors import AsyncMismatchError, GraphError
+from fanwise.core.hooks import hook_methods_of
 from fanwise.core.protocols import (
     BackgroundWriting,
     FlushingTracker,
@@ -198,9 +199,24 @@ class TaskBasedParallelAction(Action):
             return self.progress_total
         return len(tasks) if isinstance(tasks, Sized) else None
 
+    def _record_total(self, context: ApplicationContext, total: int | None) -> None:
+        """Tell the parent's tracker how many children this fan-out plans, when that is
+        known (an attribute of its step, `FANOUT_TOTAL`): the UI's ETA needs it."""
+        tracker = context.tracker
+        if total is None or tracker is None or context.sequence_id is None or (
+            ("do_log_attributes", False) not in hook_methods_of(tracker)
+        ):
+            return
+        tracker.do_log_attributes(
+            attributes={FANOUT_TOTAL: total}, action=self.name,
+            action_sequence_id=context.sequence_id, span=None, tags={},
+            app_id=context.app_id, partition_key=context.partition_key,
+        )
+
     def _configure(
         self, context: ApplicationContext, is_async: bool, total: int | None
     ) -> tuple[Executor, bool, FanoutConfig]:
+        self._record_total(context, total)
         executor, owned = resolve_executor(
             self.executor(), context.executor, is_async, self.max_concurrency
         )
@@ -363,6 +379,10 @@ class TaskBasedParallelAction(Action):
         raise ChildrenFailedError(
             self.name, [r.failure(self.name) for r in failed], [r.outcome() for r in failed]
         )
+
+
+FANOUT_TOTAL = "fanwise.fanout_total"
+"""The attribute a fan-out's parent step records: how many children it plans."""
 
 
 def _close_tracking(tracker: FlushingTracker | None) -> None:

@@ -19,6 +19,7 @@ from fanwise.core.tracking.local import (
     PARTITION_PREFIX,
     partition_folder,
 )
+from fanwise.parallel.actions import FANOUT_TOTAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,8 @@ class Step:
     error: str | None
     """The traceback of a failed step."""
     state: dict[str, Any] | None
+    planned: int | None = None
+    """How many children the step's fan-out plans, when it recorded that (an attribute)."""
 
 
 def app_folder(project_folder: str, app_id: str, partition_key: str | None) -> str | None:
@@ -60,10 +63,18 @@ def read_steps(folder: str | None) -> list[Step]:
         return []
     begun: dict[int, dict[str, Any]] = {}
     ended: dict[int, dict[str, Any]] = {}
+    planned: dict[int, int] = {}
     try:
         with open(os.path.join(folder, LOG_FILE), "rb") as log:
             for raw in log:
                 record = _record(raw)
+                if record is not None and record.get("type") == "attribute" and (
+                    record.get("key") == FANOUT_TOTAL
+                    and isinstance(record.get("action_sequence_id"), int)
+                    and isinstance(record.get("value"), int)
+                ):
+                    planned[record["action_sequence_id"]] = record["value"]
+                    continue
                 if record is None or not isinstance(record.get("sequence_id"), int):
                     continue
                 if record.get("type") == "begin_entry":
@@ -77,7 +88,7 @@ def read_steps(folder: str | None) -> list[Step]:
         begin, end = begun.get(sequence_id, {}), ended.get(sequence_id)
         if end is None:
             steps.append(Step(sequence_id, str(begin.get("action")), begin.get("start_time"),
-                              None, None, "running", None, None))
+                              None, None, "running", None, None, planned.get(sequence_id)))
             continue
         state = end.get("state")
         steps.append(Step(
@@ -85,6 +96,7 @@ def read_steps(folder: str | None) -> list[Step]:
             end.get("start_time") or begin.get("start_time"), end.get("end_time"),
             end.get("duration_ms"), "failed" if end.get("exception") else "completed",
             end.get("exception") or None, state if isinstance(state, dict) else None,
+            planned.get(sequence_id),
         ))
     return steps
 

@@ -64,7 +64,9 @@ class AppLive:
             self.steps = _appfiles.read_steps(self.folder)
             self._steps_of = moved
         started = {step.sequence_id: step.start_time for step in self.steps}
-        self.bars = [_views.bar(step, row, started.get(step.sequence_id))
+        planned = {step.sequence_id: step.planned for step in self.steps}
+        self.bars = [_views.bar(step, row, started.get(step.sequence_id),
+                                planned=planned.get(step.sequence_id))
                      for step in self.index.fanout_steps(row.app_id, self.pk)]
         clock = int(time.time() // RATE_REFRESH_SECONDS)
         versions: dict[str, Hashable] = {

@@ -64,9 +64,9 @@ class Bar:
     """A fan-out step's children by status, as one bar, and while it runs its `throughput`
     (children finished per second since the step began, resumed ones excluded).
 
-    `pending` counts the children spawned and not started: a fan-out spawns children as its
-    window admits them, and the index does not know how many its plan holds, so there is no
-    ETA (that needs the plan's size recorded: see docs/ui.md)."""
+    `pending` counts the children not started: spawned and waiting, and, when the fan-out
+    recorded how many it plans (`planned`), those not spawned yet; then `eta_seconds` is
+    the time left at the current throughput."""
 
     sequence_id: int
     done: int
@@ -77,6 +77,7 @@ class Bar:
     running_now: bool
     throughput: float | None
     elapsed_seconds: float | None
+    eta_seconds: float | None = None
 
     @property
     def total(self) -> int:
@@ -98,7 +99,7 @@ PARTS = ("done", "resumed", "running", "pending", "failed")
 
 
 def bar(step: FanoutStep, parent: AppRow | None, step_started: str | None,
-        now: datetime | None = None) -> Bar:
+        now: datetime | None = None, planned: int | None = None) -> Bar:
     """The bar of `step`, which began at `step_started` (the parent's log says when); it runs
     if the parent is running that step."""
     counts = step.counts
@@ -108,13 +109,17 @@ def bar(step: FanoutStep, parent: AppRow | None, step_started: str | None,
     failed = counts.get("failed", 0)
     running_now = (parent is not None and parent.status == "running"
                    and parent.sequence_id == step.sequence_id)
-    throughput = elapsed = None
+    if planned is not None:  # children the window has not admitted yet wait too
+        pending = max(pending, planned - done - resumed - running - failed)
+    throughput = elapsed = eta = None
     if running_now and step_started:
         elapsed = ((now or datetime.now(UTC)) - _time(step_started)).total_seconds()
         if elapsed > 0:
             throughput = (done + failed) / elapsed
+        if throughput and planned is not None:
+            eta = (running + pending) / throughput
     return Bar(step.sequence_id, done, resumed, running, pending, failed, running_now,
-               throughput, elapsed)
+               throughput, elapsed, eta)
 
 
 def duration(ms: float | None) -> str:

@@ -5,6 +5,7 @@ import hashlib
 import json
 
 import pytest
+from fanout_testing import completed_app_ids, expected_child_id, run_fan
 from fanwise.core import ApplicationBuilder, Result, Secret, State, action, expr, serde
 from fanwise.core.persistence import SQLitePersister
 from fanwise.core.tracking import LocalTrackingClient
@@ -15,8 +16,6 @@ from fanwise.parallel import (
     TaskBasedParallelAction,
     child_app_id,
 )
-
-from conftest import completed_app_ids, expected_child_id, run_fan
 
 
 def recording_fan(record, fail_once=None, n=3):

@@ -6,13 +6,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from fanout_testing import WAIT, Peak, completed_app_ids, expected_child_id, fan_app, run_fan
 from fanwise.core import ApplicationContext, ParentPointer, State, action
 from fanwise.core.persistence import InMemoryPersister, SQLitePersister
 from fanwise.core.tracking import LocalTrackingClient
 from fanwise.executors import MultiThreadedExecutor
 from fanwise.parallel import MapStates
-
-from conftest import WAIT, Peak, completed_app_ids, expected_child_id, fan_app, run_fan
 
 
 def thread_recording_fan(names, executor_choice="cascade", n=6):

@@ -6,12 +6,11 @@ import threading
 from collections import Counter
 
 import pytest
+from fanout_testing import WAIT, Tally, fan_app, map_fan
 from fanwise.core import State, action, streaming_action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.executors import MultiProcessExecutor
 from fanwise.parallel import ChildFailedError, MapStates
-
-from conftest import WAIT, Tally, fan_app, map_fan
 
 
 def simple_fan(n, fail=(), max_concurrency=3, **settings):

@@ -4,12 +4,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from fanout_testing import WAIT, Peak, fan_app, run_fan
 from fanwise.core import GraphError, State, action
 from fanwise.executors import InlineExecutor, MultiThreadedExecutor
 from fanwise.executors.threads import default_concurrency
 from fanwise.parallel import MapStates
-
-from conftest import WAIT, Peak, fan_app, run_fan
 
 
 def fan_of(child_fn, n, reduce_fn=None, **settings):

@@ -5,6 +5,7 @@ import threading
 from collections import Counter
 
 import pytest
+from fanout_testing import WAIT, completed_app_ids, expected_child_id, fan_app, run_fan
 from fanwise.core import FanwiseError, GraphBuilder, State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.parallel import (
@@ -14,8 +15,6 @@ from fanwise.parallel import (
     SubGraphTask,
     TaskBasedParallelAction,
 )
-
-from conftest import WAIT, completed_app_ids, expected_child_id, fan_app, run_fan
 
 
 def failing_fan(child_fn, n, **settings):

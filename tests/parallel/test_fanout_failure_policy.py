@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from fanout_testing import Tally, expected_child_id, fan_app, run_fan
 from fanwise.core import GraphError, State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.executors import MultiThreadedExecutor
@@ -15,8 +16,6 @@ from fanwise.parallel import (
     ChildTimeoutError,
     MapStates,
 )
-
-from conftest import Tally, expected_child_id, fan_app, run_fan
 
 
 def fan_of(child_fn, n, reduce_outcomes=None, fields=("ys",), **settings):

@@ -5,11 +5,10 @@ import threading
 import time
 
 import pytest
+from fanout_testing import WAIT, fan_app, run_fan
 from fanwise.core import State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.parallel import MapStates
-
-from conftest import WAIT, fan_app, run_fan
 
 
 def straggler_fan(n, slow, release, done, **settings):

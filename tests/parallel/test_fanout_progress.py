@@ -1,11 +1,10 @@
 """The optional tqdm progress bar of a fan-out: done, failed and resumed counts."""
 
 import pytest
+from fanout_testing import run_fan
 from fanwise.core import State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.parallel import ChildFailedError, MapStates
-
-from conftest import run_fan
 
 pytest.importorskip("tqdm")
 

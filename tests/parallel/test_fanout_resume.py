@@ -5,6 +5,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from fanout_testing import Peak, expected_child_id, fan_app, run_fan
 from fanwise.core import GraphBuilder, State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.parallel import (
@@ -14,8 +15,6 @@ from fanwise.parallel import (
     SubGraphTask,
     TaskBasedParallelAction,
 )
-
-from conftest import Peak, expected_child_id, fan_app, run_fan
 
 
 def counted_fan(tally, fail_once=(), items=None, via_inputs=False, **settings):

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from fanout_testing import WAIT, completed_app_ids, fan_app, map_fan, run_fan
 from fanwise.core import (
     ApplicationBuilder,
     AsyncMismatchError,
@@ -25,8 +26,6 @@ from fanwise.parallel import (
     TaskBasedParallelAction,
 )
 from fanwise.parallel.errors import ChildCancelledError
-
-from conftest import WAIT, completed_app_ids, fan_app, map_fan, run_fan
 
 
 def async_fan(child, n, **settings):

@@ -10,8 +10,7 @@ import time
 from collections import Counter
 
 import pytest
-
-from conftest import completed_app_ids, expected_child_id
+from fanout_testing import completed_app_ids, expected_child_id
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 

@@ -1,6 +1,7 @@
 """The parallel-action API, sync: MapStates, MapActions, MapActionsAndStates, tasks()."""
 
 import pytest
+from fanout_testing import run_fan
 from fanwise.core import (
     ApplicationBuilder,
     ApplicationContext,
@@ -17,8 +18,6 @@ from fanwise.parallel import (
     SubGraphTask,
     TaskBasedParallelAction,
 )
-
-from conftest import run_fan
 
 
 @action(reads=["x"], writes=["y"])

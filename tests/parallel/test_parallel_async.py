@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from fanout_testing import WAIT, Peak, fan_app
 from fanwise.core import (
     ApplicationBuilder,
     AsyncMismatchError,
@@ -20,8 +21,6 @@ from fanwise.parallel import (
     SubGraphTask,
     TaskBasedParallelAction,
 )
-
-from conftest import WAIT, Peak, fan_app
 
 
 @action(reads=["x"], writes=["y"])

@@ -57,3 +57,45 @@ def test_a_finished_fanout_bar_has_no_throughput(tmp_path):
 def test_durations_read_in_the_unit_that_fits():
     assert [duration(ms) for ms in (None, 0.2, 850, 12_340, 245_000, 7_380_000)] == [
         "", "< 1 ms", "850 ms", "12.3 s", "4 min 05 s", "2 h 03 min"]
+
+
+def test_a_fanout_that_recorded_its_plan_has_children_not_spawned_pending_and_an_eta(
+    tmp_path,
+):
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    step = FanoutStep(3, {"completed": 40, "running": 10})
+    began = (now - timedelta(seconds=10)).isoformat()
+    shown = bar(step, _parent(tmp_path, False), began, now, planned=200)
+    assert shown.pending == 150 and shown.total == 200
+    assert shown.throughput == 4.0 and shown.eta_seconds == 40.0  # 160 left at 4/s
+    assert bar(step, _parent(tmp_path, False), began, now).eta_seconds is None
+
+
+def test_a_fanout_records_how_many_children_it_plans_in_its_parents_log(tmp_path):
+    from fanwise.core import ApplicationBuilder, Result, State, action
+    from fanwise.core.tracking import LocalTrackingClient
+    from fanwise.parallel import MapStates
+    from fanwise.ui._appfiles import app_folder, read_steps
+
+    @action(reads=["x"], writes=["x"])
+    def same(state):
+        return state
+
+    class Fan(MapStates):
+        reads, writes = [], ["n"]
+
+        def action(self):
+            return same
+
+        def states(self, state):
+            return [State({"x": i}) for i in range(7)]
+
+        def reduce(self, state, states):
+            return state.update(n=sum(1 for _ in states))
+
+    tracker = LocalTrackingClient("proj", str(tmp_path))
+    (ApplicationBuilder().with_actions(fan=Fan(), done=Result("n"))
+     .with_transitions(("fan", "done")).with_entrypoint("fan").with_tracker(tracker)
+     .with_identifiers(app_id="parent").build().run(halt_after=["done"]))
+    steps = read_steps(app_folder(str(tmp_path / "proj"), "parent", None))
+    assert [step.planned for step in steps] == [7, None]
