@@ -44,14 +44,18 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger(__name__)
 
+_GATHER_MOST = 3000
+"""Gathered items (index facts: ~3 per child) applied at once at most."""
+_GATHER_SECONDS = 0.5
+"""The longest a gathered item waits to be applied (how far `fanwise watch` may lag)."""
 _BATCH = 4096
 """Most queued writes taken at once (their lines per file are joined into one write)."""
 
 Write = Callable[[Any, bytes], None]
 """`write(key, lines)`: append whole lines to the file that `key` names."""
 Gather = Callable[[Any, list[Any]], None]
-"""`apply(key, items)`: what was gathered for `key` in one batch, in order (the run index's
-facts: one index transaction per batch, not one per child)."""
+"""`apply(key, items)`: what was gathered for `key`, in order (the run index's facts: one
+index transaction per thousand children or half second, not one per child)."""
 
 
 class TrackingWriter:
@@ -90,9 +94,10 @@ class TrackingWriter:
         self._queue.put((write, key, line))
 
     def gather(self, apply: Gather, key: Hashable, item: Any) -> None:
-        """Hand `item` to `apply(key, items)`, called once per batch with that batch's items
-        for `key`, after the batch's appends and its `flushed()` futures (a flush does not
-        wait for what is gathered)."""
+        """Hand `item` to `apply(key, items)`, called with the items gathered for `key`, in
+        order, after their batch's appends and `flushed()` futures (a flush does not wait
+        for them): once `_GATHER_MOST` items wait, once the first has waited
+        `_GATHER_SECONDS`, and at `close`."""
         if self.on_writer():
             self._gathered.setdefault((apply, key), []).append(item)
             return
@@ -134,8 +139,20 @@ class TrackingWriter:
             )
 
     def _serve(self) -> None:
+        gathered_so_far: dict[tuple[Gather, Hashable], list[Any]] = {}
+        """Gathered items not applied yet: they wait for `_GATHER_MOST` of them or for
+        `_GATHER_SECONDS` (children that finish one by one come in batches of a few items;
+        an index transaction per such batch cost ~50 us per child, benchmarks/run_index.py)."""
+        due = 0.0
         while True:
-            batch = [self._queue.get()]
+            try:
+                first = self._queue.get(
+                    timeout=max(due - time.monotonic(), 0.0) if gathered_so_far else None
+                )
+            except Empty:
+                gathered_so_far = self._apply(gathered_so_far)
+                continue
+            batch = [first]
             try:
                 while len(batch) < _BATCH:
                     batch.append(self._queue.get_nowait())
@@ -168,10 +185,22 @@ class TrackingWriter:
                     barrier.set_exception(self._error)
             # after the barriers: what is gathered (the run index) derives from the files and
             # is rebuilt from them if lost, so a commit does not wait for it
-            for (apply, key), items in gathered.items():
-                self._run(lambda a=apply, k=key, i=items: a(k, i))
+            if gathered and not gathered_so_far:
+                due = time.monotonic() + _GATHER_SECONDS
+            for key, items in gathered.items():
+                gathered_so_far.setdefault(key, []).extend(items)
+            if stop or sum(map(len, gathered_so_far.values())) >= _GATHER_MOST or (
+                gathered_so_far and time.monotonic() >= due
+            ):
+                gathered_so_far = self._apply(gathered_so_far)
             if stop:
                 return
+
+    def _apply(self, pending: dict[tuple[Gather, Hashable], list[Any]]) -> dict[Any, Any]:
+        """Apply what was gathered; an empty `pending` to go on with."""
+        for (apply, key), items in pending.items():
+            self._run(lambda a=apply, k=key, i=items: a(k, i))
+        return {}
 
     def _run(self, call: Callable[[], None]) -> None:
         try:
