@@ -348,9 +348,14 @@ class TaskBasedParallelAction(Action):
             await states.aclose()
             if owned:
                 executor.shutdown(wait=False, cancel_futures=True)
-            if config.background_tracker is not None:
-                await asyncio.wrap_future(config.background_tracker.flushed())
-            _close_tracking(config.background_tracker)
+            tracking = config.background_tracker
+            try:
+                if tracking is not None:  # waited for on the loop, not in close()
+                    await asyncio.wrap_future(tracking.flushed())
+            except Exception:  # noqa: S110 - a write's error: close() raises it just below
+                pass
+            finally:
+                _close_tracking(tracking)
         return {}, self._with_failures(self._checked(reduced), fanout)
 
     def _checked(self, reduced: Any) -> State:
