@@ -17,6 +17,7 @@ from fanwise.cli._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_STOPPED,
+    EXIT_USAGE,
     CliError,
     add_db,
     add_json,
@@ -49,6 +50,11 @@ def add_parsers(commands: Any) -> None:
     show.add_argument("app_id", metavar="ID")
     add_partition_key(show)
     add_db(show)
+    show.add_argument(
+        "--usage", action="store_true",
+        help="also sum the usage its children logged (tokens, cost, p50/p95 latency, cache "
+             "hits): reads every child's row",
+    )
     show.set_defaults(run=_show)
 
     children = commands.add_parser("children", help="a fan-out's children, paged")
@@ -155,11 +161,12 @@ def _show(args: argparse.Namespace) -> int:
     with open_index(args) as index:
         row = _app(index, args)
         steps = index.fanout_steps(row.app_id, row.partition_key)
+        usage = _children_usage(index, row) if args.usage else None
     store = _store_view(args, row) if args.db else None
     failed = row.status == "failed" or any(step.counts.get("failed") for step in steps)
     if args.json:
         print_json({"app": row.as_dict(), "fanouts": [step.as_dict() for step in steps],
-                    "store": store})
+                    "store": store, "children_usage": usage})
         return EXIT_FAILED if failed else EXIT_OK
     key = f" (partition key {row.partition_key!r})" if row.partition_key else ""
     print(f"app {row.app_id}{key}")
@@ -177,9 +184,37 @@ def _show(args: argparse.Namespace) -> int:
     for step in steps:
         print(f"  fan-out at step {step.sequence_id}: {step.total:,} children: "
               f"{_fanout_text(step)}")
+    if usage is not None:
+        print(f"  children usage  {_usage_text(usage)}")
     if store is not None:
         print(f"  store        {_store_text(store)}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _children_usage(index: RunIndex, row: AppRow) -> dict[str, Any]:
+    """What the app's children logged as usage, summed (`fanwise.llm.summarize`)."""
+    try:
+        from fanwise.llm.usage import summarize
+    except ImportError as exc:
+        raise CliError(f"--usage needs the llm extra: pip install 'fanwise[llm]' ({exc})",
+                       EXIT_USAGE) from None
+    summary = summarize(index, row.app_id, row.partition_key)
+    return {"children": summary.children, "totals": summary.totals,
+            "latency_p50": summary.latency_p50, "latency_p95": summary.latency_p95,
+            "cache_hit_rate": summary.cache_hit_rate}
+
+
+def _usage_text(usage: dict[str, Any]) -> str:
+    if not usage["children"]:
+        return "none logged"
+    totals = ", ".join(f"{k}={v:g}" for k, v in sorted(usage["totals"].items()))
+    parts = [f"{usage['children']:,} children", totals]
+    if usage["latency_p50"] is not None:
+        parts.append(f"latency p50 {usage['latency_p50']:.3f} s, p95 "
+                     f"{usage['latency_p95']:.3f} s")
+    if usage["cache_hit_rate"] is not None:
+        parts.append(f"cache hits {usage['cache_hit_rate']:.0%}")
+    return "; ".join(parts)
 
 
 def _fanout_text(step: FanoutStep) -> str:

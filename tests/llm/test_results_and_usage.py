@@ -96,3 +96,18 @@ def test_usage_is_summed_per_fan_out_with_latency_percentiles(tmp_path):
     assert summary.cache_hit_rate == 0.5
     assert summary.latency_p50 == pytest.approx(1.0) and summary.latency_p95 == \
         pytest.approx(1.9)
+
+
+def test_fanwise_show_usage_sums_what_the_children_logged(tmp_path, capsys):
+    import json
+
+    from fanwise.cli.main import main
+
+    _run(tmp_path, 10)
+    reads = ["--tracking", str(tmp_path / "tracking"), "--project", "exp"]
+    assert main(["show", "sweep", *reads, "--usage", "--json"]) == 0
+    usage = json.loads(capsys.readouterr().out)["children_usage"]
+    assert usage["children"] == 10 and usage["totals"]["prompt_tokens"] == 10 * sum(range(10))
+    assert usage["cache_hit_rate"] == 0.5
+    assert main(["show", "sweep", *reads, "--usage"]) == 0
+    assert "children usage  10 children" in capsys.readouterr().out
