@@ -32,6 +32,9 @@ from fanwise.llm._slots import (
 from fanwise.llm._stores import PostgresStateStore, SQLiteStateStore, shown_dsn, wall_ms
 from pyrate_limiter import GCRA, Decision, Duration, InMemoryStateStore, Rate, StateStore
 
+_SCALE = 1000
+"""Minutes per Rate interval (see `Budget._rate`)."""
+
 
 class _Reserving(GCRA):
     """pyrate-limiter's GCRA, reserving instead of refusing: an arrival that does not fit
@@ -217,10 +220,11 @@ class Budget:
     def _rate(self, per_minute: float | None) -> Rate | None:
         if per_minute is None:
             return None
-        # integer units per minute; a burst of `burst_seconds` of the rate (at least 1)
-        limit = max(1, round(per_minute))
+        # a Rate's limit is an integer: per 1,000 minutes, so that a rate such as 1.5 per
+        # minute is not rounded up; a burst of `burst_seconds` of the rate (at least 1)
+        limit = max(1, round(per_minute * _SCALE))
         burst = max(1, math.floor(per_minute * self.burst_seconds / 60))
-        return Rate(limit, Duration.MINUTE, burst=burst)
+        return Rate(limit, Duration.MINUTE * _SCALE, burst=burst)
 
     def _checked_tokens(self, tokens: int) -> int:
         if not isinstance(tokens, int) or tokens < 0:

@@ -326,3 +326,14 @@ def test_a_repr_never_shows_a_password(dsn):
     assert "s3cret" not in repr(Budget(max_in_flight=1, store=dsn))
     assert "s3cret" not in repr(CallCache(dsn))
     assert "db.example/x" in repr(Budget(max_in_flight=1, store=dsn))
+
+
+def test_a_fractional_rate_is_not_rounded_up():
+    from fanwise.llm._stores import wall_ms
+
+    budget = Budget(requests_per_minute=1.5)  # one request per 40 s
+    store, rate = budget._request_store, budget._requests
+    now = wall_ms()
+    first = store.check(budget._algorithm, [rate], now, 1).retry_after_ms
+    second = store.check(budget._algorithm, [rate], now, 1).retry_after_ms
+    assert first == 0 and 39_900 <= second <= 40_100
