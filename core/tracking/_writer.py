@@ -1,11 +1,14 @@
 """Tracking of a fan-out's in-process children, written by one thread per fan-out.
 
-    child threads / event loop ──records──▶ TrackingWriter queue ──one thread──▶ files
-                                                       ▲
-    GroupCommit (before each batch of rows) ──flushed()┘   fan-out end ──close()
+    child threads / event loop ──hook calls──▶ TrackingWriter queue ──one thread──▶ files
+                                                          ▲
+    GroupCommit (before each batch of rows) ──flushed()───┘   fan-out end ──close()
 
-Children on threads or asyncio build their records themselves (on their thread: errors in
-a record surface there), and hand the file writes to the fan-out's `TrackingWriter`. Many
+Children on threads or asyncio hand their step and create hooks, with the times of the
+calls, to the fan-out's `TrackingWriter`, whose thread builds the records and writes them
+(an error there, such as a folder of another partition key, fails the fan-out's next
+commit); span, attribute and stream hooks build their records on the child's thread and
+queue the writes, in call order. Many
 threads creating folders and appending to one parent's `children.jsonl` at once made the
 kernel serialise them (sys time per child 4-5x that of the same writes from one thread),
 and on asyncio every write stalled the loop: the threads and async "+ SQLite + tracking"
