@@ -96,7 +96,8 @@ def create_app(project: str | None, storage_dir: str = "~/.fanwise", *,
         drawing = _graph.layout(graph, current) if graph else None
         return page(request, "app.html", project=project, live=live, row=live.row,
                     pk=pk, since=snapshot_id(versions), drawing=drawing, steps=live.steps,
-                    last_step=live.steps[-1] if live.steps else None)
+                    last_step=live.steps[-1] if live.steps else None,
+                    usage=_children_usage(index, live.row) if live.bars else None)
 
     @app.get("/p/{project}/a/{app_id}/events", name="app_events")
     async def app_events(request: Request, project: str, app_id: str, pk: str | None = None,
@@ -244,3 +245,15 @@ def _href(context: Any, name: str, **params: Any) -> str:
 def _short(app_id: str) -> str:
     """A long (sha256) child id cut for a table cell; the full id is in its link."""
     return app_id if len(app_id) <= 24 else f"{app_id[:12]}…{app_id[-6:]}"
+
+
+def _children_usage(index: Any, row: Any) -> Any:
+    """What the app's children logged as usage, summed (`fanwise.llm.summarize`), on the
+    page as it loads (it reads every child's row, so live updates leave it out); None when
+    none logged any, or without the llm extra."""
+    try:
+        from fanwise.llm.usage import summarize
+    except ImportError:
+        return None
+    summary = summarize(index, row.app_id, row.partition_key)
+    return summary if summary.children else None

@@ -111,3 +111,23 @@ def test_fanwise_show_usage_sums_what_the_children_logged(tmp_path, capsys):
     assert usage["cache_hit_rate"] == 0.5
     assert main(["show", "sweep", *reads, "--usage"]) == 0
     assert "children usage  10 children" in capsys.readouterr().out
+
+
+def test_the_ui_app_page_shows_the_usage_the_children_logged(tmp_path):
+    pytest.importorskip("fastapi")
+    import asyncio
+
+    import httpx
+    from fanwise.ui import create_app
+
+    _run(tmp_path, 10)
+
+    async def fetch():
+        transport = httpx.ASGITransport(app=create_app("exp", str(tmp_path / "tracking")))
+        async with httpx.AsyncClient(transport=transport, base_url="http://ui") as client:
+            return await client.get("/p/exp/a/sweep")
+
+    page = asyncio.run(fetch())
+    assert page.status_code == 200
+    assert "Children&#39;s usage" in page.text or "Children's usage" in page.text
+    assert "10 children logged usage" in page.text and "cache hits 50%" in page.text
