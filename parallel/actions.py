@@ -28,6 +28,7 @@ from fanwise.core.protocols import (
     conforms,
 )
 from fanwise.core.state import State
+from fanwise.core.tracking._records import FANOUT_TOTAL
 from fanwise.executors.protocols import ElasticExecutor, traits_of
 from fanwise.parallel._channel import AsyncChannel, Channel
 from fanwise.parallel._plan import PlanConfig
@@ -384,10 +385,6 @@ class TaskBasedParallelAction(Action):
         raise ChildrenFailedError(
             self.name, [r.failure(self.name) for r in failed], [r.outcome() for r in failed]
         )
-
-
-FANOUT_TOTAL = "fanwise.fanout_total"
-"""The attribute a fan-out's parent step records: how many children it plans."""
 
 
 def _close_tracking(tracker: FlushingTracker | None) -> None:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from fanwise.core.tracking._records import FANOUT_TOTAL
 from fanwise.core.tracking.local import (
     EARLIER_PARTITION_PREFIX,
     GRAPH_FILE,
@@ -19,7 +20,6 @@ from fanwise.core.tracking.local import (
     PARTITION_PREFIX,
     partition_folder,
 )
-from fanwise.parallel.actions import FANOUT_TOTAL
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 CHILD_FIELDS = ("child_app_id", "sequence_id", "partition_key", "created_at")
 """The fields of a children.jsonl entry that `LocalTrackingClient.children` returns."""
+FANOUT_TOTAL = "fanwise.fanout_total"
+"""The attribute a fan-out's parent step records: how many children it plans (the UI's
+ETA reads it from the parent's log)."""
 SPAWN = "spawn_start"
 FORK = "fork"
 
