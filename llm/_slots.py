@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
 from typing import Any, Protocol
 
-from fanwise.llm._stores import check_table, create_postgres_table, wall_ms
+from fanwise.llm._stores import TableConnections, wall_ms
 
 _POLL = (0.002, 0.05)
 """First and longest pause between tries for a shared slot (seconds)."""
@@ -73,32 +72,28 @@ class LocalSlots:
 class SharedSlots:
     """N slots as rows of a SQLite or PostgreSQL table, leased for `timeout` seconds."""
 
-    def __init__(self, connect: Any, key: str, count: int, timeout: float,
-                 table: str = "fanwise_budget_slots", paramstyle: str = "?") -> None:
-        self._connect = connect
+    def __init__(self, where: str, key: str, count: int, timeout: float,
+                 table: str = "fanwise_budget_slots") -> None:
         self.key, self.count, self.timeout = key, count, timeout
-        self.table = check_table(table)
-        self._p = paramstyle
-        self._local = threading.local()
+        self._db = TableConnections(
+            where, table,
+            "key TEXT, slot INTEGER, holder TEXT, expires BIGINT, PRIMARY KEY (key, slot)",
+            seed=self._seed,
+        )
+        self.table, self._p = self._db.table, self._db.mark
+
+    def _seed(self, connection: Any) -> None:
+        """The key's free slots, once a connection has made the table."""
+        p = self._p
+        for slot in range(self.count):
+            connection.execute(
+                f"INSERT INTO {self.table} (key, slot, holder, expires) "
+                f"VALUES ({p}, {p}, NULL, 0) ON CONFLICT (key, slot) DO NOTHING",
+                (self.key, slot),
+            )
 
     def _connection(self) -> Any:
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
-            connection = self._connect()
-            p = self._p
-            columns = "key TEXT, slot INTEGER, holder TEXT, expires BIGINT, PRIMARY KEY (key, slot)"
-            if p == "%s":
-                create_postgres_table(connection, self.table, columns)
-            else:
-                connection.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({columns})")
-            for slot in range(self.count):
-                connection.execute(
-                    f"INSERT INTO {self.table} (key, slot, holder, expires) "
-                    f"VALUES ({p}, {p}, NULL, 0) ON CONFLICT (key, slot) DO NOTHING",
-                    (self.key, slot),
-                )
-            self._local.connection, self._local.pid = connection, os.getpid()
-        return connection
+        return self._db.get()
 
     def try_take(self) -> str | None:
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -150,41 +145,3 @@ class SharedSlots:
             f"UPDATE {self.table} SET holder = NULL, expires = 0 WHERE key = {p} AND "
             f"holder = {p}", (self.key, holder),
         )
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_local"}
-
-    def __setstate__(self, data: dict[str, Any]) -> None:
-        self.__dict__.update(data)
-        self._local = threading.local()
-
-
-def sqlite_connector(path: str) -> Any:
-    """A picklable connect() for `SharedSlots` on a SQLite file."""
-    return _SQLiteConnect(os.path.abspath(os.path.expanduser(path)))
-
-
-class _SQLiteConnect:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __call__(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                     check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        return connection
-
-
-class _PostgresConnect:
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-
-    def __call__(self) -> Any:
-        import psycopg
-
-        return psycopg.connect(self.dsn, autocommit=True)
-
-
-def postgres_connector(dsn: str) -> Any:
-    """A picklable connect() for `SharedSlots` on PostgreSQL."""
-    return _PostgresConnect(dsn)

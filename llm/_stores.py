@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from pyrate_limiter import Decision, Rate, StateAlgorithm, StateStore
@@ -51,6 +52,67 @@ def create_postgres_table(connection: Any, table: str, columns: str) -> None:
         connection.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
 
 
+def is_postgres(where: str) -> bool:
+    return where.startswith(("postgresql://", "postgres://"))
+
+
+class TableConnections:
+    """One connection per thread and process to a SQLite file (WAL) or a PostgreSQL DSN,
+    whose `table` (of `columns`) is created on its first use there; `seed(connection)`
+    runs then too. Pickles as its settings: a connection does not travel."""
+
+    def __init__(self, where: str, table: str, columns: str,
+                 seed: Callable[[Any], None] | None = None) -> None:
+        self.postgres = is_postgres(where)
+        self.where = where if self.postgres else os.path.abspath(os.path.expanduser(where))
+        self.table = check_table(table)
+        self.columns = columns
+        self.mark = "%s" if self.postgres else "?"
+        """The database's parameter placeholder."""
+        self._seed = seed
+        self._local = threading.local()
+
+    def get(self) -> Any:
+        local = self._local
+        connection = getattr(local, "connection", None)
+        if (connection is None or local.pid != os.getpid()
+                or (self.postgres and connection.closed)):
+            connection = self._open()
+            local.connection, local.pid = connection, os.getpid()
+        return connection
+
+    def _open(self) -> Any:
+        if self.postgres:
+            import psycopg
+
+            connection = psycopg.connect(self.where, autocommit=True)
+            create_postgres_table(connection, self.table, self.columns)
+        else:
+            connection = sqlite3.connect(self.where, timeout=_BUSY_MS / 1000,
+                                         isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({self.columns})")
+        if self._seed is not None:
+            self._seed(connection)
+        return connection
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+        self._local = threading.local()
+
+
+_STATE_COLUMNS = "key TEXT PRIMARY KEY, state TEXT"
+
+
 class SQLiteStateStore(StateStore):
     """One key's limiter state in a SQLite file (WAL): shared by the processes of a machine.
 
@@ -60,22 +122,11 @@ class SQLiteStateStore(StateStore):
     is_async = False
 
     def __init__(self, path: str, key: str, table: str = "fanwise_budget") -> None:
-        self.path = os.path.abspath(os.path.expanduser(path))
-        self.key = key
-        self.table = check_table(table)
-        self._local = threading.local()
+        self._db = TableConnections(path, table, _STATE_COLUMNS)
+        self.path, self.key, self.table = self._db.where, key, self._db.table
 
     def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None or getattr(self._local, "pid", None) != os.getpid():
-            connection = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000,
-                                         isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT PRIMARY KEY, state TEXT)"
-            )
-            self._local.connection, self._local.pid = connection, os.getpid()
-        return connection
+        return self._db.get()
 
     def check(self, algorithm: StateAlgorithm, rates: list[Rate], now: int,
               weight: int) -> Decision:
@@ -109,16 +160,7 @@ class SQLiteStateStore(StateStore):
         self._connection().execute(f"DELETE FROM {self.table} WHERE key = ?", (self.key,))
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "key": self.key, "table": self.table}
-
-    def __setstate__(self, data: dict[str, Any]) -> None:
-        self.__init__(data["path"], data["key"], data["table"])  # type: ignore[misc]
+        self._db.close()
 
 
 class PostgresStateStore(StateStore):
@@ -128,20 +170,11 @@ class PostgresStateStore(StateStore):
     is_async = False
 
     def __init__(self, dsn: str, key: str, table: str = "fanwise_budget") -> None:
-        self.dsn = dsn
-        self.key = key
-        self.table = check_table(table)
-        self._local = threading.local()
+        self._db = TableConnections(dsn, table, _STATE_COLUMNS)
+        self.dsn, self.key, self.table = dsn, key, self._db.table
 
     def _connection(self) -> Any:
-        connection = getattr(self._local, "connection", None)
-        if connection is None or connection.closed or self._local.pid != os.getpid():
-            import psycopg
-
-            connection = psycopg.connect(self.dsn, autocommit=True)
-            create_postgres_table(connection, self.table, "key TEXT PRIMARY KEY, state TEXT")
-            self._local.connection, self._local.pid = connection, os.getpid()
-        return connection
+        return self._db.get()
 
     def check(self, algorithm: StateAlgorithm, rates: list[Rate], now: int,
               weight: int) -> Decision:
@@ -176,12 +209,4 @@ class PostgresStateStore(StateStore):
         self._connection().execute(f"DELETE FROM {self.table} WHERE key = %s", (self.key,))
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"dsn": self.dsn, "key": self.key, "table": self.table}
-
-    def __setstate__(self, data: dict[str, Any]) -> None:
-        self.__init__(data["dsn"], data["key"], data["table"])  # type: ignore[misc]
+        self._db.close()

@@ -22,14 +22,14 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fanwise.llm._slots import (
-    LocalSlots,
-    SharedSlots,
-    Slots,
-    postgres_connector,
-    sqlite_connector,
+from fanwise.llm._slots import LocalSlots, SharedSlots, Slots
+from fanwise.llm._stores import (
+    PostgresStateStore,
+    SQLiteStateStore,
+    is_postgres,
+    shown_dsn,
+    wall_ms,
 )
-from fanwise.llm._stores import PostgresStateStore, SQLiteStateStore, shown_dsn, wall_ms
 from pyrate_limiter import GCRA, Decision, Duration, InMemoryStateStore, Rate, StateStore
 
 _SCALE = 1000
@@ -237,7 +237,7 @@ class Budget:
         key = f"{self.name}:{what}"
         if self.store == "memory":
             return InMemoryStateStore()
-        if self.store.startswith(("postgresql://", "postgres://")):
+        if is_postgres(self.store):
             return PostgresStateStore(self.store, key)
         return SQLiteStateStore(self.store, key)
 
@@ -245,11 +245,7 @@ class Budget:
         key = f"{self.name}:in_flight"
         if self.store == "memory":
             return LocalSlots(self.max_in_flight)
-        if self.store.startswith(("postgresql://", "postgres://")):
-            return SharedSlots(postgres_connector(self.store), key, self.max_in_flight,
-                               self.slot_timeout, paramstyle="%s")
-        return SharedSlots(sqlite_connector(self.store), key, self.max_in_flight,
-                           self.slot_timeout)
+        return SharedSlots(self.store, key, self.max_in_flight, self.slot_timeout)
 
     def __getstate__(self) -> dict[str, Any]:
         if self.store == "memory":

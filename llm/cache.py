@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import sqlite3
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from fanwise.llm._stores import check_table, create_postgres_table, shown_dsn
+from fanwise.llm._stores import TableConnections, shown_dsn
 
 
 def canonical(request: Mapping[str, Any]) -> str:
@@ -56,13 +54,12 @@ class CallCache:
     `misses` count this process's lookups."""
 
     def __init__(self, store: str, table: str = "fanwise_llm_calls") -> None:
-        self.store = str(store)
-        self.table = check_table(table)
-        self._is_postgres = self.store.startswith(("postgresql://", "postgres://"))
-        if not self._is_postgres:
-            self.store = os.path.abspath(os.path.expanduser(self.store))
-        self._p = "%s" if self._is_postgres else "?"
-        self._local = threading.local()
+        self._db = TableConnections(
+            str(store), table,
+            "key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL",
+        )
+        self.store, self.table = self._db.where, self._db.table
+        self._is_postgres, self._p = self._db.postgres, self._db.mark
         self._flights: dict[str, threading.Lock] = {}
         self._aflights: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
@@ -170,21 +167,7 @@ class CallCache:
             return lock
 
     def _connection(self) -> Any:
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
-            columns = "key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL"
-            if self._is_postgres:
-                import psycopg
-
-                connection = psycopg.connect(self.store, autocommit=True)
-                create_postgres_table(connection, self.table, columns)
-            else:
-                connection = sqlite3.connect(self.store, timeout=30, isolation_level=None,
-                                             check_same_thread=False)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({columns})")
-            self._local.connection, self._local.pid = connection, os.getpid()
-        return connection
+        return self._db.get()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"store": self.store, "table": self.table}

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from fanwise.llm import Budget, CallCache
-from fanwise.llm._slots import SharedSlots, postgres_connector
+from fanwise.llm._slots import SharedSlots
 from fanwise.llm._stores import PostgresStateStore, SQLiteStateStore
 from pyrate_limiter import GCRA, Duration, Rate
 
@@ -115,8 +115,7 @@ def _peak_in_flight(take, give_back, threads=8, calls=30):
 
 def test_calls_in_flight_on_postgres_never_exceed_max_in_flight(postgres_table):
     dsn, table = postgres_table
-    slots = SharedSlots(postgres_connector(dsn), "k", 2, 60.0, table=f"{table}_slots",
-                        paramstyle="%s")
+    slots = SharedSlots(dsn, "k", 2, 60.0, table=f"{table}_slots")
     slots.give_back(slots.take())  # the table exists before the threads compete
     # a taker that waited on another's row lock must not take the slot it just lost
     assert _peak_in_flight(slots.take, slots.give_back) == 2
@@ -131,8 +130,7 @@ def test_tables_on_postgres_are_created_by_many_first_users_at_once(postgres_tab
         start.wait()
         try:
             if what == "slots":
-                slots = SharedSlots(postgres_connector(dsn), "k", 3, 60.0,
-                                    table=f"{table}_slots", paramstyle="%s")
+                slots = SharedSlots(dsn, "k", 3, 60.0, table=f"{table}_slots")
                 slots.give_back(slots.take())
             elif what == "state":
                 PostgresStateStore(dsn, "k", table).check(GCRA(), [rate], 0, 1)
