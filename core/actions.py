@@ -299,6 +299,25 @@ class _FunctionActionMixin:
     _writes: list[str]
     _tags: list[str]
 
+    _is_async_function: Callable[[Any], bool]
+    """How the kind tells an async function of its own (a coroutine or an async generator)."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        reads: list[str],
+        writes: list[str],
+        bound_params: dict[str, Any] | None = None,
+        *,
+        originating_fn: Callable[..., Any] | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        self._init_function(fn, reads, writes, bound_params, originating_fn, tags)
+        self._is_async = self._is_async_function(fn)
+
+    def is_async(self) -> bool:
+        return self._is_async
+
     def _init_function(
         self,
         fn: Callable[..., Any],
@@ -394,22 +413,7 @@ class FunctionBasedAction(_FunctionActionMixin, SingleStepAction):
     """An action made from `def f(state, **inputs) -> State | tuple[dict, State]`."""
 
     ACTION_FUNCTION = ACTION_FUNCTION
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        reads: list[str],
-        writes: list[str],
-        bound_params: dict[str, Any] | None = None,
-        *,
-        originating_fn: Callable[..., Any] | None = None,
-        tags: list[str] | None = None,
-    ) -> None:
-        self._init_function(fn, reads, writes, bound_params, originating_fn, tags)
-        self._is_async = inspect.iscoroutinefunction(fn)
-
-    def is_async(self) -> bool:
-        return self._is_async
+    _is_async_function = staticmethod(inspect.iscoroutinefunction)
 
     def run_and_update(self, state: State, **run_kwargs: Any) -> Any:
         return self._fn(state, **self._bound, **run_kwargs)

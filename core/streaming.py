@@ -209,21 +209,7 @@ def _no_final_state(action: Action) -> GraphError:
 class FunctionBasedStreamingAction(_FunctionActionMixin, SingleStepStreamingAction):
     """A streaming action made from a generator function (`@streaming_action`)."""
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        reads: list[str],
-        writes: list[str],
-        bound_params: dict[str, Any] | None = None,
-        *,
-        originating_fn: Callable[..., Any] | None = None,
-        tags: list[str] | None = None,
-    ) -> None:
-        self._init_function(fn, reads, writes, bound_params, originating_fn, tags)
-        self._is_async = inspect.isasyncgenfunction(fn)
-
-    def is_async(self) -> bool:
-        return self._is_async
+    _is_async_function = staticmethod(inspect.isasyncgenfunction)
 
     def stream_run_and_update(self, state: State, **run_kwargs: Any) -> Any:
         return self._fn(state, **self._bound, **run_kwargs)
