@@ -205,6 +205,18 @@ def died_here(host: str, pid: int) -> bool:
         return False
 
 
+def broken(info: LeaseInfo | None, app_id: str, force: bool,
+           drop: Callable[[int], bool]) -> LeaseInfo | None:
+    """`break_lease` of every store: a live lease is broken only with `force` (else
+    `AppLockedError` naming its holder); `drop(generation)` removes the row if that lease
+    still holds it. The lease broken, or None (there was none, or it changed hands)."""
+    if info is None:
+        return None
+    if info.live and not force:
+        raise AppLockedError(app_id, info.holder())
+    return info if drop(info.generation) else None
+
+
 def retry(take: Callable[[], T], wait: float) -> T:
     """`take()`, asked again every `POLL_SECONDS` while it raises `AppLockedError`, for `wait` s."""
     deadline = time.monotonic() + wait

@@ -317,17 +317,15 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         holder's later writes are refused (`LeaseLostError`). A live lease (`LeaseInfo.live`)
         is broken only with `force=True` (else `AppLockedError` naming its holder).
         Returns the lease broken, or None if there was none."""
-        info = self.lease_info(partition_key, app_id)
-        if info is None:
-            return None
-        if info.live and not force:
-            raise AppLockedError(app_id, info.holder())
-        mine = [_rows.stored_partition_key(partition_key, self._source(), app_id), app_id,
-                info.generation]
-        dropped = self._on_lease_table(
-            lambda connection: connection.execute(self._sql_lease_drop, mine).rowcount
-        )
-        return info if dropped else None  # else it changed hands meanwhile
+        slot = [_rows.stored_partition_key(partition_key, self._source(), app_id), app_id]
+
+        def drop(generation: int) -> bool:
+            return bool(self._on_lease_table(
+                lambda connection: connection.execute(
+                    self._sql_lease_drop, [*slot, generation]).rowcount
+            ))
+
+        return _leases.broken(self.lease_info(partition_key, app_id), app_id, force, drop)
 
     def acquire_lease(self, partition_key: str | None, app_id: str, wait: float = 0) -> Lease:
         """Hold `app_id` for this thread by a row of `<table_name>_lease` with a fresh
