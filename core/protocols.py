@@ -6,7 +6,7 @@ get them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -64,6 +64,22 @@ class StateLoader(Protocol):
     ) -> dict[str, PersistedStateData] | Awaitable[dict[str, PersistedStateData]]: ...
 
     def is_async(self) -> bool: ...
+
+
+@runtime_checkable
+class ChildLoader(Protocol):
+    """A loader that keeps fan-out children by slot (`ChildSlot`): `load_children` reads
+    the latest saved step of the children at `ids` (position -> child app id) of one
+    parent step in one range scan. Children whose saved app id differs from `ids` count
+    as not saved."""
+
+    def load_children(
+        self,
+        partition_key: str | None,
+        parent_app_id: str,
+        parent_sequence_id: int,
+        ids: Mapping[int, str],
+    ) -> dict[str, PersistedStateData] | Awaitable[dict[str, PersistedStateData]]: ...
 
 
 @runtime_checkable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -12,7 +13,7 @@ from typing import Any, Self
 from fanwise.core import serde
 from fanwise.core.errors import CorruptStateError, LeaseLostError, StateSerialisationError
 from fanwise.core.persistence import _leases
-from fanwise.core.persistence.base import Fence, PersistedStateData, SaveRow
+from fanwise.core.persistence.base import ChildSlot, Fence, PersistedStateData, SaveRow
 from fanwise.core.secret import find_secret
 from fanwise.core.state import State
 
@@ -43,6 +44,61 @@ rows an earlier version saved with `""` read back as apps without a partition ke
 
 LEASE_SUFFIX = "_lease"
 """The lease table of table `t` is `t_lease`."""
+FANOUT_SUFFIX = "_fanout"
+"""`t_fanout`: one row per parent step that saved children (its integer id numbers them)."""
+CHILD_SUFFIX = "_child"
+"""`t_child`: the steps of fan-out children, keyed by (fan-out, position, sequence id), so
+that a fan-out's rows are written and read back in key order (see docs/storage.md)."""
+CHILD_ID_SUFFIX = "_child_id"
+"""`t_child_id` (SQLite): child id key -> (fan-out, position), merged in sorted batches."""
+META_SUFFIX = "_meta"
+"""`t_meta`: the layout's settings (whether `t` may hold children of an older layout)."""
+COMPANION_SUFFIXES = {
+    LEASE_SUFFIX: "lease",
+    FANOUT_SUFFIX: "fan-out",
+    CHILD_SUFFIX: "child",
+    CHILD_ID_SUFFIX: "child id",
+    META_SUFFIX: "meta",
+}
+"""The tables that go with table `t`, named `t` + suffix, and what each is called in errors."""
+_LONGEST_SUFFIX = max(len(suffix) for suffix in COMPANION_SUFFIXES)
+
+CREATE_FANOUT_TABLE = (
+    "CREATE TABLE IF NOT EXISTS {table} (fanout {serial} PRIMARY KEY,"
+    " partition_key TEXT NOT NULL, parent_app_id TEXT NOT NULL,"
+    " parent_sequence_id INTEGER NOT NULL, created_at TEXT NOT NULL,"
+    " UNIQUE (partition_key, parent_app_id, parent_sequence_id))"
+)
+CHILD_COLUMNS = (
+    "fanout",
+    "child",
+    "sequence_id",
+    "id_key",
+    "app_id",
+    "position",
+    "state",
+    "status",
+    "created_at",
+    "meta",
+)
+CREATE_CHILD_TABLE = (
+    "CREATE TABLE IF NOT EXISTS {table} (fanout BIGINT NOT NULL, child BIGINT NOT NULL,"
+    " sequence_id INTEGER NOT NULL, id_key BIGINT NOT NULL, app_id TEXT NOT NULL,"
+    " position TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL,"
+    " created_at TEXT NOT NULL, meta TEXT, PRIMARY KEY (fanout, child, sequence_id))"
+)
+CREATE_META_TABLE = "CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+LEGACY_CHILDREN = "legacy_children"
+"""Meta key: "1" when `t` was made before children had their own table (it may hold
+children, which resume then also looks for there)."""
+
+ChildRow = tuple[int, int, int, int, str, str, str, str, str, str | None]
+"""A `t_child` row in `CHILD_COLUMNS` order."""
+
+
+def id_key(app_id: str) -> int:
+    """The 56-bit key a child id is looked up by (a hash: child ids may be any string)."""
+    return int.from_bytes(hashlib.blake2b(app_id.encode(), digest_size=7).digest(), "big")
 
 Row = tuple[str, str, int, str, str, str, str, str | None]
 
@@ -54,18 +110,19 @@ def check_table_name(name: str, max_bytes: int | None = None) -> str:
     with `max_bytes`, whose lease table name fits in that many bytes; else a `ValueError`."""
     if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise ValueError(f"invalid table name {name!r}: it must match [A-Za-z_][A-Za-z0-9_]*")
-    if name.lower().endswith(LEASE_SUFFIX):  # SQLite's names ignore case
-        raise ValueError(
-            f"table name {name!r} ends in {LEASE_SUFFIX!r}, which names the lease table of "
-            f"{name[: -len(LEASE_SUFFIX)]!r}: choose a name that does not end in {LEASE_SUFFIX!r}"
-        )
-    limit = None if max_bytes is None else max_bytes - len(LEASE_SUFFIX)
+    for suffix, kind in COMPANION_SUFFIXES.items():
+        if name.lower().endswith(suffix):  # SQLite's names ignore case
+            raise ValueError(
+                f"table name {name!r} ends in {suffix!r}, which names the {kind} table of "
+                f"{name[: -len(suffix)]!r}: choose a name that does not end in {suffix!r}"
+            )
+    limit = None if max_bytes is None else max_bytes - _LONGEST_SUFFIX
     if limit is not None and len(name.encode()) > limit:
         raise ValueError(
             f"table name {name!r} is {len(name.encode())} bytes: the store keeps only the first "
-            f"{max_bytes} bytes of a name, and its lease table {name + LEASE_SUFFIX!r} needs "
-            f"{len(LEASE_SUFFIX)} more, so names that differ later would share a table; use at "
-            f"most {limit} bytes"
+            f"{max_bytes} bytes of a name, and its companion table {name + CHILD_ID_SUFFIX!r} "
+            f"needs {_LONGEST_SUFFIX} more, so names that differ later would share a table; "
+            f"use at most {limit} bytes"
         )
     return name
 
@@ -148,29 +205,9 @@ def _secret_problem(state: State) -> str | None:
     return None
 
 
-def encode_rows(
-    source: str, rows: Iterable[SaveRow], serde_kwargs: Mapping[str, Any] | None = None
-) -> list[Row]:
-    """`encode_row` for each row of a `save_many` call."""
-    return [
-        encode_row(
-            source,
-            row["partition_key"],
-            row["app_id"],
-            row["sequence_id"],
-            row["position"],
-            row["state"],
-            row["status"],
-            row.get("meta"),
-            serde_kwargs,
-        )
-        for row in rows
-    ]
-
-
 class RowSaver:
     """`save` and `save_many` for persisters that store encoded rows: they implement
-    `_write(rows)`, which must write all of them in one transaction (refusing them all
+    `_write(rows, children)`, which must write all of them in one transaction (refusing them all
     when `fence` no longer holds its slot), `_source()`, the store's name in errors, and
     keep `fence` in their copies and pickles."""
 
@@ -227,23 +264,38 @@ class RowSaver:
         state: State,
         status: str,
         meta: dict[str, Any] | None = None,
+        child_of: ChildSlot | None = None,
         **kwargs: Any,
     ) -> None:
-        self._write(
-            [
-                encode_row(
-                    self._source(), partition_key, app_id, sequence_id, position, state,
-                    status, meta, self.serde_kwargs,
-                )
-            ]
+        row = encode_row(
+            self._source(), partition_key, app_id, sequence_id, position, state, status,
+            meta, self.serde_kwargs,
         )
+        if child_of is None:
+            self._write([row], [])
+        else:
+            self._write([], [(child_of, row)])
 
     def save_many(self, rows: Iterable[SaveRow]) -> None:
-        encoded = encode_rows(self._source(), rows, self.serde_kwargs)
-        if encoded:
-            self._write(encoded)
+        source, kwargs = self._source(), self.serde_kwargs
+        apps: list[Row] = []
+        children: list[tuple[ChildSlot, Row]] = []
+        for row in rows:
+            encoded = encode_row(
+                source, row["partition_key"], row["app_id"], row["sequence_id"],
+                row["position"], row["state"], row["status"], row.get("meta"), kwargs,
+            )
+            slot = row.get("child_of")
+            if slot is None:
+                apps.append(encoded)
+            else:
+                children.append((slot, encoded))
+        if apps or children:
+            self._write(apps, children)
 
-    def _write(self, rows: list[Row]) -> None:
+    def _write(self, rows: list[Row], children: list[tuple[ChildSlot, Row]]) -> None:
+        """Write `rows` to the main table and `children` (fan-out children, by slot) to the
+        child table, all in one transaction."""
         raise NotImplementedError
 
     def _source(self) -> str:
@@ -285,3 +337,20 @@ def decode_row(
         status=status,
         meta=meta,
     )
+
+
+def child_row(fanout: int, slot: ChildSlot, row: Row) -> ChildRow:
+    """`row` (a main-table row) as a `t_child` row of fan-out `fanout`."""
+    _, app_id, sequence_id, position, state, status, created_at, meta = row
+    return (fanout, slot.index, sequence_id, id_key(app_id), app_id, position, state, status,
+            created_at, meta)
+
+
+def decode_child_row(
+    row: Sequence[Any], partition_key: str, source: str,
+    serde_kwargs: Mapping[str, Any] | None = None,
+) -> PersistedStateData:
+    """The step stored as `t_child` row `row` (columns from `app_id` on, in `CHILD_COLUMNS`
+    order, after `sequence_id`: app_id, sequence_id, position, state, status, created_at,
+    meta)."""
+    return decode_row((partition_key, *row), source, serde_kwargs)

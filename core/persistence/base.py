@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, Protocol, TypedDict, runtime_checkable
+from typing import Any, Literal, NamedTuple, NotRequired, Protocol, TypedDict, runtime_checkable
 
 from fanwise.core.state import State
 
@@ -30,6 +30,17 @@ class PersistedStateData(TypedDict):
     meta: NotRequired[dict[str, Any] | None]
 
 
+class ChildSlot(NamedTuple):
+    """Where a fan-out child sits: its parent's app id and step, and its position in that
+    step's tasks. Stores that keep children by slot (`SQLitePersister`,
+    `PostgreSQLPersister`) write them in slot order, so a child's cost does not grow with
+    the fan-out's size; the hashed child id stays its public identity."""
+
+    parent_app_id: str
+    parent_sequence_id: int
+    index: int
+
+
 class SaveRow(TypedDict):
     """Arguments of one `save` call, for `save_many`."""
 
@@ -40,6 +51,9 @@ class SaveRow(TypedDict):
     state: State
     status: Status
     meta: NotRequired[dict[str, Any] | None]
+    child_of: NotRequired[ChildSlot]
+    """Set on the rows of fan-out children (passed to `save` as a keyword, which stores
+    that do not keep children by slot ignore)."""
 
 
 @dataclass(frozen=True)

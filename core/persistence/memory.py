@@ -101,9 +101,10 @@ class InMemoryPersister(_rows.RowSaver, BaseStatePersister):
             }
         return {app_id: _rows.decode_row(row, self._source()) for app_id, row in latest.items()}
 
-    def _write(self, rows: list[_rows.Row]) -> None:
+    def _write(self, rows: list[_rows.Row], children: list[tuple[Any, _rows.Row]]) -> None:
+        """Children are kept with the other apps (memory has no B-tree to keep in order)."""
         with self._store.lock:
-            for row in rows:
+            for row in (*rows, *(row for _, row in children)):
                 partition_key, app_id, sequence_id = row[:3]
                 self._store.apps.setdefault(partition_key, {}).setdefault(app_id, {})[
                     sequence_id

@@ -19,6 +19,7 @@ from fanwise.core.persistence import _leases, _rows
 from fanwise.core.persistence._serial import SerialConnection
 from fanwise.core.persistence.base import (
     BaseStatePersister,
+    ChildSlot,
     Fence,
     Lease,
     PersistedStateData,
@@ -26,6 +27,15 @@ from fanwise.core.persistence.base import (
 
 _CHUNK = 900
 """App ids per `IN (...)` query of `load_many` (old SQLite builds allow 999 variables)."""
+MERGE_ROWS = 65_536
+"""Child rows written before their ids are merged, sorted, into `t_child_id`. A random
+insert into an index costs 17 µs a row once it holds 1M (SQLite's WAL writes a page per
+touched leaf), a sorted merge 0.6 µs; lookups by child id scan at most this many rows of
+the unmerged tail (the SQLite rows of `benchmarks/scale.py`)."""
+_MERGED = "child_ids_merged"
+"""Meta key: the highest `t_child` rowid whose id is in `t_child_id`."""
+_CHILD_COLUMNS = ", ".join(_rows.CHILD_COLUMNS)
+_CHILD_READ = "app_id, sequence_id, position, state, status, created_at, meta"
 
 _COLUMNS = ", ".join(_rows.COLUMNS)
 
@@ -49,6 +59,12 @@ class _Shared:
     def __init__(self) -> None:
         self.per_thread = _PerThread()
         self.initialized = False
+        self.children = True
+        """Whether the child tables exist (not in an old store opened read-only)."""
+        self.legacy = False
+        """Whether the main table may hold children of the layout before `t_child`."""
+        self.fanouts: dict[tuple[str, str, int], int] = {}
+        """(partition key, parent app id, parent step) -> fan-out id, of committed rows."""
         self.serial: SerialConnection | None = None
         self.lock = threading.Lock()
 
@@ -90,13 +106,9 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         )
         lease = f'"{_rows.lease_table_name(table_name)}"'
         slot = "partition_key = ? AND app_id = ?"
-        # the fence is checked by the statement that writes, under the write lock that
-        # BEGIN IMMEDIATE holds: a takeover commits wholly before or wholly after it
-        self._sql_insert_fenced = (
-            f"INSERT OR REPLACE INTO {table} ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?"
-            f" WHERE EXISTS (SELECT 1 FROM {lease} WHERE {slot} AND generation = ?)"
-        )
+        self._sql_lease_held = f"SELECT 1 FROM {lease} WHERE {slot} AND generation = ?"
         self._sql_select = f"SELECT {_COLUMNS} FROM {table}"
+        self._init_child_sql(table_name)
         # With MAX(), SQLite takes the other (bare) columns from the row holding the maximum.
         self._sql_latest = (
             f"SELECT partition_key, app_id, MAX(sequence_id), position, state, status, created_at,"
@@ -125,6 +137,56 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         mine = f"{slot} AND generation = ?"
         self._sql_lease_renew = f"UPDATE {lease} SET expires_at = ? WHERE {mine}"
         self._sql_lease_drop = f"DELETE FROM {lease} WHERE {mine}"
+
+    def _init_child_sql(self, name: str) -> None:
+        """The statements on the tables of fan-out children (docs/storage.md)."""
+        fanout, child = f'"{name}{_rows.FANOUT_SUFFIX}"', f'"{name}{_rows.CHILD_SUFFIX}"'
+        child_id, meta = f'"{name}{_rows.CHILD_ID_SUFFIX}"', f'"{name}{_rows.META_SUFFIX}"'
+        self._child_tables = tuple(
+            name + suffix for suffix in
+            (_rows.FANOUT_SUFFIX, _rows.CHILD_SUFFIX, _rows.CHILD_ID_SUFFIX, _rows.META_SUFFIX)
+        )
+        self._sql_create_children = (
+            _rows.CREATE_FANOUT_TABLE.format(table=fanout, serial="INTEGER"),
+            _rows.CREATE_CHILD_TABLE.format(table=child),
+            f"CREATE TABLE IF NOT EXISTS {child_id} (id_key INTEGER NOT NULL, fanout INTEGER"
+            " NOT NULL, child INTEGER NOT NULL, PRIMARY KEY (id_key, fanout, child)) WITHOUT ROWID",
+            _rows.CREATE_META_TABLE.format(table=meta),
+        )
+        self._sql_meta_get = f"SELECT value FROM {meta} WHERE key = ?"
+        self._sql_meta_put = f"INSERT OR REPLACE INTO {meta} (key, value) VALUES (?, ?)"
+        self._sql_meta_add = f"INSERT OR IGNORE INTO {meta} (key, value) VALUES (?, ?)"
+        parent = "partition_key = ? AND parent_app_id = ? AND parent_sequence_id = ?"
+        self._sql_fanout_get = f"SELECT fanout FROM {fanout} WHERE {parent}"
+        self._sql_fanout_put = (
+            f"INSERT INTO {fanout} (partition_key, parent_app_id, parent_sequence_id,"
+            " created_at) VALUES (?, ?, ?, ?)"
+        )
+        self._sql_child_insert = (
+            f"INSERT OR REPLACE INTO {child} ({_CHILD_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+        )
+        self._sql_child_top = f"SELECT MAX(rowid) FROM {child}"
+        self._sql_child_merge = (
+            f"INSERT OR IGNORE INTO {child_id} (id_key, fanout, child) SELECT id_key, fanout,"
+            f" child FROM {child} WHERE rowid > ? ORDER BY id_key"
+        )
+        # With MAX(), SQLite takes the other (bare) columns from the row holding the maximum.
+        self._sql_child_range = (
+            f"SELECT child, app_id, MAX(sequence_id), position, state, status, created_at, meta"
+            f" FROM {child} WHERE fanout = ? AND child BETWEEN ? AND ? GROUP BY child"
+        )
+        self._sql_child_slots = (
+            f"SELECT fanout, child FROM {child_id} WHERE id_key IN ({{marks}})"
+            f" UNION SELECT fanout, child FROM {child} WHERE rowid > ? AND app_id IN ({{marks}})"
+        )
+        self._sql_child_at = (
+            f"SELECT {_CHILD_READ} FROM {child} WHERE fanout = ? AND child = ?"
+            " AND fanout IN (SELECT fanout FROM {fanout} WHERE partition_key = ?)"
+        ).replace("{fanout}", fanout)
+        self._sql_child_app_ids = (
+            f"SELECT DISTINCT app_id FROM {child} WHERE fanout IN"
+            f" (SELECT fanout FROM {fanout} WHERE partition_key = ?)"
+        )
 
     def __repr__(self) -> str:
         return f"SQLitePersister({self._db_path!r}, table_name={self._table_name!r})"
@@ -166,9 +228,10 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         return twin
 
     def initialize(self) -> None:
-        """Create the table if missing and check that an existing one has every column."""
+        """Create the tables if missing and check that an existing main table has every
+        column. A main table older than the child tables may hold children (`legacy`)."""
         connection = self._connection()
-        connection.execute(self._sql_create)
+        self._create_tables(connection)
         present = {row[1] for row in connection.execute(f'PRAGMA table_info("{self._table_name}")')}
         missing = [column for column in _rows.COLUMNS if column not in present]
         if missing:
@@ -177,6 +240,37 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
                 f"{missing}; choose another table_name= or migrate that table"
             )
         self._shared.initialized = True
+
+    def _create_tables(self, connection: sqlite3.Connection) -> None:
+        names = [self._table_name, *self._child_tables]
+        found = {row[0] for row in connection.execute(
+            f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN"
+            f" ({', '.join('?' * len(names))})", names)}
+        shared = self._shared
+        if found != set(names):
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_READONLY or self._table_name not in found:
+                    raise
+                # an old store this process may only read: children are in the main table
+                shared.children, shared.legacy = False, True
+                return
+            try:
+                connection.execute(self._sql_create)
+                for create in self._sql_create_children:
+                    connection.execute(create)
+                # a main table made before the child table may hold children
+                older = self._table_name in found and self._child_tables[1] not in found
+                connection.execute(
+                    self._sql_meta_add, [_rows.LEGACY_CHILDREN, "1" if older else "0"])
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        legacy = connection.execute(self._sql_meta_get, [_rows.LEGACY_CHILDREN]).fetchone()
+        shared.children, shared.legacy = True, legacy is not None and legacy[0] == "1"
 
     def is_initialized(self) -> bool:
         """Whether the table exists. Never required: the first use creates it, except in a
@@ -226,6 +320,7 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         if serial is not None:
             serial.shut()
             self._shared.initialized = False
+            self._shared.fanouts.clear()  # the database is gone with its only connection
             return
         local = self._shared.per_thread
         if local.connection is not None and local.pid == os.getpid():
@@ -256,13 +351,22 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
                 sql += " AND sequence_id = ?"
                 params.append(sequence_id)
             sql += " ORDER BY sequence_id DESC"
-        row = self._ready().execute(f"{sql} LIMIT 1", params).fetchone()
+        connection = self._ready()
+        row = connection.execute(f"{sql} LIMIT 1", params).fetchone()
+        if row is None and app_id is not None:
+            steps = self._child_steps(connection, params[0], [app_id]).get(app_id, [])
+            row = next((step for step in steps if sequence_id in (None, step[2])), None)
         return None if row is None else _rows.decode_row(row, self._source(), self.serde_kwargs)
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:
+        """Every app id saved under `partition_key`: apps and fan-out children, sorted."""
         stored_key = _rows.stored_partition_key(partition_key, self._source())
-        rows = self._ready().execute(self._sql_app_ids, [stored_key])
-        return [row[0] for row in rows]
+        connection = self._ready()
+        ids = [row[0] for row in connection.execute(self._sql_app_ids, [stored_key])]
+        if not self._shared.children:
+            return ids
+        children = [row[0] for row in connection.execute(self._sql_child_app_ids, [stored_key])]
+        return sorted({*ids, *children}) if children else ids
 
     def load_many(
         self, partition_key: str | None, app_ids: Sequence[str]
@@ -277,30 +381,150 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
             sql = self._sql_latest.format(marks=", ".join("?" * len(chunk)))
             for row in connection.execute(sql, [stored_key, *chunk]):
                 found[row[1]] = _rows.decode_row(row, source, self.serde_kwargs)
+        missing = [app_id for app_id in unique_ids if app_id not in found]
+        for app_id, steps in self._child_steps(connection, stored_key, missing).items():
+            found[app_id] = _rows.decode_row(steps[0], source, self.serde_kwargs)
         return found
 
-    def _write(self, rows: list[_rows.Row]) -> None:
-        """One transaction; with a fence, every row's statement checks it, and one refused
-        row (the lease was lost) refuses them all: `LeaseLostError`."""
+    def load_children(
+        self,
+        partition_key: str | None,
+        parent_app_id: str,
+        parent_sequence_id: int,
+        ids: Mapping[int, str],
+    ) -> dict[str, PersistedStateData]:
+        """The latest saved step of the children of one parent step at `ids` (position ->
+        child app id), read in one range scan of the child table; a child saved under
+        another app id counts as not saved. In a store older than the child table, the
+        ids not found are looked up in the main table too."""
+        if not ids:
+            return {}
+        stored_key = _rows.stored_partition_key(partition_key, self._source())
+        connection = self._ready()
+        source, kwargs = self._source(), self.serde_kwargs
+        found: dict[str, PersistedStateData] = {}
+        fanout = self._shared.children and self._fanout_id(
+            connection, (stored_key, parent_app_id, parent_sequence_id))
+        if fanout:
+            rows = connection.execute(self._sql_child_range, [fanout, min(ids), max(ids)])
+            for child, *row in rows:
+                if ids.get(child) == row[0]:
+                    found[row[0]] = _rows.decode_child_row(row, stored_key, source, kwargs)
+        if self._shared.legacy and len(found) < len(ids):
+            missing = [app_id for app_id in ids.values() if app_id not in found]
+            for start in range(0, len(missing), _CHUNK):
+                chunk = missing[start : start + _CHUNK]
+                sql = self._sql_latest.format(marks=", ".join("?" * len(chunk)))
+                for row in connection.execute(sql, [stored_key, *chunk]):
+                    found[row[1]] = _rows.decode_row(row, source, kwargs)
+        return found
+
+    def _fanout_id(
+        self, connection: sqlite3.Connection, parent: tuple[str, str, int]
+    ) -> int | None:
+        """The id of the fan-out of parent step `parent` (as stored), or None if it saved
+        no child yet."""
+        known = self._shared.fanouts.get(parent)
+        if known is None:
+            row = connection.execute(self._sql_fanout_get, parent).fetchone()
+            if row is not None:
+                known = self._shared.fanouts[parent] = row[0]
+        return known
+
+    def _child_steps(
+        self, connection: sqlite3.Connection, stored_key: str, app_ids: Sequence[str]
+    ) -> dict[str, list[tuple[Any, ...]]]:
+        """The saved steps of the children among `app_ids`, latest first, as main-table rows:
+        found by their id keys in `t_child_id` and in the unmerged tail of `t_child`."""
+        if not app_ids or not self._shared.children:
+            return {}
+        merged = connection.execute(self._sql_meta_get, [_MERGED]).fetchone()
+        tail = int(merged[0]) if merged else 0
+        steps: dict[str, list[tuple[Any, ...]]] = {}
+        for start in range(0, len(app_ids), _CHUNK // 2):
+            chunk = list(app_ids[start : start + _CHUNK // 2])
+            marks = ", ".join("?" * len(chunk))
+            keys = [_rows.id_key(app_id) for app_id in chunk]
+            slots = connection.execute(
+                self._sql_child_slots.format(marks=marks), [*keys, tail, *chunk]).fetchall()
+            wanted = set(chunk)
+            for fanout, child in slots:
+                for row in connection.execute(self._sql_child_at, [fanout, child, stored_key]):
+                    if row[0] in wanted:
+                        steps.setdefault(row[0], []).append((stored_key, *row))
+        for rows in steps.values():
+            rows.sort(key=lambda row: row[2], reverse=True)
+        return steps
+
+    def _write(
+        self, rows: list[_rows.Row], children: list[tuple[ChildSlot, _rows.Row]]
+    ) -> None:
+        """One transaction. With a fence, it is checked once, first: BEGIN IMMEDIATE holds
+        SQLite's only write lock, so no takeover can commit before this transaction ends;
+        a lost lease refuses every row (`LeaseLostError`)."""
         connection = self._ready()
         fence = self._fence
         connection.execute("BEGIN IMMEDIATE")
         try:
-            if fence is None:
+            if fence is not None and not self._holds(connection, fence):
+                connection.execute("ROLLBACK")
+                raise self._lease_lost(fence)
+            if rows:
                 connection.executemany(self._sql_insert, rows)
-            else:
-                token = (fence.partition_key, fence.app_id, fence.generation)
-                written = connection.executemany(
-                    self._sql_insert_fenced, [(*row, *token) for row in rows]
-                ).rowcount
-                if written != len(rows):
-                    connection.execute("ROLLBACK")
-                    raise self._lease_lost(fence)
+            made: dict[tuple[str, str, int], int] = {}
+            if children:
+                if not self._shared.children:
+                    raise RuntimeError(
+                        f"cannot save fan-out children to {self._source()}: its child tables "
+                        "are missing and this connection cannot create them"
+                    )
+                connection.executemany(
+                    self._sql_child_insert,
+                    [_rows.child_row(self._fanout_for(connection, slot, row[0], made), slot, row)
+                     for slot, row in children],
+                )
+                self._merge_child_ids(connection)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+        self._shared.fanouts.update(made)  # only ids that are now committed
+
+    def _holds(self, connection: sqlite3.Connection, fence: Fence) -> bool:
+        """Whether `fence`'s generation still holds its lease row."""
+        try:
+            row = connection.execute(
+                self._sql_lease_held, [fence.partition_key, fence.app_id, fence.generation]
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return False
+            raise
+        return row is not None
+
+    def _fanout_for(
+        self, connection: sqlite3.Connection, slot: ChildSlot, stored_key: str,
+        made: dict[tuple[str, str, int], int],
+    ) -> int:
+        """The fan-out id of `slot`'s parent step, made in this transaction if new."""
+        parent = (stored_key, slot.parent_app_id, slot.parent_sequence_id)
+        known = made.get(parent) or self._fanout_id(connection, parent)
+        if known is None:
+            known = connection.execute(
+                self._sql_fanout_put, [*parent, _leases.now_text()]).lastrowid
+            made[parent] = known
+        return known
+
+    def _merge_child_ids(self, connection: sqlite3.Connection) -> None:
+        """Once `MERGE_ROWS` child rows are past the merged mark, add their ids, sorted, to
+        `t_child_id` (in the writing transaction: the mark and the ids move together)."""
+        top = connection.execute(self._sql_child_top).fetchone()[0] or 0
+        merged = connection.execute(self._sql_meta_get, [_MERGED]).fetchone()
+        mark = int(merged[0]) if merged else 0
+        if top - mark >= MERGE_ROWS:
+            connection.execute(self._sql_child_merge, [mark])
+            connection.execute(self._sql_meta_put, [_MERGED, str(top)])
 
     def _lease_lost(self, fence: Fence) -> LeaseLostError:
         """The error of a write refused because `fence` no longer holds its slot."""

@@ -134,10 +134,10 @@ def test_table_with_wrong_schema_names_table_and_missing_columns(table):
         PostgreSQLPersister(POSTGRES_DSN, table_name=table).initialize()
 
 
-@pytest.mark.parametrize("length", [58, 63, 64, 80])
+@pytest.mark.parametrize("length", [55, 63, 64, 80])
 def test_table_names_postgres_would_truncate_are_refused_before_connecting(length):
     name = "t" * length
-    message = rf"table name '{name}' is {length} bytes.*at most 57"
+    message = rf"table name '{name}' is {length} bytes.*at most 54"
 
     with pytest.raises(ValueError, match=message):
         PostgreSQLPersister("postgresql://nobody@127.0.0.1:1/none", table_name=name)
@@ -146,7 +146,7 @@ def test_table_names_postgres_would_truncate_are_refused_before_connecting(lengt
 def test_the_longest_table_name_allowed_keeps_its_state_and_lease_tables_apart(table):
     import psycopg
 
-    name = (table + "_" + "x" * 57)[:57]
+    name = (table + "_" + "x" * 54)[:54]
     persister = PostgreSQLPersister(POSTGRES_DSN, table_name=name)
     try:
         persister.save(None, "app", 0, "start", State({"a": 1}), "completed")
