@@ -202,12 +202,13 @@ def sqlite_saved(db: str, exact: bool = False) -> int:
 
 
 def postgres_saved(dsn: str, table: str) -> int:
+    """Children saved (completed) in PostgreSQL table `table` and its children's table."""
     import psycopg
 
     with psycopg.connect(dsn) as connection:
         tables = {name for (name,) in connection.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-        return sum(connection.execute(query, params).fetchone()[0]  # type: ignore[arg-type]
+        return sum(connection.execute(query, params).fetchone()[0]
                    for query, params in _count_queries(tables, table, exact=True))
 
 
@@ -224,10 +225,20 @@ def drop_postgres_tables(dsn: str, prefix: str) -> None:
             connection.execute(f'DROP TABLE IF EXISTS "{name}" CASCADE')
 
 
-def fan_app(fan: Fan, store: Store, name: str, app_id: str, executor: Any) -> Any:
-    """The app `fan -> done`; with a persister it is built with `initialize_from`, so the
+def run_fan(fan: Fan, store: Store, name: str, app_id: str, executor: Any) -> int:
+    """Runs the app `fan -> done` on store `name` and closes what it opened; returns what
+    the reduce counted. With a persister the app is built with `initialize_from`, so the
     same call starts it afresh or resumes it."""
     persister, tracker = store.adapters(name)
+    try:
+        with fan_app(fan, persister, tracker, app_id, executor) as app:
+            return app.run(halt_after=["done"])[2]["out"]
+    finally:
+        if persister is not None:
+            persister.close()
+
+
+def fan_app(fan: Fan, persister: Any, tracker: Any, app_id: str, executor: Any) -> Any:
     builder = (
         ApplicationBuilder()
         .with_actions(fan=fan, done=Result("out"))
@@ -258,19 +269,17 @@ def child_main(args: argparse.Namespace) -> dict[str, Any]:
         with MultiThreadedExecutor(args.workers) as executor:
             warmed = 0
             if args.warm_up:
-                with fan_app(Fan(WARM_UP_CHILDREN, False), store, "warm-up", WARM_UP_APP_ID,
-                             executor) as app:
-                    app.run(halt_after=["done"])
+                run_fan(Fan(WARM_UP_CHILDREN, False), store, "warm-up", WARM_UP_APP_ID,
+                        executor)
                 warmed = WARM_UP_CHILDREN
             fan = Fan(args.children, args.die)
             started = time.perf_counter()
-            with fan_app(fan, store, MEASURED, APP_ID, executor) as app:
-                try:
-                    reduced = app.run(halt_after=["done"])[2]["out"]
-                    seconds = time.perf_counter() - started
-                except DriverDied as died:
-                    reduced = died.args[0]
-                    seconds = fan.reduced_at[-1] - started
+            try:
+                reduced = run_fan(fan, store, MEASURED, APP_ID, executor)
+                seconds = time.perf_counter() - started
+            except DriverDied as died:
+                reduced = died.args[0]
+                seconds = fan.reduced_at[-1] - started
     return {
         "seconds": seconds,
         "reduced": reduced,

@@ -26,7 +26,7 @@ def test_the_quick_scale_run_prints_its_tables_and_no_resume_reruns_a_finished_c
     assert ": failed" not in out, out
     for title in ("Per-child cost, SQLitePersister", "Per-child cost, LocalTrackingClient",
                   "A 10,000-child sweep", "Issue 16 bars"):
-        assert title in out
-    assert "(0 children run again)" in out  # the finished fan-out's resume
+        assert title in out, out
+    assert "(0 children run again)" in out, out  # the finished fan-out's resume
     assert re.search(r"\| resume: finished children run again +\| 0 +\|", out), out
     assert os.listdir(tmp_path) == []  # every run's folder is removed
