@@ -129,6 +129,35 @@ def open_index(args: argparse.Namespace) -> RunIndex:
         raise CliError(str(exc)) from exc
 
 
+def planned_children(index: RunIndex, partition_key: str | None, app_id: str,
+                     sequence_id: int) -> int | None:
+    """How many children the app's fan-out at step `sequence_id` plans, as that step
+    recorded it (attribute `FANOUT_TOTAL` in the app's log); None if it did not (tasks
+    of unknown length). Reads the app's own log: a parent's, a line per step or so."""
+    from fanwise.core.tracking import LocalTrackingClient
+    from fanwise.core.tracking._records import FANOUT_TOTAL
+    from fanwise.core.tracking.local import LOG_FILE
+
+    try:
+        folder = LocalTrackingClient(index.project, index.storage_dir)._recorded_dir(
+            partition_key, app_id)
+        with open(os.path.join(folder or "", LOG_FILE), "rb") as log:
+            lines = [line for line in log if FANOUT_TOTAL.encode() in line]
+    except (OSError, ValueError):  # no log yet, or unreadable metadata: not recorded
+        return None
+    planned = None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a torn last line
+            continue
+        if record.get("key") == FANOUT_TOTAL and record.get(
+            "action_sequence_id"
+        ) == sequence_id and isinstance(record.get("value"), int):
+            planned = record["value"]
+    return planned
+
+
 def print_json(record: dict[str, Any]) -> None:
     print(json.dumps(record, default=str))
 

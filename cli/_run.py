@@ -9,7 +9,9 @@
 did not take, the command adds: identifiers, tracker, executor, and the persister, through
 `initialize_from` (`ApplicationBuilder.resuming_from`), so that the same app id goes on
 where its last run stopped. `run` records its command line in the run index; `resume ID`
-reads it back (options given again win).
+reads it back (options given again win). `resume --only failed` re-runs only the failed
+children of the fan-out step the app stopped at, read from the run index, and halts after
+that step; children never run stay pending (`fanwise.parallel._rerun`).
 
 Exit codes: 0 the app reached its end, 4 it halted with more to run, 1 it (or a child)
 failed, 3 another driver holds its lease, 130 interrupted (Ctrl-C). Progress goes to
@@ -41,6 +43,7 @@ from fanwise.cli._common import (
     EXIT_STOPPED,
     CliError,
     open_persister,
+    planned_children,
     print_json,
 )
 
@@ -72,7 +75,8 @@ def add_parsers(commands: Any) -> None:
     resume.add_argument("target", metavar="MODULE:FUNC", nargs="?", default=None,
                         help="default: what `fanwise run` recorded for ID")
     resume.add_argument("--only", choices=["failed"], default=None,
-                        help="refuse unless every other child of its fan-outs is saved")
+                        help="re-run only the failed children of the fan-out step it stopped "
+                             "at (children never run stay pending), then stop")
     _options(resume, defaults=False)
     resume.set_defaults(run=_resume)
 
@@ -131,7 +135,12 @@ def _execute(args: argparse.Namespace, resuming: bool) -> int:
     tracker = None if args.no_tracking else _tracker(args)
     if tracker is not None and not resuming:
         _record_launch(tracker, args)
-    if resuming or _ran_before(args, tracker, persister):
+    limit = None
+    if getattr(args, "only", None) == "failed":
+        limit = _only_failed(args, tracker, persister)
+        if limit is None:
+            return EXIT_OK  # nothing failed: nothing to re-run
+    elif resuming or _ran_before(args, tracker, persister):
         _print_saved(args, tracker, persister)  # a run of an app id that ran resumes it
     executor = _executor(args)
     from fanwise.core.errors import AppLockedError
@@ -142,7 +151,12 @@ def _execute(args: argparse.Namespace, resuming: bool) -> int:
         except AppLockedError as exc:  # the lease is taken when the app is built
             raise CliError(f"{exc} (`fanwise lease {args.app_id} --db ...` shows the holder)",
                            EXIT_LOCKED) from exc
-        return _drive(app, args, inputs)
+        if limit is None:
+            return _drive(app, args, inputs)
+        from fanwise.parallel._rerun import rerunning_only
+
+        with rerunning_only(args.app_id, args.partition_key, limit):
+            return _drive(app, args, inputs)
     finally:
         if executor is not None:
             executor.shutdown(wait=True)
@@ -152,6 +166,7 @@ def _execute(args: argparse.Namespace, resuming: bool) -> int:
 
 def _drive(app: Application, args: argparse.Namespace, inputs: dict[str, Any]) -> int:
     from fanwise.core.errors import AppLockedError
+    from fanwise.parallel.errors import ChildrenLeftPendingError
 
     progress = _Progress(args)
     try:
@@ -171,6 +186,13 @@ def _drive(app: Application, args: argparse.Namespace, inputs: dict[str, Any]) -
         print("fanwise run: interrupted; what finished is saved: "
               f"`{_command('resume', app.uid, args)}` goes on", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ChildrenLeftPendingError as exc:  # `resume --only failed` left children unrun
+        progress.close()
+        print(f"fanwise resume: app {app.uid}: {exc.rerun:,} failed children re-ran, "
+              f"{exc.pending:,} pending left: `{_command('resume', app.uid, args)}` runs them",
+              file=sys.stderr)
+        _result(args, app, "stopped", EXIT_STOPPED, progress)
+        return EXIT_STOPPED
     except Exception as exc:
         progress.close()
         print(f"fanwise run: app {app.uid} failed: {_first_line(exc)}", file=sys.stderr)
@@ -384,8 +406,7 @@ def _recorded_launch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_saved(args: argparse.Namespace, tracker: Any, persister: Any) -> None:
-    """`N saved, M to compute` of the app's last fan-out step, as the index knows it; with
-    `--only failed`, refuse if anything but failed children is left."""
+    """`N saved, M to compute` of the app's last fan-out step, as the index knows it."""
     from fanwise.core.tracking.index import RunIndex
 
     saved = to_compute = 0
@@ -409,14 +430,65 @@ def _print_saved(args: argparse.Namespace, tracker: Any, persister: Any) -> None
                     "to_compute": to_compute})
     else:
         print(message, file=sys.stderr)
-    if getattr(args, "only", None) == "failed" and step is not None:
-        others = step.counts.get("running", 0) + step.counts.get("created", 0)
-        if others:
-            raise CliError(
-                f"--only failed: {others:,} children of app {args.app_id} are neither saved "
-                "nor failed (running or pending when it stopped); they would run too: resume "
-                "without --only"
-            )
+
+
+def _only_failed(args: argparse.Namespace, tracker: Any, persister: Any) -> Any:
+    """`--only failed`: the limit of the fan-out step the app stopped at (its failed
+    children, from the run index), after printing `N saved, M failed to re-run, K pending
+    left`; None (and a message) if no child failed. The app halts after that step."""
+    from fanwise.core.tracking.index import RunIndex
+    from fanwise.parallel._rerun import StepRerun
+
+    if tracker is None:
+        raise CliError("--only failed reads the failed children from the run index: drop "
+                       "--no-tracking and pass the --tracking/--project of the run")
+    with RunIndex.open(tracker.project, tracker.storage_dir) as index:
+        try:
+            row = index.app(args.app_id, args.partition_key)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        steps = {step.sequence_id: step
+                 for step in index.fanout_steps(args.app_id, args.partition_key)}
+        step = steps.get(row.sequence_id) if row is not None and row.status in (
+            "failed", "running") else None
+        failed = _failed_ids(index, args, step.sequence_id) if step is not None else []
+        planned = None if step is None else planned_children(
+            index, args.partition_key, args.app_id, step.sequence_id)
+    last = _saved(persister, args) if persister is not None else None
+    where = "nothing saved yet" if last is None else (
+        f"last saved step {last['sequence_id']} {last['position']!r} ({last['status']})")
+    saved = 0 if step is None else step.counts.get("completed", 0)
+    total = (planned if planned is not None else step.total) if step is not None else 0
+    pending = max(total - saved - len(failed), 0)
+    if args.json:
+        print_json({"type": "resume", "app_id": args.app_id, "saved": saved,
+                    "failed": len(failed), "pending": pending,
+                    "step": None if step is None else step.sequence_id})
+    else:
+        unknown = "" if step is None or planned is not None else (
+            " (of the children tracked: the fan-out did not record its total)")
+        print(f"app {args.app_id}: {where}; {saved:,} saved, {len(failed):,} failed to re-run, "
+              f"{pending:,} pending left{unknown}", file=sys.stderr)
+    if not failed:
+        print(f"fanwise resume: no failed child of app {args.app_id} to re-run"
+              + ("" if step is not None else " at the step it stopped at")
+              + f": `{_command('resume', args.app_id, args)}` goes on", file=sys.stderr)
+        return None
+    args.halt_after = [*(args.halt_after or []), row.next_action]
+    return {step.sequence_id: StepRerun(frozenset(failed), saved)}
+
+
+def _failed_ids(index: Any, args: argparse.Namespace, sequence_id: int) -> list[str]:
+    """The ids of the failed children of the app's fan-out step `sequence_id`."""
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = index.children(args.app_id, args.partition_key, sequence_id=sequence_id,
+                              status="failed", limit=1000, cursor=cursor)
+        ids.extend(row.app_id for row in page.rows)
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
 
 
 def _ran_before(args: argparse.Namespace, tracker: Any, persister: Any) -> bool:

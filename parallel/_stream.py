@@ -10,6 +10,7 @@ sink: the running fan-out starts no more children and stops with `FanoutCancelle
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -53,7 +54,10 @@ def stream_fanout(
             app._event_sink = None
             sink.put(_END)
 
-    thread = threading.Thread(target=run, name=f"fanwise-stream-{app.uid}", daemon=True)
+    # in a copy of the caller's context, as an async task runs: its context variables
+    # (`fanwise resume --only failed`'s limit) reach the app's actions
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,),
+                              name=f"fanwise-stream-{app.uid}", daemon=True)
     thread.start()
     ended = False
     try:

@@ -32,6 +32,7 @@ from fanwise.core.tracking._records import FANOUT_TOTAL
 from fanwise.executors.protocols import ElasticExecutor, traits_of
 from fanwise.parallel._channel import AsyncChannel, Channel
 from fanwise.parallel._plan import PlanConfig
+from fanwise.parallel._rerun import AsyncLimitedSource, LimitedSource, StepRerun, step_limit
 from fanwise.parallel._retry import RetryOn, RetryPolicy
 from fanwise.parallel._window import HELD_BYTES_BUDGET
 from fanwise.parallel.cascade import (
@@ -316,6 +317,9 @@ class TaskBasedParallelAction(Action):
         context = inputs.pop(self.context_param)
         if self.is_async():
             return self._execute_async(state, context, inputs)
+        limit = step_limit(context)
+        if limit is not None:  # `fanwise resume --only failed`: those children first
+            self._rerun_only(limit, self._plan(state, context, inputs), context)
         tasks = self._plan(state, context, inputs)
         executor, owned, config = self._configure(context, False, self._total(tasks))
         fanout = Fanout(config, SyncSource(iter(tasks)), Channel(executor))
@@ -335,6 +339,9 @@ class TaskBasedParallelAction(Action):
     async def _execute_async(
         self, state: State, context: ApplicationContext, inputs: dict[str, Any]
     ) -> tuple[dict[str, Any], State]:
+        limit = step_limit(context)
+        if limit is not None:  # `fanwise resume --only failed`: those children first
+            await self._arerun_only(limit, self._plan(state, context, inputs), context)
         tasks = self._plan(state, context, inputs)
         executor, owned, config = self._configure(context, True, self._total(tasks))
         channel = AsyncChannel(executor, asyncio.get_running_loop())
@@ -349,15 +356,49 @@ class TaskBasedParallelAction(Action):
             await states.aclose()
             if owned:
                 executor.shutdown(wait=False, cancel_futures=True)
-            tracking = config.background_tracker
-            try:
-                if tracking is not None:  # waited for on the loop, not in close()
-                    await asyncio.wrap_future(tracking.flushed())
-            except Exception:  # noqa: S110 - a write's error: close() raises it just below
-                pass
-            finally:
-                _close_tracking(tracking)
+            await _aclose_tracking(config.background_tracker)
         return {}, self._with_failures(self._checked(reduced), fanout)
+
+    def _rerun_only(self, limit: StepRerun, tasks: Any, context: ApplicationContext) -> None:
+        """Run only the children `limit` names (no reduce: others may be missing); raise if
+        any of them failed, or if other children were never run (`parallel/_rerun.py`)."""
+        executor, owned, config = self._configure(context, False, self._total(tasks))
+        config.ordered = False  # skipped positions leave gaps: no task order to wait for
+        source = LimitedSource(SyncSource(iter(tasks)), limit, context)
+        fanout = Fanout(config, source, Channel(executor))
+        try:
+            for _ in Driver(fanout.run()):
+                pass
+        finally:
+            if owned:
+                executor.shutdown(wait=not fanout.abandoned, cancel_futures=True)
+            _close_tracking(config.background_tracker)
+        self._raise_failures(fanout)
+        source.check_nothing_pending(self.name)
+
+    async def _arerun_only(self, limit: StepRerun, tasks: Any,
+                           context: ApplicationContext) -> None:
+        """`_rerun_only` of an async fan-out."""
+        executor, owned, config = self._configure(context, True, self._total(tasks))
+        config.ordered = False
+        source = AsyncLimitedSource(AsyncSource(_as_iterator(tasks)), limit, context)
+        fanout = Fanout(config, source, AsyncChannel(executor, asyncio.get_running_loop()))
+        try:
+            async for _ in Driver(fanout.run()):
+                pass
+        finally:
+            if owned:
+                executor.shutdown(wait=False, cancel_futures=True)
+            await _aclose_tracking(config.background_tracker)
+        self._raise_failures(fanout)
+        source.check_nothing_pending(self.name)
+
+    def _raise_failures(self, fanout: Fanout) -> None:
+        failed = sorted(fanout.failures, key=lambda result: result.position)
+        if failed:
+            raise ChildrenFailedError(
+                self.name, [r.failure(self.name) for r in failed], [r.outcome() for r in failed]
+            )
 
     def _checked(self, reduced: Any) -> State:
         if not isinstance(reduced, State):
@@ -382,9 +423,8 @@ class TaskBasedParallelAction(Action):
                 for r in failed
             ]
             return reduced.update(**{self.failures_field: records})
-        raise ChildrenFailedError(
-            self.name, [r.failure(self.name) for r in failed], [r.outcome() for r in failed]
-        )
+        self._raise_failures(fanout)
+        return reduced
 
 
 def _close_tracking(tracker: FlushingTracker | None) -> None:
@@ -399,6 +439,17 @@ def _close_tracking(tracker: FlushingTracker | None) -> None:
         tracker.close()
     except Exception:  # noqa: S110 - the fan-out's own error is the one to see
         pass
+
+
+async def _aclose_tracking(tracker: FlushingTracker | None) -> None:
+    """`_close_tracking` after an async fan-out: its writes are waited for on the loop."""
+    try:
+        if tracker is not None:  # waited for on the loop, not in close()
+            await asyncio.wrap_future(tracker.flushed())
+    except Exception:  # noqa: S110 - a write's error: close() raises it just below
+        pass
+    finally:
+        _close_tracking(tracker)
 
 
 def _takes_outcomes(reduce: Callable[..., Any]) -> bool:

@@ -79,6 +79,20 @@ class ChildTimeoutError(FanwiseError, TimeoutError):
     """A child ran longer than its parallel action's `child_timeout`."""
 
 
+class ChildrenLeftPendingError(FanwiseError):
+    """A fan-out limited to some children (`fanwise resume --only failed`) ran them, but
+    others of its tasks never ran: the step stops unfinished; resuming the app runs them."""
+
+    def __init__(self, action_name: str, rerun: int, pending: int) -> None:
+        super().__init__(
+            f"parallel action {action_name!r} re-ran only the {rerun} children it was limited "
+            f"to; {pending} others never ran: resume the app to run them"
+        )
+        self.action_name = action_name
+        self.rerun = rerun
+        self.pending = pending
+
+
 class FanoutCancelledError(FanwiseError):
     """The fan-out was stopped from outside (its event stream was closed); children that
     finished stay saved, so running the app again resumes it."""

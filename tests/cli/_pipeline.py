@@ -25,12 +25,21 @@ PIPELINE = textwrap.dedent('''
         def states(self, state): return (State({"x": x}) for x in range(state["n"]))
         def reduce(self, state, states): return state.update(total=sum(s["y"] for s in states))
 
+    class FailFastSquares(Squares):
+        on_failure = "raise"
+        def states(self, state): return [State({"x": x}) for x in range(state["n"])]
+
     @action(reads=["total"], writes=["report"])
     def report(state: State, scale: int = 1) -> State:
         return state.update(report=state["total"] * scale)
 
     def build(n: int = 30):
         return (ApplicationBuilder().with_actions(fan=Squares(), report=report)
+                .with_transitions(("fan", "report")).with_state(n=n).with_entrypoint("fan"))
+
+    def build_fail_fast(n: int = 30):
+        # sized tasks: the fan-out records its total; the first failure starts no more child
+        return (ApplicationBuilder().with_actions(fan=FailFastSquares(), report=report)
                 .with_transitions(("fan", "report")).with_state(n=n).with_entrypoint("fan"))
 
     def build_with(app_id, persister):

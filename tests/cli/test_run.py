@@ -65,6 +65,47 @@ def test_a_failed_child_exits_1_and_resume_recomputes_only_the_failures(work, ca
     assert sorted(runs(work)) == sorted([*range(30), 7, 17, 27])  # no finished child twice
 
 
+def test_resume_only_failed_reruns_the_failed_children_and_leaves_the_pending_unrun(
+        work, capsys, monkeypatch):
+    monkeypatch.setenv("FAIL", "1")  # child 7 fails; fail-fast: 8..29 never start
+    assert main(["run", "pipeline:build_fail_fast", "--app-id", "a1", *base(work),
+                 "--executor", "inline"]) == 1
+    assert runs(work) == list(range(8))
+    capsys.readouterr()
+
+    monkeypatch.setenv("FAIL", "0")
+    assert main(["resume", "a1", *base(work)[2:], "--only", "failed"]) == 4
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].endswith("7 saved, 1 failed to re-run, 22 pending left")
+    assert "1 failed children re-ran, 22 pending left" in err
+    assert runs(work) == [*range(8), 7]  # the failed child only
+
+    assert main(["resume", "a1", *base(work)[2:]]) == 0  # the pending ones, once each
+    assert sorted(runs(work)) == sorted([*range(30), 7])
+    saved = SQLitePersister(str(work / "state.db")).load(None, "a1")
+    assert saved["state"]["report"] == sum(x * x for x in range(30))
+
+
+def test_resume_only_failed_with_nothing_pending_completes_the_step_and_halts(
+        work, capsys, monkeypatch):
+    monkeypatch.setenv("FAIL", "1")  # on_failure="continue": every child runs, 3 fail
+    assert main(["run", "pipeline:build", "--app-id", "a1", *base(work)]) == 1
+    capsys.readouterr()
+
+    monkeypatch.setenv("FAIL", "0")
+    assert main(["resume", "a1", *base(work)[2:], "--only", "failed", "--json"]) == 4
+    first, *_, result = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert first == {"type": "resume", "app_id": "a1", "saved": 27, "failed": 3,
+                     "pending": 0, "step": 0}
+    assert result["status"] == "stopped" and result["next_action"] == "report"
+    assert sorted(runs(work)) == sorted([*range(30), 7, 17, 27])
+
+    assert main(["resume", "a1", *base(work)[2:], "--only", "failed"]) == 0
+    assert "no failed child of app a1 to re-run" in capsys.readouterr().err
+    assert main(["resume", "a1", *base(work)[2:]]) == 0
+    assert sorted(runs(work)) == sorted([*range(30), 7, 17, 27])  # no child ran again
+
+
 def test_a_halt_before_the_end_exits_4_and_resume_goes_on(work, capsys):
     assert main(["run", "pipeline:build", "--app-id", "a2", *base(work),
                  "--halt-after", "fan"]) == 4
