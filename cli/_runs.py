@@ -25,6 +25,7 @@ from fanwise.cli._common import (
     add_tracking,
     open_index,
     open_persister,
+    planned_children,
     print_json,
 )
 
@@ -82,7 +83,8 @@ def add_parsers(commands: Any) -> None:
     watch.add_argument("--interval", type=float, default=1.0,
                        help="seconds between two reads of the index (default 1)")
     watch.add_argument("--total", type=int, default=None,
-                       help="children the fan-out will have (for an ETA)")
+                       help="children the fan-out will have, for an ETA (default: the total "
+                            "it recorded, if its tasks have a length)")
     watch.set_defaults(run=_watch)
 
 
@@ -287,6 +289,7 @@ def _watch(args: argparse.Namespace) -> int:
         raise CliError(f"--interval {args.interval} must be more than 0 seconds")
     terminal = sys.stderr.isatty() and not args.json
     started, first_done = time.monotonic(), None
+    planned: dict[int, int | None] = {}
     try:
         with open_index(args) as index:
             while True:
@@ -297,7 +300,8 @@ def _watch(args: argparse.Namespace) -> int:
                 if first_done is None:
                     first_done = finished
                 rate = (finished - first_done) / max(time.monotonic() - started, 1e-9)
-                _progress(args, row, step, rate, terminal)
+                total = args.total or _planned(index, row, step, planned)
+                _progress(args, row, step, rate, total, terminal)
                 if row.status != "running":
                     break
                 if args.db and not _driver_alive(args, row):
@@ -317,6 +321,18 @@ def _watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _planned(index: RunIndex, row: AppRow, step: FanoutStep | None,
+             known: dict[int, int | None]) -> int | None:
+    """The total the fan-out `step` recorded (read from the app's log until it is found:
+    it is written as the step starts its fan-out), or None."""
+    if step is None:
+        return None
+    if known.get(step.sequence_id) is None:
+        known[step.sequence_id] = planned_children(index, row.partition_key, row.app_id,
+                                                   step.sequence_id)
+    return known[step.sequence_id]
+
+
 def _finished(step: FanoutStep | None) -> int:
     if step is None:
         return 0
@@ -324,13 +340,14 @@ def _finished(step: FanoutStep | None) -> int:
 
 
 def _progress(args: argparse.Namespace, row: AppRow, step: FanoutStep | None, rate: float,
-              terminal: bool) -> None:
+              planned: int | None, terminal: bool) -> None:
+    """One progress line (or bar); an ETA only when the fan-out's total is known."""
     counts = {} if step is None else step.counts
     done, failed = counts.get("completed", 0), counts.get("failed", 0)
     running = counts.get("running", 0) + counts.get("created", 0)
-    total = args.total or (step.total if step is not None else 0)
+    total = planned or (step.total if step is not None else 0)
     remaining = max(total - done - failed, 0)
-    eta = remaining / rate if rate > 0 and args.total else None
+    eta = remaining / rate if rate > 0 and planned else None
     if args.json:
         print_json({"type": "progress", "app_id": row.app_id, "status": row.status,
                     "step": None if step is None else step.sequence_id, "done": done,

@@ -117,6 +117,30 @@ def test_watch_follows_a_running_fanout_until_it_ends(tmp_path):
     assert progress[-1]["status"] == "completed" and progress[-1]["done"] == 30
 
 
+def test_watch_reads_the_total_a_fanout_recorded_and_shows_an_eta(tmp_path):
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    # slow enough for the index (written every half second) to move while it is watched
+    env = {**os.environ, "RUNS_LOG": str(tmp_path / "runs.log"), "SLOW": "0.15"}
+    reads = ["--tracking", str(tmp_path / "tracking"), "--project", "demo"]
+    run = subprocess.Popen(  # build_fail_fast's tasks are a list: the fan-out records 30
+        [sys.executable, "-m", "fanwise.cli", "run", "pipeline:build_fail_fast", "--app-id",
+         "w", *reads, "--executor", "threads", "--max-concurrency", "2", "--json"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(run.stdout.readline())["type"] == "progress"
+        watch = subprocess.run(
+            [sys.executable, "-m", "fanwise.cli", "watch", "w", *reads, "--interval", "0.1",
+             "--json"], capture_output=True, text=True, timeout=120)
+    finally:
+        run.communicate(timeout=120)
+    progress = [json.loads(line) for line in watch.stdout.splitlines()]
+    assert watch.returncode == 0, watch.stderr
+    running = [line for line in progress  # (no step yet: no child indexed yet)
+               if line["status"] == "running" and line["step"] is not None]
+    assert running and all(line["total"] == 30 for line in running)
+    assert any(line["eta_seconds"] is not None for line in running)
+
+
 def test_watch_of_an_app_whose_driver_is_gone_exits_4(project, capsys):
     work, reads = project
     db = str(work / "s.db")
