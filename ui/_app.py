@@ -91,7 +91,7 @@ def create_app(project: str | None, storage_dir: str = "~/.fanwise", *,
         index = projects.index(project)
         live = _app_live(request, index, project, app_id, pk, render, page_size)
         versions = live.versions()
-        graph = _appfiles.read_graph(live.folder)
+        graph = _appfiles.read_graph(live.source)
         current = live.row.next_action or live.row.position
         drawing = _graph.layout(graph, current) if graph else None
         return page(request, "app.html", project=project, live=live, row=live.row,
@@ -113,7 +113,7 @@ def create_app(project: str | None, storage_dir: str = "~/.fanwise", *,
                    pk: str | None = None) -> HTMLResponse:
         index = projects.index(project)
         _app_row(index, app_id, pk)
-        steps = _appfiles.read_steps(_appfiles.app_folder(index.folder, app_id, pk))
+        steps = _appfiles.read_steps(_appfiles.app_source(index, app_id, pk))
         return page(request, "_state.html", **_state_context(steps, sequence_id),
                     project=project, app_id=app_id, pk=pk)
 
@@ -122,7 +122,7 @@ def create_app(project: str | None, storage_dir: str = "~/.fanwise", *,
               pk: str | None = None) -> JSONResponse:
         index = projects.index(project)
         _app_row(index, app_id, pk)
-        steps = _appfiles.read_steps(_appfiles.app_folder(index.folder, app_id, pk))
+        steps = _appfiles.read_steps(_appfiles.app_source(index, app_id, pk))
         state = _state_context(steps, sequence_id)["step"].state or {}
         if key not in state:
             raise HTTPException(404, f"step {sequence_id} of app {app_id!r} has no state "
@@ -161,7 +161,7 @@ def children_context(index: RunIndex, project: str, app_id: str, pk: str | None,
 def _app_live(request: Request, index: RunIndex, project: str, app_id: str, pk: str | None,
               render: Any, page_size: int) -> AppLive:
     row = _app_row(index, app_id, pk)
-    return AppLive(index, project, row, _appfiles.app_folder(index.folder, app_id, pk),
+    return AppLive(index, project, row, _appfiles.app_source(index, app_id, pk),
                    lambda **kw: render(request, **kw), children_context, page_size)
 
 

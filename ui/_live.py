@@ -42,10 +42,10 @@ class AppLive:
     """One app: its header, its steps (read from its log when the index says it moved),
     and its fan-out steps."""
 
-    def __init__(self, index: RunIndex, project: str, row: AppRow, folder: str | None,
+    def __init__(self, index: RunIndex, project: str, row: AppRow, source: _appfiles.Source,
                  render: Render, children_context: Callable[..., dict[str, Any]],
                  page_size: int) -> None:
-        self.index, self.project, self.row, self.folder = index, project, row, folder
+        self.index, self.project, self.row, self.source = index, project, row, source
         self._render, self._children_context = render, children_context
         self.page_size = page_size
         self.steps: list[_appfiles.Step] = []
@@ -61,7 +61,9 @@ class AppLive:
         self.row = row
         moved = (row.sequence_id, row.status, row.ended_at)
         if moved != self._steps_of:
-            self.steps = _appfiles.read_steps(self.folder)
+            if not isinstance(self.source, str):  # a compact range grows; a log may appear
+                self.source = _appfiles.app_source(self.index, row.app_id, self.pk)
+            self.steps = _appfiles.read_steps(self.source)
             self._steps_of = moved
         started = {step.sequence_id: step.start_time for step in self.steps}
         planned = {step.sequence_id: step.planned for step in self.steps}

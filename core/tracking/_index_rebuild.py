@@ -4,16 +4,19 @@
 Each app folder gives its `metadata.json` (app created, spawning parent) and the step lines
 of its `log.jsonl` (begun, ended, usage attributes), as the tracker's hooks would have
 given them; a folder that cannot be read is skipped with a warning, as `list_app_ids` does.
+The compact logs (`_compact`) give the same facts per line, and each line's byte range.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 from collections.abc import Iterator
 from typing import Any
 
 from fanwise.core.errors import CorruptStateError
+from fanwise.core.tracking import _compact
 from fanwise.core.tracking.index import Fact, ended_fact, usage_of
 from fanwise.core.tracking.local import (
     EARLIER_PARTITION_PREFIX,
@@ -38,6 +41,37 @@ def facts_of_project(folder: str) -> Iterator[list[Fact]]:
     found.sort(key=lambda item: item[0])
     for _, app_dir, metadata in found:
         yield _facts(app_dir, metadata)
+    yield from _facts_of_compact(folder)
+
+
+def _facts_of_compact(folder: str) -> Iterator[list[Fact]]:
+    """The facts of the compact apps: first their creations, oldest first (so that rows
+    keep spawn order: each shard log is in creation order, merged), then, log by log, the
+    facts of every line with its byte range. Two reads of the logs, never all in memory."""
+    created = heapq.merge(*(
+        ((record["metadata"].get("created_at") or "", record) for _, _, _, record in
+         _compact.scan(folder, name) if record.get("type") == _compact.APPLICATION)
+        for name in _compact.shard_names(folder)
+    ), key=lambda item: item[0])
+    for _, record in created:
+        key, app_id = record["app"]
+        yield [_created(key, app_id, record["metadata"])]
+    for name in _compact.shard_names(folder):
+        for _, start, end, record in _compact.scan(folder, name):
+            key, app_id = record["app"]
+            facts = [] if record.get("type") == _compact.APPLICATION else (
+                _line_facts(key, app_id, record))
+            facts.append(("o", key, app_id, name, start, end))
+            yield facts
+
+
+def compact_facts(folder: str, place: _compact.Place, partition_key: str | None,
+                  app_id: str) -> list[Fact]:
+    """The step facts of a compact app, read from its range of its shard log."""
+    facts: list[Fact] = []
+    for record in _compact.records(folder, place, partition_key, app_id):
+        facts.extend(_line_facts(partition_key, app_id, record))
+    return facts
 
 
 def facts_of_app(folder: str, app_id: str, partition_key: Any) -> list[Fact]:
@@ -92,14 +126,7 @@ def _metadata_or_warn(app_dir: str) -> dict[str, Any] | None:
 def _facts(app_dir: str, metadata: dict[str, Any]) -> list[Fact]:
     key = _partition_key_of(metadata)
     app_id = metadata["app_id"]
-    parent = metadata.get("spawning_parent_pointer") or None
-    facts: list[Fact] = [(
-        "c", key, app_id,
-        parent.get("partition_key") if parent else None,
-        parent.get("app_id") if parent else None,
-        parent.get("sequence_id") if parent else None,
-        metadata.get("created_at"),
-    )]
+    facts: list[Fact] = [_created(key, app_id, metadata)]
     try:
         lines = _read_lines(os.path.join(app_dir, LOG_FILE), app_id)
     except FileNotFoundError:
@@ -108,17 +135,32 @@ def _facts(app_dir: str, metadata: dict[str, Any]) -> list[Fact]:
         _LOG.warning("run index: app %r indexed without its steps: %s", app_id, exc)
         return facts
     for line in lines:
-        kind = line.get("type")
-        if kind == "begin_entry":
-            facts.append(("b", key, app_id, line.get("sequence_id", 0), line.get("action"),
-                          line.get("start_time")))
-        elif kind == "end_entry":
-            exception = line.get("exception")
-            fact = ended_fact(key, app_id, line.get("sequence_id", 0), line.get("action"),
-                              line.get("end_time"), exception or None)
-            facts.append(fact)
-        elif kind == "attribute":
-            figures = usage_of(str(line.get("key")), line.get("value"))
-            if figures:
-                facts.append(("u", key, app_id, figures))
+        facts.extend(_line_facts(key, app_id, line))
     return facts
+
+
+def _created(key: str | None, app_id: str, metadata: dict[str, Any]) -> Fact:
+    parent = metadata.get("spawning_parent_pointer") or None
+    return (
+        "c", key, app_id,
+        parent.get("partition_key") if parent else None,
+        parent.get("app_id") if parent else None,
+        parent.get("sequence_id") if parent else None,
+        metadata.get("created_at"),
+    )
+
+
+def _line_facts(key: str | None, app_id: str, line: dict[str, Any]) -> list[Fact]:
+    """The facts of one log record: a step begun or ended, usage logged; else none."""
+    kind = line.get("type")
+    if kind == "begin_entry":
+        return [("b", key, app_id, line.get("sequence_id", 0), line.get("action"),
+                 line.get("start_time"))]
+    if kind == "end_entry":
+        return [ended_fact(key, app_id, line.get("sequence_id", 0), line.get("action"),
+                           line.get("end_time"), line.get("exception") or None)]
+    if kind == "attribute":
+        figures = usage_of(str(line.get("key")), line.get("value"))
+        if figures:
+            return [("u", key, app_id, figures)]
+    return []

@@ -13,7 +13,8 @@ threads creating folders and appending to one parent's `children.jsonl` at once 
 kernel serialise them (sys time per child 4-5x that of the same writes from one thread),
 and on asyncio every write stalled the loop: the threads and async "+ SQLite + tracking"
 rows of `benchmarks/workloads.py`. One thread writes in order, in batches: a batch's lines
-for one file go out in one `write`.
+for one file go out in one `write` (for a shard log of compact children, `_compact`, with
+the byte range of each child's lines, handed to the run index).
 
 Invariant: a child's row reaches the store only after its tracking is on disk (the fan-out
 waits for `flushed()` before each commit, a multi-step child before each intermediate row),
@@ -32,13 +33,14 @@ from functools import partial
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from fanwise.core.tracking import _records
+from fanwise.core.tracking import _compact, _records
 from fanwise.core.tracking.index import Fact
 from fanwise.core.tracking.local import (
     CHILDREN_FILE,
     AppKey,
     LocalTrackingClient,
     _append_line,
+    _append_tagged,
     apply_facts,
 )
 
@@ -54,8 +56,9 @@ _GATHER_SECONDS = 0.5
 _BATCH = 4096
 """Most queued writes taken at once (their lines per file are joined into one write)."""
 
-Write = Callable[[Any, bytes], None]
-"""`write(key, lines)`: append whole lines to the file that `key` names."""
+Write = Callable[[Any, list[Any]], None]
+"""`write(key, items)`: append the items (whole lines, or what `write` makes lines of) to the
+file that `key` names, in one write."""
 Gather = Callable[[Any, list[Any]], None]
 """`apply(key, items)`: what was gathered for `key`, in order (the run index's facts: one
 index transaction per thousand children or half second, not one per child)."""
@@ -73,7 +76,7 @@ class TrackingWriter:
         self._queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
         self._error: BaseException | None = None
         self._closed = False
-        self._lines: dict[tuple[Write, Hashable], list[bytes]] = {}
+        self._lines: dict[tuple[Write, Hashable], list[Any]] = {}
         self._gathered: dict[tuple[Gather, Hashable], list[Any]] = {}
         """The batch being written (what its calls append joins it, in order)."""
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -88,13 +91,13 @@ class TrackingWriter:
         self._check_open()
         self._queue.put((call,))
 
-    def append(self, write: Write, key: Hashable, line: bytes) -> None:
-        """Append `line` to the file `key` names (with `write(key, lines)`), in order."""
+    def append(self, write: Write, key: Hashable, item: Any) -> None:
+        """Append `item` to the file `key` names (with `write(key, items)`), in order."""
         if self.on_writer():  # from a submitted call: into the batch it runs in
-            self._lines.setdefault((write, key), []).append(line)
+            self._lines.setdefault((write, key), []).append(item)
             return
         self._check_open()
-        self._queue.put((write, key, line))
+        self._queue.put((write, key, item))
 
     def gather(self, apply: Gather, key: Hashable, item: Any) -> None:
         """Hand `item` to `apply(key, items)`, called with the items gathered for `key`, in
@@ -107,18 +110,20 @@ class TrackingWriter:
         self._check_open()
         self._queue.put((None, apply, key, item))
 
-    def flushed(self) -> Future[None]:
-        """A future done once everything submitted so far is written; it raises a write's
-        error instead (one so far or one among these writes)."""
+    def flushed(self, gathered: bool = False) -> Future[None]:
+        """A future done once everything submitted so far is written (and, if `gathered`,
+        what was gathered so far applied); it raises a write's error instead (one so far
+        or one among these writes)."""
         self._check_open()
         done: Future[None] = Future()
-        self._queue.put((None, done))
+        self._queue.put((None, done, gathered))
         return done
 
-    def flush(self) -> None:
-        """Wait until everything submitted so far is written; raise a write's error."""
+    def flush(self, gathered: bool = False) -> None:
+        """Wait until everything submitted so far is written (and, if `gathered`, applied);
+        raise a write's error."""
         if not self._closed:
-            self.flushed().result()
+            self.flushed(gathered).result()
         self._check()
 
     def close(self) -> None:
@@ -163,22 +168,24 @@ class TrackingWriter:
                 pass
             lines, gathered = self._lines, self._gathered = {}, {}
             barriers: list[Future[None]] = []
+            settling: list[Future[None]] = []
             stop = False
             for item in batch:
-                if len(item) == 3:
+                if not item:
+                    stop = True
+                elif item[0] is None:
+                    if len(item) == 4:
+                        gathered.setdefault((item[1], item[2]), []).append(item[3])
+                    else:
+                        (settling if item[2] else barriers).append(item[1])
+                elif len(item) == 3:
                     lines.setdefault((item[0], item[1]), []).append(item[2])
-                elif len(item) == 4:
-                    gathered.setdefault((item[1], item[2]), []).append(item[3])
                 elif len(item) == 1:
                     # a folder is created before any line of its files, which come later
                     # in this batch or in a later one: appends may wait for the batch end
                     self._run(item[0])
-                elif len(item) == 2:
-                    barriers.append(item[1])
-                else:
-                    stop = True
             for (write, key), pending in lines.items():
-                self._run(lambda w=write, k=key, p=pending: w(k, b"".join(p)))
+                self._run(lambda w=write, k=key, p=pending: w(k, p))
             # a barrier stands for "written": after a failed write it carries the error, so
             # that no row is committed on the word of tracking that is not on disk
             for barrier in barriers:
@@ -192,10 +199,15 @@ class TrackingWriter:
                 due = time.monotonic() + _GATHER_SECONDS
             for key, items in gathered.items():
                 gathered_so_far.setdefault(key, []).extend(items)
-            if stop or sum(map(len, gathered_so_far.values())) >= _GATHER_MOST or (
+            if stop or settling or sum(map(len, gathered_so_far.values())) >= _GATHER_MOST or (
                 gathered_so_far and time.monotonic() >= due
             ):
                 gathered_so_far = self._apply(gathered_so_far)
+            for barrier in settling:
+                if self._error is None:
+                    barrier.set_result(None)
+                else:
+                    barrier.set_exception(self._error)
             if stop:
                 return
 
@@ -276,25 +288,43 @@ class BackgroundTrackingClient(LocalTrackingClient):
         return metadata["created_at"]
 
     def _append_children(self, parent: AppKey, child: AppKey, line: bytes) -> None:
-        self._writer.append(_append_line, os.path.join(self._app_dir(*parent), CHILDREN_FILE),
+        self._writer.append(_append_lines, os.path.join(self._app_dir(*parent), CHILDREN_FILE),
                             line)
 
     def _append_log(self, app: AppKey, line: bytes) -> None:
-        self._writer.append(self._write_log, app, line)
+        if not self._writer.on_writer():
+            # a span or attribute line, from the child's thread: placed on the writer, after
+            # the child's creation (queued before it) decided where its lines go
+            self._writer.submit(partial(self._append_log, app, line))
+            return
+        if self._is_compact(app):
+            self._append_compact(app, line)
+        else:
+            self._writer.append(self._write_log, app, line)
+
+    def _append_compact(self, app: AppKey, line: bytes) -> None:
+        self._writer.append(self._write_compact, _compact.shard_of(*app), (app, line))
 
     def _index(self, app: AppKey, fact: Fact) -> None:
         self._writer.gather(apply_facts, self._run_index(), fact)
 
-    def _write_log(self, app: AppKey, lines: bytes) -> None:
-        self._log(app).append(lines)
+    def _write_log(self, app: AppKey, lines: list[bytes]) -> None:
+        self._log(app).append(b"".join(lines))
 
-    # -- reads wait for the writes -------------------------------------------------------
+    def _write_compact(self, shard: str, items: list[tuple[AppKey, bytes]]) -> None:
+        """One write of a batch's lines to a shard log; each child's byte range there goes
+        to the run index with the batch's other facts."""
+        index = self._run_index()
+        for fact in _append_tagged(self._root, shard, items):
+            self._writer.gather(apply_facts, index, fact)
+
+    # -- reads wait for the writes (and for the index: it locates compact children) ------
 
     def load(
         self, partition_key: str | None, app_id: str, sequence_id: int | None = None,
         **kwargs: Any,
     ) -> PersistedStateData | None:
-        self._writer.flush()
+        self._writer.flush(gathered=True)
         return super().load(partition_key, app_id, sequence_id, **kwargs)
 
     def list_app_ids(self, partition_key: str | None, on_unreadable: Any = None) -> list[str]:
@@ -302,7 +332,7 @@ class BackgroundTrackingClient(LocalTrackingClient):
         return super().list_app_ids(partition_key, on_unreadable)
 
     def children(self, app_id: str, partition_key: str | None = None) -> list[dict[str, Any]]:
-        self._writer.flush()
+        self._writer.flush(gathered=True)
         return super().children(app_id, partition_key)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -336,6 +366,10 @@ class BackgroundTrackingClient(LocalTrackingClient):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_plain_client, (self.__getstate__(),))
+
+
+def _append_lines(path: str, lines: list[bytes]) -> None:
+    _append_line(path, b"".join(lines))
 
 
 def _plain_client(settings: dict[str, Any]) -> LocalTrackingClient:

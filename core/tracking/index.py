@@ -38,11 +38,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from fanwise.core.tracking._compact import COMPACT_FOLDER, Place
+
 INDEX_FILE: Final = ".fanwise-index.sqlite"
 """The index's file name inside a project folder (a dot file: Burr's UI lists folders only)."""
 STALE_MARKER: Final = ".fanwise-index.stale"
 """Left next to the index by a write that failed: the next reader rebuilds it."""
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 STATUSES: Final = ("created", "running", "completed", "failed")
 """An app's status in the index: `created` (no step begun yet), `running` (a step begun and
 not ended: running, or its driver died during it), `completed` / `failed` (its last step's
@@ -66,7 +68,10 @@ JSON cheaply):
 - `("b", partition_key, app_id, sequence_id, action, start_time)`: a step begun;
 - `("e", partition_key, app_id, sequence_id, action, status, end_time, error_type,
   error_line)`: a step ended, `status` `"completed"` or `"failed"`;
-- `("u", partition_key, app_id, {name: number})`: usage figures the app logged, summed.
+- `("u", partition_key, app_id, {name: number})`: usage figures the app logged, summed;
+- `("o", partition_key, app_id, file, start, end)`: lines of a compact app (one without a
+  folder, `fanwise.core.tracking._compact`) written in bytes `[start, end)` of its shard log
+  `file`; an app's range grows to hold all of them.
 """
 
 
@@ -241,6 +246,7 @@ CREATE TABLE IF NOT EXISTS apps (
     position TEXT, next_action TEXT, sequence_id INTEGER,
     started_at TEXT, ended_at TEXT, duration_ms REAL,
     error_type TEXT, error_line TEXT, usage TEXT,
+    log_file TEXT, log_start INTEGER, log_end INTEGER,  -- a compact app's lines (`_compact`)
     UNIQUE (partition_key, app_id)
 );
 -- children of a parent in spawn order (rowid), all or by status; roots are parent_row NULL
@@ -311,6 +317,11 @@ ON CONFLICT (partition_key, app_id) DO UPDATE SET
     error_line = CASE WHEN {_AHEAD} THEN ?14 ELSE error_line END,
     progress = CASE WHEN {_AHEAD} THEN ?6 ELSE progress END
 """
+_PLACE = """
+UPDATE apps SET log_file = coalesce(log_file, ?1), log_start = min(coalesce(log_start, ?2), ?2),
+    log_end = max(coalesce(log_end, ?3), ?3)
+WHERE partition_key = ?4 AND app_id = ?5
+"""
 _COLUMNS = ("a.partition_key, a.app_id, p.app_id, p.partition_key, a.parent_seq, a.status,"
             " a.position, a.next_action, a.sequence_id, a.created_at, a.started_at, a.ended_at,"
             " a.duration_ms, a.error_type, a.error_line, a.usage, a.rowid")
@@ -366,8 +377,8 @@ class RunIndex:
 
     def apply(self, facts: Iterable[Fact]) -> None:
         """Write `facts` in one transaction: one upsert per app they name."""
-        patches, usage = _fold(facts)
-        if not patches and not usage:
+        patches, usage, places = _fold(facts)
+        if not patches and not usage and not places:
             return
         with self._transaction() as connection:
             self._note_if_complete(connection, {app_id for _, app_id in patches})
@@ -379,6 +390,8 @@ class RunIndex:
             connection.executemany(_UPSERT, patches.values())
             for (key, app_id), figures in usage.items():
                 _add_usage(connection, key, app_id, figures)
+            if places:
+                connection.executemany(_PLACE, [(*place, *app) for app, place in places.items()])
 
     def rebuild(self) -> int:
         """Index every app folder of the project (merged into what is indexed: facts are
@@ -454,6 +467,31 @@ class RunIndex:
                 f"project {self.project!r}: name one (--partition-key)"
             )
         return found[0] if found else None
+
+    def compact_place(self, app_id: str, partition_key: str | None = None) -> Place | None:
+        """Where the lines of a compact app (tracked without a folder) are, or None (an app
+        with a folder, or one not indexed)."""
+        with self._locked() as connection:
+            row = connection.execute(
+                "SELECT log_file, log_start, log_end FROM apps WHERE partition_key = ? AND"
+                " app_id = ? AND log_file IS NOT NULL", (_key(partition_key), app_id),
+            ).fetchone()
+        return None if row is None else Place(*row)
+
+    def compact_children(
+        self, app_id: str, partition_key: str | None = None
+    ) -> Iterator[AppRow]:
+        """The compact children of `app_id` (those without a folder), in spawn order, read
+        a page at a time."""
+        parent = self._rowid(app_id, partition_key)
+        cursor = 0
+        while parent is not None:
+            rows = self._page(["a.parent_row = ?", "a.log_file IS NOT NULL"], [parent], None,
+                              1000, cursor, descending=False)
+            yield from rows[:1000]
+            if len(rows) <= 1000:
+                return
+            cursor = rows[999].row
 
     def apps(
         self,
@@ -698,11 +736,14 @@ class RunIndex:
             return [_row(values) for values in connection.execute(query, params)]
 
     def _step_starts(self, app_id: str, partition_key: str | None) -> dict[int, str]:
-        """When each step of the app last began, from its folder."""
-        from fanwise.core.tracking._index_rebuild import facts_of_app
+        """When each step of the app last began, from its folder or its compact lines."""
+        from fanwise.core.tracking._index_rebuild import compact_facts, facts_of_app
 
-        return {fact[3]: fact[5] for fact in facts_of_app(self.folder, app_id, partition_key)
-                if fact[0] == "b"}
+        facts = facts_of_app(self.folder, app_id, partition_key)
+        place = None if facts else self.compact_place(app_id, partition_key)
+        if place is not None:
+            facts = compact_facts(self.folder, place, partition_key, app_id)
+        return {fact[3]: fact[5] for fact in facts if fact[0] == "b"}
 
     def _index_folder_of(self, app_id: str, partition_key: str | None) -> bool:
         from fanwise.core.tracking._index_rebuild import facts_of_app
@@ -787,6 +828,8 @@ def _holds_apps(folder: str, besides: set[str]) -> bool:
     except FileNotFoundError:
         return False
     for entry in folders:
+        if entry.name == COMPACT_FOLDER:
+            return True  # compact apps' logs, written before this index: it lacks them
         if _PARTITIONED.fullmatch(entry.name):
             if _holds_apps(entry.path, besides):
                 return True
@@ -828,14 +871,24 @@ def _row(values: Sequence[Any]) -> AppRow:
 
 
 def _fold(facts: Iterable[Fact]) -> tuple[dict[tuple[str, str], list[Any]],
-                                          dict[tuple[str, str], dict[str, float]]]:
+                                          dict[tuple[str, str], dict[str, float]],
+                                          dict[tuple[str, str], list[Any]]]:
     """One upsert's parameters per app (see `_UPSERT`; the parent still as its key, made a
-    rowid by `apply`), and usage figures to add, from facts in the order they happened."""
+    rowid by `apply`), usage figures to add, and compact apps' byte ranges (`_PLACE`), from
+    facts in the order they happened."""
     patches: dict[tuple[str, str], list[Any]] = {}
     usage: dict[tuple[str, str], dict[str, float]] = {}
+    places: dict[tuple[str, str], list[Any]] = {}
     for fact in facts:
         app = (_key(fact[1]), fact[2])
         kind = fact[0]
+        if kind == "o":
+            place = places.get(app)
+            if place is None:
+                places[app] = [fact[3], fact[4], fact[5]]
+            else:
+                place[1], place[2] = min(place[1], fact[4]), max(place[2], fact[5])
+            continue
         if kind == "u":
             figures = usage.setdefault(app, {})
             for name, number in fact[3].items():
@@ -864,7 +917,7 @@ def _fold(facts: Iterable[Fact]) -> tuple[dict[tuple[str, str], list[Any]],
                 failed = fact[5] == "failed"
                 patch[5:10] = [rank, fact[5], fact[4], fact[4] if failed else None, fact[3]]
                 patch[11], patch[12], patch[13] = fact[6], fact[7], fact[8]
-    return patches, usage
+    return patches, usage, places
 
 
 def _parent_rows(connection: sqlite3.Connection,

@@ -15,6 +15,11 @@ An application is identified by its partition key and its app id. Under
 An app folder holds `graph.json`, `metadata.json` (whose `partition_key` is checked on every
 read), `log.jsonl` (appended, never rewritten) and, for a fan-out parent, `children.jsonl`.
 
+A fan-out step's children past its first `child_folders` (1,000 by default) get no folder:
+their records are lines of the project's compact logs (`_compact`), found through the run
+index, so a 1M-child fan-out writes 16 logs, not 1M folders, and Burr's UI still shows the
+apps and the first children of each step.
+
 A line is written with one `write`; a crash or a full disk can still leave a torn last line.
 Readers skip it; writers repair it (drop it, or end it if it is a whole record) under an
 exclusive `flock` before appending, so it never becomes a corrupt middle line.
@@ -46,7 +51,8 @@ from fanwise.core._paths import resolved
 from fanwise.core.errors import CorruptStateError
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData
 from fanwise.core.serde import deserialise_state, dumps_state
-from fanwise.core.tracking import _records
+from fanwise.core.tracking import _compact, _records
+from fanwise.core.tracking._compact import COMPACT_FOLDER, Place
 from fanwise.core.tracking._spans import SpanRecords
 from fanwise.core.tracking.index import Fact, RunIndex, created_fact, ended_fact, usage_of
 
@@ -77,6 +83,12 @@ _PARTITION_FOLDER = re.compile(r"\.?partition=[a-z0-9_.-]*-[0-9a-f]{24}")
 _UNREADABLE_CHARS = re.compile(r"[^a-z0-9_.-]")
 _SEQUENCE_ID = re.compile(rb'"sequence_id"\s*:\s*(\d+)')
 _MAX_OPEN_LOGS = 128
+_PLACEMENTS = 65_536
+"""Apps whose layout (folder or compact) a client remembers; beyond, it asks the run index.
+More than the facts a writer gathers before applying them (3,000), so the index knows any
+compact app forgotten here."""
+CHILD_FOLDERS = 1000
+"""Children of one fan-out step given an app folder by default (`child_folders=`)."""
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 """`flock` errors of filesystems that have no locks."""
 _LOG = logging.getLogger(__name__)
@@ -109,6 +121,11 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
     input names, recorded as `"***"`, or a callable `redact(action_name, inputs) -> dict`
     returning what to record (drop a large shared resource, mask a token). A `Secret` input
     is always recorded as `"Secret(***)"`.
+
+    `child_folders`: how many children of one fan-out step (one step of one parent, counted
+    by the client that records them) get an app folder, as every app does; the later ones,
+    and every child of a compact child, are written compactly (see the module docstring).
+    `0`: every child compact; `None`: every child a folder.
     """
 
     GRAPH_FILENAME = GRAPH_FILE
@@ -123,6 +140,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         storage_dir: str = "~/.fanwise",
         serde_kwargs: Mapping[str, Any] | None = None,
         redact: Iterable[str] | Redact | None = None,
+        child_folders: int | None = CHILD_FOLDERS,
     ) -> None:
         _check_project(project)
         self.project = project
@@ -130,6 +148,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         self.storage_dir = resolved(str(storage_dir), "LocalTrackingClient storage_dir")
         self.serde_kwargs = _check_serde_kwargs(serde_kwargs)
         self.redact = _redactor(redact)
+        self.child_folders = _check_child_folders(child_folders)
         self._setup()
 
     @property
@@ -152,6 +171,11 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         self._graph_files: dict[bytes, str] = {}
         """A `graph.json` written per graph: new apps with the same graph hard-link to it."""
         self._index_in_use: RunIndex | None = None
+        self._compact: OrderedDict[AppKey, bool] = OrderedDict()
+        """Recently seen apps: whether each is compact (no folder)."""
+        self._folders_given: dict[tuple[str | None, str, int | None], int] = {}
+        """Children given a folder so far, per fan-out step (parent key, id, sequence id)."""
+        self._graphs_kept: set[str] = set()
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -170,15 +194,25 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         metadata = _records.metadata_record(
             app_id, partition_key, parent_pointer, spawning_parent_pointer, _now()
         )
-        created_at = self._write_app(
-            partition_key, app_id, self._graph_bytes(application_graph), metadata
-        )
-        if spawning_parent_pointer is not None:
-            entry = _records.child_record(
-                app_id, partition_key, spawning_parent_pointer.sequence_id, created_at
-            )
-            parent = (spawning_parent_pointer.partition_key, spawning_parent_pointer.app_id)
-            self._append_children(parent, (partition_key, app_id), _line(entry))
+        graph = self._graph_bytes(application_graph)
+        spawner = spawning_parent_pointer
+        app = (partition_key, app_id)
+        if spawner is not None and self._goes_compact(
+            app, (spawner.partition_key, spawner.app_id), spawner.sequence_id
+        ):
+            created_at = metadata["created_at"]
+            entry = _records.child_record(app_id, partition_key, spawner.sequence_id,
+                                          created_at)
+            self._append_compact(app, self._application_line(graph, metadata, entry))
+        else:
+            created_at = self._write_app(partition_key, app_id, graph, metadata)
+            if spawner is not None:
+                entry = _records.child_record(
+                    app_id, partition_key, spawner.sequence_id, created_at
+                )
+                parent = (spawner.partition_key, spawner.app_id)
+                self._append_children(parent, app, _line(entry))
+            self._remember(app, False)
         self._index(
             (partition_key, app_id),
             created_fact(partition_key, app_id, spawning_parent_pointer, created_at),
@@ -389,12 +423,98 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         _append_line(os.path.join(self._app_dir(*parent), CHILDREN_FILE), line)
 
     def _append_log(self, app: AppKey, line: bytes) -> None:
-        self._log(app).append(line)
+        if self._is_compact(app):
+            self._append_compact(app, line)
+        else:
+            self._log(app).append(line)
+
+    def _append_compact(self, app: AppKey, line: bytes) -> None:
+        """Append a line of a compact app to its shard log, and its range to the index."""
+        shard = _compact.shard_of(*app)
+        for fact in _append_tagged(self._root, shard, [(app, line)]):
+            self._index(app, fact)
 
     def _index(self, app: AppKey, fact: Fact) -> None:
         """Hand a fact of what was just written to the project's run index
         (`fanwise.core.tracking.index`), in the batch its lines are written in."""
         apply_facts(self._run_index(), [fact])
+
+    # -- folder or compact ------------------------------------------------------------
+
+    def _goes_compact(self, app: AppKey, parent: AppKey, parent_sequence_id: int | None) -> bool:
+        """Whether a child being created is written compactly: a child of a compact parent
+        is; a child that has a folder (resumed) is not; else it is once its fan-out step
+        gave `child_folders` children a folder, or if it was compact before (resumed in a
+        new process, whose counts start at 0)."""
+        if self.child_folders is None:
+            compact = False
+        elif self._is_compact(parent):
+            compact = True
+        elif self._has_folder(*app):
+            compact = False
+        else:
+            step = (*parent, parent_sequence_id)
+            given = self._folders_given.get(step, 0)
+            compact = given >= self.child_folders or (
+                self._has_compact_logs()
+                and self._run_index().compact_place(app[1], app[0]) is not None
+            )
+            if not compact:
+                self._folders_given[step] = given + 1
+        self._remember(app, compact)
+        return compact
+
+    def _is_compact(self, app: AppKey) -> bool:
+        """Whether the app is tracked without a folder: as remembered, else as the run
+        index knows it (an app written before this client, or forgotten since)."""
+        with self._lock:
+            known = self._compact.get(app)
+            if known is not None:
+                self._compact.move_to_end(app)
+                return known
+        known = self._has_compact_logs() and (
+            self._run_index().compact_place(app[1], app[0]) is not None
+        )
+        self._remember(app, known)
+        return known
+
+    def _has_compact_logs(self) -> bool:
+        """Whether the project has compact apps at all (most have none: no index lookup)."""
+        return os.path.isdir(os.path.join(self._root, COMPACT_FOLDER))
+
+    def _remember(self, app: AppKey, compact: bool) -> None:
+        with self._lock:
+            self._compact[app] = compact
+            self._compact.move_to_end(app)
+            while len(self._compact) > _PLACEMENTS:
+                self._compact.popitem(last=False)
+
+    def _has_folder(self, partition_key: str | None, app_id: str) -> bool:
+        """Whether the app has a folder (in the current layout, or an earlier one)."""
+        if os.path.isdir(self._app_dir(partition_key, app_id)):
+            return True
+        return partition_key is not None and any(
+            _partition_key_of(_read_metadata_if_sound(earlier) or {}) == partition_key
+            for earlier in self._earlier_dirs(partition_key, app_id)
+        )
+
+    def _application_line(self, graph: bytes, metadata: dict[str, Any],
+                          child: dict[str, Any] | None) -> bytes:
+        """A compact app's first line; its graph kept once per project."""
+        digest = _compact.write_graph(self._root, graph, self._graphs_kept)
+        return _compact.application_line(metadata, digest, child)
+
+    def _compact_place(self, partition_key: str | None, app_id: str) -> Place | None:
+        """Where a compact app's lines are, from the run index (rebuilt first if it is stale
+        and knows no such app: one written by another process whose index write failed)."""
+        if not self._has_compact_logs():
+            return None
+        index = self._run_index()
+        place = index.compact_place(app_id, partition_key)
+        if place is None and not self._has_folder(partition_key, app_id) and index.is_stale():
+            index.rebuild()
+            place = index.compact_place(app_id, partition_key)
+        return place
 
     def _run_index(self) -> RunIndex:
         """This process's index of the project (one connection for all clients on it)."""
@@ -406,7 +526,8 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
     def recorder(self) -> RecordingTracker:
         """A tracker for children running elsewhere; their records come back to `ingest`."""
         return RecordingTracker(
-            self.project, self.storage_dir, self.serde_kwargs, redact=self.redact
+            self.project, self.storage_dir, self.serde_kwargs, redact=self.redact,
+            child_folders=self.child_folders,
         )
 
     def in_background(self) -> LocalTrackingClient:
@@ -423,25 +544,44 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         leaked)."""
         extra = _RedactNames(frozenset(names))
         combined = extra if self.redact is None else _RedactBoth(extra, self.redact)
-        return type(self)(self.project, self.storage_dir, self.serde_kwargs, redact=combined)
+        return type(self)(self.project, self.storage_dir, self.serde_kwargs, redact=combined,
+                          child_folders=self.child_folders)
 
     def ingest(self, records: list[dict[str, Any]]) -> None:
         """Write what `RecordingTracker`s captured (`take`), batching the parents' children
         lines. A record names its app by `partition_key` and `app_id`."""
         children: dict[AppKey, list[bytes]] = {}
+        shards: dict[str, list[tuple[AppKey, bytes]]] = {}
         facts: list[Fact] = []
         for record in _flatten(records):
             app = (record["partition_key"], record["app_id"])
+            lines = list(record.get("log") or ())
+            child_of = record.get("child_of")
             if "app" in record:
-                self._write_app(*app, *record["app"])
-            if record.get("log"):
-                _append_line(os.path.join(self._app_dir(*app), LOG_FILE), b"".join(record["log"]))
-            if "child_of" in record:
-                parent_key, parent_app_id, line = record["child_of"]
-                children.setdefault((parent_key, parent_app_id), []).append(line)
+                graph, metadata = record["app"]
+                parent = (child_of[0], child_of[1]) if child_of else None
+                spawner = metadata.get("spawning_parent_pointer") or {}
+                if parent is not None and self._goes_compact(
+                    app, parent, spawner.get("sequence_id")
+                ):
+                    entry = json.loads(child_of[2])
+                    lines.insert(0, self._application_line(graph, metadata, entry))
+                    child_of = None
+                else:
+                    self._write_app(*app, graph, metadata)
+                    self._remember(app, False)
+            if lines and self._is_compact(app):
+                shards.setdefault(_compact.shard_of(*app), []).extend(
+                    (app, line) for line in lines)
+            elif lines:
+                _append_line(os.path.join(self._app_dir(*app), LOG_FILE), b"".join(lines))
+            if child_of is not None:
+                children.setdefault((child_of[0], child_of[1]), []).append(child_of[2])
             facts.extend(record.get("index") or ())
         for parent, lines in children.items():
             _append_line(os.path.join(self._app_dir(*parent), CHILDREN_FILE), b"".join(lines))
+        for shard, items in shards.items():
+            facts.extend(_append_tagged(self._root, shard, items))
         if facts:
             apply_facts(self._run_index(), facts)
 
@@ -460,14 +600,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         are ignored (Burr's examples pass `sequence_no=`)."""
         partition_key = partition_key or None
         self._check_app(partition_key, app_id)
-        app_dir = self._recorded_dir(partition_key, app_id)
-        if app_dir is None:
-            return None
-        log_path = os.path.join(app_dir, LOG_FILE)
-        try:
-            records = _read_lines(log_path, app_id)
-        except FileNotFoundError:
-            return None
+        records, log_path = self._log_records(partition_key, app_id)
         ends = [
             r
             for r in records
@@ -491,15 +624,39 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStateError(
                 f"tracking log of app {app_id!r} has an unreadable end entry for sequence id "
-                f"{record.get('sequence_id')!r} in {log_path}: {exc!r}"
+                f"{record.get('sequence_id')!r} in "
+                f"{log_path or os.path.join(self._root, COMPACT_FOLDER)}: {exc!r}"
             ) from exc
+
+    def _log_records(
+        self, partition_key: str | None, app_id: str
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The app's log records, compact ones first (an app has either, unless it moved
+        from one layout to the other), and where its folder's log is (None: no folder)."""
+        records: list[dict[str, Any]] = []
+        place = self._compact_place(partition_key, app_id)
+        if place is not None:
+            records.extend(record for record in _compact.records(
+                self._root, place, partition_key, app_id
+            ) if record.get("type") != _compact.APPLICATION)
+        app_dir = self._recorded_dir(partition_key, app_id)
+        if app_dir is None:
+            return records, None
+        log_path = os.path.join(app_dir, LOG_FILE)
+        try:
+            records.extend(_read_lines(log_path, app_id))
+        except FileNotFoundError:
+            return records, None
+        return records, log_path
 
     def list_app_ids(
         self, partition_key: str | None, on_unreadable: OnUnreadable | None = None
     ) -> list[str]:
-        """Ids (from each metadata.json) of the project's apps of `partition_key`, oldest
-        first. An app folder whose metadata cannot be read is skipped and reported:
-        `on_unreadable(path, error)`, by default a logged warning."""
+        """Ids (from each metadata.json) of the project's apps of `partition_key` that have
+        a folder, oldest first: every app but the compact children of large fan-outs (the
+        run index lists those, a page at a time). An app folder whose metadata cannot be
+        read is skipped and reported: `on_unreadable(path, error)`, by default a logged
+        warning."""
         self._check_partition_key(partition_key)
         report = on_unreadable or _warn_unreadable
         found: dict[str, str] = {}
@@ -531,32 +688,49 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             app_dir = client._recorded_dir(partition_key, app_id)
         except CorruptStateError:  # unreadable metadata: the log may still be there
             app_dir = client._app_dir(partition_key, app_id)
-        return app_dir is not None and os.path.isfile(os.path.join(app_dir, LOG_FILE))
+        if app_dir is not None and os.path.isfile(os.path.join(app_dir, LOG_FILE)):
+            return True
+        place = client._compact_place(partition_key, app_id)
+        return place is not None and any(
+            record.get("type") != _compact.APPLICATION
+            for record in _compact.records(client._root, place, partition_key, app_id)
+        )
 
     def children(self, app_id: str, partition_key: str | None = None) -> list[dict[str, Any]]:
         """The children spawned by `app_id` (of `partition_key`), in spawn order (one entry
-        per child id)."""
+        per child id): those in its `children.jsonl`, and its compact children (from the
+        run index), by creation time."""
         self._check_app(partition_key, app_id)
         app_dir = self._recorded_dir(partition_key, app_id)
-        if app_dir is None:
-            return []
-        try:
-            records = _read_lines(os.path.join(app_dir, CHILDREN_FILE), app_id)
-        except FileNotFoundError:
-            return []
+        records: list[dict[str, Any]] = []
+        if app_dir is not None:
+            try:
+                records = _read_lines(os.path.join(app_dir, CHILDREN_FILE), app_id)
+            except FileNotFoundError:
+                pass
         by_child: dict[str, dict[str, Any]] = {}
         for record in records:
             view = _records.child_view(record)
             if view is not None:
                 by_child[view["child_app_id"]] = view
-        return list(by_child.values())
+        compact = [
+            {"child_app_id": row.app_id, "sequence_id": row.parent_sequence_id,
+             "partition_key": row.partition_key, "created_at": row.created_at}
+            for row in (self._run_index().compact_children(app_id, partition_key)
+                        if self._has_compact_logs() else ())
+            if row.app_id not in by_child
+        ]
+        if not compact:
+            return list(by_child.values())
+        return sorted([*by_child.values(), *compact], key=lambda view: view["created_at"] or "")
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def copy(self) -> LocalTrackingClient:
         """A client on the same project and folder, sharing no file handles."""
         return LocalTrackingClient(
-            self.project, self.storage_dir, self.serde_kwargs, redact=self.redact
+            self.project, self.storage_dir, self.serde_kwargs, redact=self.redact,
+            child_folders=self.child_folders,
         )
 
     def close(self) -> None:
@@ -574,6 +748,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             "storage_dir": self.storage_dir,
             "serde_kwargs": self.serde_kwargs,
             "redact": self.redact,
+            "child_folders": self.child_folders,
         }
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -581,6 +756,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         self.storage_dir = data["storage_dir"]
         self.serde_kwargs = data.get("serde_kwargs") or {}
         self.redact = data.get("redact")
+        self.child_folders = data.get("child_folders", CHILD_FOLDERS)
         self._setup()
 
     def __repr__(self) -> str:
@@ -683,6 +859,13 @@ class RecordingTracker(LocalTrackingClient):
         with self._lock:
             self._record((partition_key, app_id))["app"] = (graph, metadata)
         return metadata["created_at"]
+
+    def _goes_compact(self, app: AppKey, parent: AppKey, parent_sequence_id: int | None) -> bool:
+        """Never here: the client that ingests the records decides."""
+        return False
+
+    def _remember(self, app: AppKey, compact: bool) -> None:
+        """Nothing: this recorder writes no files."""
 
     def _append_children(self, parent: AppKey, child: AppKey, line: bytes) -> None:
         with self._lock:
@@ -872,6 +1055,18 @@ def _check_serde_kwargs(serde_kwargs: object) -> dict[str, Any]:
     return dict(serde_kwargs)
 
 
+def _check_child_folders(child_folders: object) -> int | None:
+    if child_folders is None or (
+        isinstance(child_folders, int) and not isinstance(child_folders, bool)
+        and child_folders >= 0
+    ):
+        return child_folders
+    raise ValueError(
+        f"child_folders={child_folders!r} of LocalTrackingClient must be an int >= 0 (how many "
+        "children of each fan-out step get an app folder) or None (every child)"
+    )
+
+
 def _check_project(project: object) -> None:
     if not isinstance(project, str) or not _SAFE_PROJECT.fullmatch(project) or ".." in project:
         raise ValueError(
@@ -980,6 +1175,27 @@ def _append_line(path: str, lines: bytes) -> None:
             raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _append_tagged(root: str, shard: str, items: list[tuple[AppKey, bytes]]) -> list[Fact]:
+    """Append the lines of compact apps to the shard log `shard` of the project folder
+    `root` in one write, on a line boundary (as `_append_line`); the facts of each app's
+    byte range there. The offset is the file's size under the lock: every writer of a shard
+    appends under it."""
+    path = os.path.join(root, COMPACT_FOLDER, shard)
+    fd = _open_append_fd(path)
+    try:
+        _lock_file(fd)
+        size = _repair_tail(fd)
+        data, ranges = _compact.spans(size, items)
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            _cut_back(fd, size)
+            raise
+    finally:
+        os.close(fd)
+    return [("o", app[0], app[1], shard, start, end) for app, (start, end) in ranges.items()]
 
 
 def _open_for_append(path: str) -> int:

@@ -169,9 +169,9 @@ def test_the_writer_appends_lines_per_file_in_order_and_flushes_on_demand(tmp_pa
     seen: dict[str, list[bytes]] = {}
     lock = threading.Lock()
 
-    def write(key, lines):
+    def write(key, lines):  # every line of a batch for `key`, in one call
         with lock:
-            seen.setdefault(key, []).append(lines)
+            seen.setdefault(key, []).extend(lines)
 
     for i in range(1000):
         writer.append(write, "a" if i % 2 else "b", b"%d\n" % i)
