@@ -22,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from fanwise.core.persistence.base import PersistedStateData, SaveRow
+from fanwise.core.protocols import ChildLoader, StateLoader, StoresForm, conforms
 from fanwise.core.protocols import RecordingTracker as IngestingTracker
-from fanwise.core.protocols import StateLoader, StoresForm, conforms
 from fanwise.core.state import State
 from fanwise.core.tracking.local import RecordingTracker
 from fanwise.parallel.cascade import copy_of
@@ -68,7 +68,11 @@ def carry_over(spec: ChildSpec) -> ChildSpec:
         tracker.ingest(records)
     if spec.saver is None or not isinstance(tracker, RecordingTracker):
         return spec
-    wrapper = _RecordsInRowsLoading if conforms(spec.saver, StateLoader) else _RecordsInRows
+    wrapper = (
+        _RecordsInRowsChildLoading if conforms(spec.saver, ChildLoader)
+        else _RecordsInRowsLoading if conforms(spec.saver, StateLoader)
+        else _RecordsInRows
+    )
     return dataclasses.replace(
         spec, saver=wrapper(spec.saver, tracker, spec.app_id, spec.partition_key)
     )
@@ -141,6 +145,14 @@ class _RecordsInRowsLoading(_RecordsInRows):
 
     def load_many(self, partition_key: str | None, app_ids: Sequence[str]) -> Any:
         return self._inner.load_many(partition_key, app_ids)
+
+
+class _RecordsInRowsChildLoading(_RecordsInRowsLoading):
+    """`_RecordsInRowsLoading` over a store that keeps children by slot (`ChildLoader`)."""
+
+    def load_children(self, partition_key: str | None, parent_app_id: str,
+                      parent_sequence_id: int, ids: Mapping[int, str]) -> Any:
+        return self._inner.load_children(partition_key, parent_app_id, parent_sequence_id, ids)
 
 
 def _step_at_most(line: bytes, sequence_id: int) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.errors import StateSerialisationError
 from fanwise.core.persistence.base import PersistedStateData
-from fanwise.core.protocols import StateLoader, StateSaver
+from fanwise.core.protocols import ChildLoader, StateLoader, StateSaver, conforms
 from fanwise.core.secret import Secret
 from fanwise.parallel._child_ids import child_app_id, fingerprint
 from fanwise.parallel._retry import RetryPolicy
@@ -137,6 +137,17 @@ class Planner:
             )
 
 
+def read_saved(
+    loader: StateLoader, parent: ApplicationContext, ids: dict[int, str]
+) -> Any:
+    """The read (maybe awaitable) of the latest saved rows of the children `ids` (position
+    -> app id) of `parent`'s step: one range scan where the store keeps children by slot
+    (`ChildLoader`), else a `load_many` of their ids."""
+    if parent.sequence_id is not None and conforms(loader, ChildLoader):
+        return loader.load_children(parent.partition_key, parent.app_id, parent.sequence_id, ids)
+    return loader.load_many(parent.partition_key, list(ids.values()))
+
+
 class ResumeLookup:
     """Finds children already saved: finished ones become results (not run again), half
     finished ones continue from their last step.
@@ -154,13 +165,13 @@ class ResumeLookup:
         self._read_to = 0
         """Default ids below this position were read; `_found` keeps the rows found."""
 
-    def lookups(self, specs: list[ChildSpec]) -> list[tuple[StateLoader, list[str]]]:
-        """One (loader, app ids) batch read per distinct loader."""
-        groups: dict[int, tuple[StateLoader, list[str]]] = {}
+    def lookups(self, specs: list[ChildSpec]) -> list[tuple[StateLoader, dict[int, str]]]:
+        """One (loader, position -> app id) batch read per distinct loader."""
+        groups: dict[int, tuple[StateLoader, dict[int, str]]] = {}
         for spec in specs:
             if spec.loader is None:
                 continue
-            ids = [spec.app_id]
+            ids = {spec.position: spec.app_id}
             if spec.loader is self._loader and spec.app_id not in self._planner.explicit_ids:
                 if spec.position < self._read_to:
                     continue
@@ -169,8 +180,8 @@ class ResumeLookup:
                     known = {p: self._planner.default_id(p) for p in ahead}
                     self._planner.remember_ids(known)
                     self._read_to = spec.position + READ_AHEAD
-                    ids = [spec.app_id, *known.values()]
-            groups.setdefault(id(spec.loader), (spec.loader, []))[1].extend(ids)
+                    ids.update(known)
+            groups.setdefault(id(spec.loader), (spec.loader, {}))[1].update(ids)
         return list(groups.values())
 
     def apply(

@@ -20,8 +20,15 @@ from fanwise.core.actions import Action
 from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
-from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData, SaveRow
-from fanwise.core.protocols import FlushingTracker, StateLoader, StateSaver, StoresForm, conforms
+from fanwise.core.persistence.base import BaseStateLoader, ChildSlot, PersistedStateData, SaveRow
+from fanwise.core.protocols import (
+    ChildLoader,
+    FlushingTracker,
+    StateLoader,
+    StateSaver,
+    StoresForm,
+    conforms,
+)
 from fanwise.core.state import State
 from fanwise.core.tracking.local import RecordingTracker
 from fanwise.executors.protocols import NestedChoice
@@ -111,9 +118,14 @@ class _DeferredSaver:
     the final row travels back in the result and is committed in a batch by the driver.
     """
 
-    def __init__(self, inner: Any, fingerprint: str | None, tracker: Any = None) -> None:
+    def __init__(
+        self, inner: Any, fingerprint: str | None, tracker: Any = None,
+        slot: ChildSlot | None = None,
+    ) -> None:
         self._inner = inner
         self._meta = {"fingerprint": fingerprint} if fingerprint else None
+        self._slot = slot
+        """Where the child sits, for stores that keep children by slot (`ChildLoader`)."""
         self.held: SaveRow | None = None
         self._tracking = tracker if conforms(tracker, FlushingTracker) else None
         """Tracking written in the background: on disk before a row goes to the store."""
@@ -138,6 +150,8 @@ class _DeferredSaver:
             partition_key=partition_key, app_id=app_id, sequence_id=sequence_id,
             position=position, state=state, status=status, meta=self._meta,
         )
+        if self._slot is not None:
+            row["child_of"] = self._slot
         previous, self.held = self.held, row
         due = [] if previous is None else [previous]
         if status == "failed":
@@ -303,7 +317,7 @@ def _attempt(
     if _plain(spec):
         return _run_direct(spec.runnable.direct_action, spec.state, spec.inputs), None
     saver = (
-        _DeferredSaver(spec.saver, spec.fingerprint, spec.tracker)
+        _DeferredSaver(spec.saver, spec.fingerprint, spec.tracker, child_slot(spec))
         if spec.saver is not None else None
     )
     if savers is not None:
@@ -362,7 +376,7 @@ async def _aattempt(
         spec.resume_from = await _runner.drive_async(_reloading(spec, savers[-1]))
     deferred: Callable[..., _DeferredSaver] = _AsyncDeferredSaver if is_async else _DeferredSaver
     saver = (
-        deferred(spec.saver, spec.fingerprint, spec.tracker)
+        deferred(spec.saver, spec.fingerprint, spec.tracker, child_slot(spec))
         if spec.saver is not None else None
     )
     if savers is not None:
@@ -393,9 +407,23 @@ def _reloading(spec: ChildSpec, previous: _DeferredSaver | None) -> Generator[An
     that can load: the retry starts afresh). Effects, for `_runner.drive_sync`/`_async`."""
     if previous is not None and previous.held is not None:
         yield spec.saver.save(**previous.held)
+    slot = child_slot(spec)
+    if slot is not None:
+        found = yield spec.saver.load_children(
+            spec.partition_key, slot.parent_app_id, slot.parent_sequence_id,
+            {slot.index: spec.app_id})
+        return found.get(spec.app_id)
     if not conforms(spec.saver, StateLoader):
         return None
     return (yield spec.saver.load(spec.partition_key, spec.app_id))
+
+
+def child_slot(spec: ChildSpec) -> ChildSlot | None:
+    """The slot `spec`'s rows carry, if its store keeps children by slot (`ChildLoader`)."""
+    parent = spec.spawning_parent
+    if parent.sequence_id is None or not conforms(spec.saver, ChildLoader):
+        return None
+    return ChildSlot(parent.app_id, parent.sequence_id, spec.position)
 
 
 def _result(

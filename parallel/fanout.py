@@ -2,13 +2,13 @@
 
     tasks() ──take──▶ Planner.specs ──▶ ResumeLookup ──(saved & finished)──▶ resumed result
                       (ids, fingerprints,   (batched        │
-                       cascaded adapters)    load_many)     ▼ (to run)
+                       cascaded adapters)    load_children) ▼ (to run)
                                                    Window.queued ──Channel.submit──▶ executor
                                                                                       │
        reduce ◀──Partial(result)── Window (task order: held / parked) ◀──Channel.get──┘
                                        ▲                  │
                          re-read parked states      GroupCommit: tracking on disk (shipped
-                         (load_many, in order)      records written, the writer thread of
+                     (load_children, in order)  records written, the writer thread of
                                                     in-process children flushed), then
                                                     final rows (save_many per store)
 
@@ -37,7 +37,7 @@ from fanwise.core.protocols import FlushingTracker, RecordingTracker, StateLoade
 from fanwise.executors.protocols import CAPACITY_POLL_SECONDS, ElasticExecutor
 from fanwise.parallel._channel import Channel
 from fanwise.parallel._commit import GroupCommit
-from fanwise.parallel._plan import PlanConfig, Planner, ResumeLookup
+from fanwise.parallel._plan import PlanConfig, Planner, ResumeLookup, read_saved
 from fanwise.parallel._window import Window
 from fanwise.parallel.child import ChildResult, ChildSpec
 from fanwise.parallel.errors import (
@@ -190,9 +190,8 @@ class Fanout:
             if not batch:
                 return
             rows: dict[str, Any] = {}
-            partition_key = self._plan.parent.partition_key
-            for loader, app_ids in self._lookup.lookups(specs):
-                rows.update((yield loader.load_many(partition_key, app_ids)))
+            for loader, ids in self._lookup.lookups(specs):
+                rows.update((yield read_saved(loader, self._plan.parent, ids)))
             self._resuming = True
             for item in self._lookup.apply(specs, rows):
                 if isinstance(item, ChildSpec):
@@ -368,17 +367,16 @@ class Fanout:
 
     def _hand_out_parked(self, run: range) -> Effects:
         """Re-read the states of parked children `run` from their store, in order."""
-        partition_key = self._plan.parent.partition_key
         wanted: dict[int, tuple[str, StateLoader]] = {}
         for position in run:
             app_id, loader = self._window.parked_ids.pop(position, (None, self._plan.loader))
             wanted[position] = (app_id or self._planner.default_id(position), loader)
-        groups: dict[int, tuple[StateLoader, list[str]]] = {}
-        for app_id, loader in wanted.values():
-            groups.setdefault(id(loader), (loader, []))[1].append(app_id)
+        groups: dict[int, tuple[StateLoader, dict[int, str]]] = {}
+        for position, (app_id, loader) in wanted.items():
+            groups.setdefault(id(loader), (loader, {}))[1][position] = app_id
         rows: dict[str, Any] = {}
-        for loader, app_ids in groups.values():
-            rows.update((yield loader.load_many(partition_key, app_ids)))
+        for loader, ids in groups.values():
+            rows.update((yield read_saved(loader, self._plan.parent, ids)))
         for position, (app_id, _) in wanted.items():
             row = rows.get(app_id)
             if row is None:

@@ -20,9 +20,10 @@ from typing import Any
 class Rows:
     """The rows of one statement, fetched while the connection was held."""
 
-    def __init__(self, rows: list[Any], rowcount: int) -> None:
+    def __init__(self, rows: list[Any], rowcount: int, lastrowid: int | None = None) -> None:
         self._rows = rows
         self.rowcount = rowcount
+        self.lastrowid = lastrowid
 
     def fetchone(self) -> Any:
         return self._rows[0] if self._rows else None
@@ -68,7 +69,7 @@ class SerialConnection:
             self._owner = me
         try:
             cursor = statement()
-            return Rows(cursor.fetchall(), cursor.rowcount)
+            return Rows(cursor.fetchall(), cursor.rowcount, cursor.lastrowid)
         finally:
             if not self._connection.in_transaction:
                 self._owner = None

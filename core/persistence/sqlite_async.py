@@ -110,6 +110,18 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
     ) -> dict[str, PersistedStateData]:
         return await asyncio.to_thread(self._sync.load_many, partition_key, list(app_ids))
 
+    async def load_children(
+        self,
+        partition_key: str | None,
+        parent_app_id: str,
+        parent_sequence_id: int,
+        ids: Mapping[int, str],
+    ) -> dict[str, PersistedStateData]:
+        """See `SQLitePersister.load_children`."""
+        return await asyncio.to_thread(
+            self._sync.load_children, partition_key, parent_app_id, parent_sequence_id, dict(ids)
+        )
+
     async def save(
         self,
         partition_key: str | None,
@@ -122,7 +134,8 @@ class AsyncSQLitePersister(AsyncBaseStatePersister):
         **kwargs: Any,
     ) -> None:
         await asyncio.to_thread(
-            self._sync.save, partition_key, app_id, sequence_id, position, state, status, meta
+            self._sync.save, partition_key, app_id, sequence_id, position, state, status, meta,
+            kwargs.get("child_of"),
         )
 
     async def save_many(self, rows: Iterable[SaveRow]) -> None:

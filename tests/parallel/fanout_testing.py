@@ -123,7 +123,18 @@ class Peak:
 
 
 def completed_app_ids(db_path, table="fanwise_state"):
-    """App ids with a `completed` row in the SQLite file, read directly (no fanwise code)."""
+    """App ids with a `completed` row in the SQLite file, read directly (no fanwise code):
+    apps in the main table, fan-out children in its child table."""
     with closing(sqlite3.connect(db_path)) as connection:
-        rows = connection.execute(f"SELECT DISTINCT app_id FROM {table} WHERE status = 'completed'")
-        return {row[0] for row in rows}
+        tables = [table, *table_if_present(connection, f"{table}_child")]
+        return {
+            row[0] for name in tables for row in connection.execute(
+                f"SELECT DISTINCT app_id FROM {name} WHERE status = 'completed'")
+        }
+
+
+def table_if_present(connection, name):
+    """[name] if the SQLite database of `connection` has that table, else []."""
+    found = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone()
+    return [name] if found else []

@@ -78,8 +78,10 @@ def sweep(executor: Any, folder: Any) -> Any:
 def saved_rows(db: Any, app_id: str) -> list[dict[str, Any]]:
     with closing(sqlite3.connect(db)) as connection:
         rows = connection.execute(
-            "SELECT sequence_id, meta FROM fanwise_state WHERE app_id = ? ORDER BY sequence_id",
-            [app_id],
+            "SELECT sequence_id, meta FROM fanwise_state WHERE app_id = ? UNION ALL"
+            " SELECT sequence_id, meta FROM fanwise_state_child WHERE app_id = ?"
+            " ORDER BY sequence_id",
+            [app_id, app_id],
         ).fetchall()
     return [{"sequence_id": seq, "meta": json.loads(meta) if meta else None}
             for seq, meta in rows]

@@ -8,6 +8,7 @@ import pytest
 from fanout_testing import completed_app_ids, expected_child_id, run_fan
 from fanwise.core import ApplicationBuilder, Result, Secret, State, action, expr, serde
 from fanwise.core.persistence import SQLitePersister
+from fanwise.core.persistence.base import ChildSlot
 from fanwise.core.tracking import LocalTrackingClient
 from fanwise.parallel import (
     ChildFailedError,
@@ -394,7 +395,8 @@ def test_a_child_saved_before_inputs_were_encoded_by_serde_is_still_resumed(tmp_
     persister = SQLitePersister(tmp_path / "state.db")
     persister.save(None, expected_child_id("old", 0, 0), 0, "measure",
                    State({"x": 0, "y": "0cm"}), "completed",
-                   meta={"fingerprint": hashlib.sha256(before.encode()).hexdigest()[:32]})
+                   meta={"fingerprint": hashlib.sha256(before.encode()).hexdigest()[:32]},
+                   child_of=ChildSlot("old", 0, 0))
 
     final = run_fan(MeasureAll(), app_id="old", persister=persister, inputs={"unit": "cm"})
 

@@ -171,6 +171,10 @@ class CountingPersister(SQLitePersister):
         self.batches.append(list(app_ids))
         return super().load_many(partition_key, app_ids)
 
+    def load_children(self, partition_key, parent_app_id, parent_sequence_id, ids):
+        self.batches.append(list(ids.values()))
+        return super().load_children(partition_key, parent_app_id, parent_sequence_id, ids)
+
 
 def test_resume_skips_finished_children_with_batched_loads_and_no_per_child_load(
     tmp_path, tally, caplog, recwarn
