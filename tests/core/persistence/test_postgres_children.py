@@ -283,3 +283,23 @@ def test_fetch_runs_a_read_with_placeholders(store, table):
 
     assert store._fetch(f'SELECT app_id FROM "{table}" WHERE sequence_id = %s',
                         [1]) == [("parent",)]
+
+
+def test_initializing_a_store_that_has_its_tables_waits_for_no_running_write(store, table):
+    import psycopg
+
+    store.save_many([child("kid-0", 0)])
+    with psycopg.connect(POSTGRES_DSN) as writer:  # a child's write, not yet committed
+        writer.execute(f'INSERT INTO "{table}_child" SELECT fanout, 1, 0, id_key, %s,'
+                       f' position, state, status, created_at, meta FROM "{table}_child"',
+                       ["kid-1"])
+        late = PostgreSQLPersister(POSTGRES_DSN, table_name=table)
+        initializer = threading.Thread(target=late.initialize, daemon=True)
+        initializer.start()
+        initializer.join(10)
+        waited = initializer.is_alive()
+        writer.rollback()
+    initializer.join(10)
+    late.close()
+
+    assert not waited
