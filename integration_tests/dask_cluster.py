@@ -212,7 +212,7 @@ def durable_children(db: Path) -> set[str]:
     try:
         with sqlite3.connect(db) as connection:
             rows = connection.execute(
-                "SELECT DISTINCT app_id FROM fanwise_state "
+                "SELECT DISTINCT app_id FROM fanwise_state_child "
                 "WHERE status = 'completed' AND position = 'square'"
             ).fetchall()
     except sqlite3.OperationalError:

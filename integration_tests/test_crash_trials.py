@@ -170,7 +170,7 @@ def durable_sqlite_children(db: Path, app_id: str) -> set[int]:
     try:
         with closing(sqlite3.connect(db)) as connection:
             rows = connection.execute(
-                "SELECT DISTINCT app_id FROM fanwise_state WHERE status = 'completed'"
+                "SELECT DISTINCT app_id FROM fanwise_state_child WHERE status = 'completed'"
                 " AND position = ?",
                 [CHILD_ACTION],
             ).fetchall()
@@ -380,7 +380,10 @@ def pg_table():
     table = f"fanwise_crash_{uuid.uuid4().hex[:12]}"
     yield POSTGRES_DSN, table
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_lease"')
+        connection.execute(
+            f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
+            f' "{table}_child", "{table}_meta"'
+        )
 
 
 def durable_pg_children(connection, table: str, app_id: str) -> set[int]:
@@ -389,7 +392,7 @@ def durable_pg_children(connection, table: str, app_id: str) -> set[int]:
 
     try:
         rows = connection.execute(
-            f'SELECT DISTINCT app_id FROM "{table}" WHERE status = %s AND position = %s',
+            f'SELECT DISTINCT app_id FROM "{table}_child" WHERE status = %s AND position = %s',
             ["completed", CHILD_ACTION],
         ).fetchall()
     except psycopg.errors.UndefinedTable:

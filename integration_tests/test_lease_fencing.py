@@ -58,7 +58,10 @@ def trial(psycopg, tmp_path):
             process.kill()
         process.communicate(timeout=30)
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_lease"')
+        connection.execute(
+            f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
+            f' "{table}_child", "{table}_meta"'
+        )
 
 
 def executions(log):
@@ -75,7 +78,7 @@ def finished_children(table):
 
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
         return connection.execute(
-            f'SELECT count(*) FROM "{table}" WHERE sequence_id = 1 AND position = %s',
+            f'SELECT count(*) FROM "{table}_child" WHERE sequence_id = 1 AND position = %s',
             ["finish"],
         ).fetchone()[0]
 
@@ -86,7 +89,8 @@ def writers(table):
 
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
         rows = connection.execute(
-            f'SELECT state FROM "{table}" WHERE sequence_id = 1 AND position = %s', ["finish"]
+            f'SELECT state FROM "{table}_child" WHERE sequence_id = 1 AND position = %s',
+            ["finish"],
         ).fetchall()
     return Counter(json.loads(state)["by"] for (state,) in rows)
 

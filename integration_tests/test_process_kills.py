@@ -215,7 +215,7 @@ def completed_child_ids(db):
     """App ids of children with a completed row, read from the SQLite file directly."""
     with closing(sqlite3.connect(db)) as connection:
         rows = connection.execute(
-            "SELECT DISTINCT app_id FROM fanwise_state WHERE status = 'completed'"
+            "SELECT DISTINCT app_id FROM fanwise_state_child WHERE status = 'completed'"
         )
         return {row[0] for row in rows} - {DRIVER_APP_ID}
 

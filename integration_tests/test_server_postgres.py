@@ -35,7 +35,8 @@ def table() -> Iterator[str]:
     name = f"email_{uuid.uuid4().hex[:10]}"
     yield name
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        for suffix in ("", "_lease", "_server_events", "_server_children",
+        for suffix in ("", "_lease", "_fanout", "_child", "_meta",
+                       "_server_events", "_server_children",
                        "_server_idempotency"):
             connection.execute(f"DROP TABLE IF EXISTS {name}{suffix}")
 

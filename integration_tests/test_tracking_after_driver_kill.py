@@ -69,7 +69,7 @@ def saved_steps(db: Path) -> dict[str, set[int]]:
     try:
         with closing(sqlite3.connect(db)) as connection:
             rows = connection.execute(
-                "SELECT app_id, sequence_id FROM fanwise_state WHERE app_id != ?", [APP_ID]
+                "SELECT app_id, sequence_id FROM fanwise_state_child WHERE app_id != ?", [APP_ID]
             ).fetchall()
     except sqlite3.OperationalError:  # not created yet
         return {}

@@ -353,9 +353,13 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
             sql += " ORDER BY sequence_id DESC"
         connection = self._ready()
         row = connection.execute(f"{sql} LIMIT 1", params).fetchone()
-        if row is None and app_id is not None:
+        # a child of an older store may have its first steps in the main table: the
+        # later step wins (as on PostgreSQL)
+        if app_id is not None and (row is None or self._shared.legacy):
             steps = self._child_steps(connection, params[0], [app_id]).get(app_id, [])
-            row = next((step for step in steps if sequence_id in (None, step[2])), None)
+            step = next((step for step in steps if sequence_id in (None, step[2])), None)
+            if step is not None and (row is None or step[2] >= row[2]):
+                row = step
         return None if row is None else _rows.decode_row(row, self._source(), self.serde_kwargs)
 
     def list_app_ids(self, partition_key: str | None) -> list[str]:
@@ -381,9 +385,11 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
             sql = self._sql_latest.format(marks=", ".join("?" * len(chunk)))
             for row in connection.execute(sql, [stored_key, *chunk]):
                 found[row[1]] = _rows.decode_row(row, source, self.serde_kwargs)
-        missing = [app_id for app_id in unique_ids if app_id not in found]
+        legacy = self._shared.legacy
+        missing = unique_ids if legacy else [i for i in unique_ids if i not in found]
         for app_id, steps in self._child_steps(connection, stored_key, missing).items():
-            found[app_id] = _rows.decode_row(steps[0], source, self.serde_kwargs)
+            if app_id not in found or steps[0][2] >= found[app_id]["sequence_id"]:
+                found[app_id] = _rows.decode_row(steps[0], source, self.serde_kwargs)
         return found
 
     def load_children(

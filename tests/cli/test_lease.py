@@ -117,4 +117,7 @@ def test_show_and_break_on_postgresql(capsys):
     finally:
         persister.close()
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-            connection.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_lease"')
+            connection.execute(
+                f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
+                f' "{table}_child", "{table}_meta"'
+            )

@@ -195,4 +195,7 @@ def test_run_and_show_on_postgresql(work, capsys):
         assert sorted(row["y"] for row in rows) == [x * x for x in range(30)]
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-            connection.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_lease"')
+            connection.execute(
+                f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
+                f' "{table}_child", "{table}_meta"'
+            )

@@ -73,7 +73,10 @@ def store(request, tmp_path):
     for persister in made:
         persister.close()
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_lease"')
+        connection.execute(
+            f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
+            f' "{table}_child", "{table}_meta"'
+        )
 
 
 @pytest.fixture

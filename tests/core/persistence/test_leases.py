@@ -602,7 +602,10 @@ def pg_table():
     name = f"fanwise_test_{uuid.uuid4().hex[:12]}"
     yield name
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP TABLE IF EXISTS "{name}", "{name}_lease"')
+        connection.execute(
+            f'DROP TABLE IF EXISTS "{name}", "{name}_lease", "{name}_fanout",'
+            f' "{name}_child", "{name}_meta"'
+        )
 
 
 def pg_lease_rows(table):

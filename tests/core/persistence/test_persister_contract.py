@@ -52,7 +52,10 @@ def persister(request: pytest.FixtureRequest, tmp_path) -> Iterator[BaseStatePer
         yield store
         store.close()
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-            connection.execute(f'DROP TABLE IF EXISTS "{table}"')
+            connection.execute(
+                f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
+                f' "{table}_child", "{table}_meta"'
+            )
 
 
 def row(app_id: str, sequence_id: int = 0, partition_key: str | None = "pk", **fields) -> dict:

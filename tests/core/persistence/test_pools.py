@@ -35,7 +35,7 @@ def dsn_and_table() -> Iterator[tuple[str, str]]:
     tag = uuid.uuid4().hex[:12]
     yield make_conninfo(POSTGRES_DSN, application_name=f"fw_pools_{tag}"), f"fw_pools_{tag}"
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        for suffix in ("", "_lease"):
+        for suffix in ("", "_lease", "_fanout", "_child", "_meta"):
             connection.execute(f'DROP TABLE IF EXISTS "fw_pools_{tag}{suffix}"')
 
 

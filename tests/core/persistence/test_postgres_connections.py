@@ -44,7 +44,10 @@ def tagged(psycopg):
 
     yield dsn, tag, terminate
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP TABLE IF EXISTS "{tag}", "{tag}_lease"')
+        connection.execute(
+            f'DROP TABLE IF EXISTS "{tag}", "{tag}_lease", "{tag}_fanout",'
+            f' "{tag}_child", "{tag}_meta"'
+        )
 
 
 def test_reads_and_writes_go_on_after_every_pooled_session_is_terminated(tagged):
@@ -198,4 +201,7 @@ def test_a_dsn_without_password_takes_its_settings_from_the_environment(psycopg,
         persister.close()
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-            connection.execute(f'DROP TABLE IF EXISTS "{table}"')
+            connection.execute(
+                f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
+                f' "{table}_child", "{table}_meta"'
+            )

@@ -28,7 +28,10 @@ def table() -> Iterator[str]:
     name = f"fanwise_test_{uuid.uuid4().hex[:12]}"
     yield name
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP TABLE IF EXISTS "{name}"')
+        connection.execute(
+            f'DROP TABLE IF EXISTS "{name}", "{name}_lease", "{name}_fanout",'
+            f' "{name}_child", "{name}_meta"'
+        )
 
 
 def execute(sql: str, params: list | None = None) -> None:

@@ -90,6 +90,13 @@ def test_a_store_made_before_the_child_table_is_still_resumed_from(tmp_path):
     assert set(found) == {"old-child"} and found["old-child"]["state"] == State({"i": 7})
     both = persister.load_children(None, "parent", 3, {0: "old-child", 1: "new-child"})
     assert set(both) == {"old-child", "new-child"}
+    # the old child's next step goes to the child table: the later step wins everywhere
+    save_child(persister, "old-child", 0, sequence_id=1, state={"i": 8})
+    assert persister.load(None, "old-child")["state"] == State({"i": 8})
+    assert persister.load(None, "old-child", 0)["state"] == State({"i": 7})
+    assert persister.load_many(None, ["old-child"])["old-child"]["state"] == State({"i": 8})
+    later = persister.load_children(None, "parent", 3, {0: "old-child"})
+    assert later["old-child"]["state"] == State({"i": 8})
 
 
 def test_a_new_store_does_not_look_for_children_in_the_main_table(tmp_path):
