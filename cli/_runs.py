@@ -3,6 +3,8 @@
 Every list is one page of the index (`--limit`, `--cursor` from the previous page's last
 line) with the counts by status of all it matches; `--json` prints one object per line:
 `{"type": "app", ...}` per app, then `{"type": "summary", "counts": ..., "next_cursor": ...}`.
+Given `--db` and neither `--tracking` nor `--project`, `ls`, `show`, `children` and
+`failed` read the state store instead (`_store_runs.StoreRuns`, the same row types).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from fanwise.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from fanwise.cli._store_runs import StoreRuns
     from fanwise.core.tracking.index import AppRow, FanoutStep, Page, RunIndex
 
 STATUS_WORDS = {"completed": "done", "created": "pending", "running": "running",
@@ -41,6 +44,7 @@ def add_parsers(commands: Any) -> None:
     """Add `ls`, `show`, `children`, `failed` and `watch` to the `fanwise` subparsers."""
     listing = commands.add_parser("ls", help="root apps of a project, newest first")
     _reads(listing)
+    add_db(listing)
     listing.add_argument("--partition-key", default=None,
                          help="only apps of this partition key (default: every key)")
     _paging(listing)
@@ -60,6 +64,7 @@ def add_parsers(commands: Any) -> None:
 
     children = commands.add_parser("children", help="a fan-out's children, paged")
     _reads(children)
+    add_db(children)
     children.add_argument("app_id", metavar="ID")
     add_partition_key(children)
     children.add_argument("--step", type=int, default=None, metavar="SEQUENCE_ID",
@@ -69,6 +74,7 @@ def add_parsers(commands: Any) -> None:
 
     failed = commands.add_parser("failed", help="a fan-out's failures, grouped by exception")
     _reads(failed)
+    add_db(failed)
     failed.add_argument("app_id", metavar="ID")
     add_partition_key(failed)
     failed.add_argument("--sample", type=int, default=10,
@@ -105,10 +111,22 @@ def _paging(parser: argparse.ArgumentParser) -> None:
 # -- ls, children ----------------------------------------------------------------------
 
 
+def _runs(args: argparse.Namespace) -> RunIndex | StoreRuns:
+    """Where the runs are read: the state store, for `--db` without `--tracking` or
+    `--project` (`_store_runs.py`); else the run index of the tracking folder."""
+    if not args.db or args.tracking or args.project:
+        return open_index(args)
+    from fanwise.cli._store_runs import StoreRuns
+    from fanwise.core.persistence._dsn import redacted
+
+    return StoreRuns(open_persister(args.db, args.table), args.table,
+                     f"store {redacted(args.db)} (table {args.table})")
+
+
 def _ls(args: argparse.Namespace) -> int:
     from fanwise.core.tracking.index import ANY
 
-    with open_index(args) as index:
+    with _runs(args) as index:
         key = ANY if args.partition_key is None else args.partition_key
         page = _paged(index.apps, partition_key=key, status=args.status, limit=args.limit,
                       cursor=args.cursor)
@@ -117,7 +135,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _children(args: argparse.Namespace) -> int:
-    with open_index(args) as index:
+    with _runs(args) as index:
         parent = _app(index, args)
         page = _paged(index.children, parent.app_id, parent.partition_key,
                       sequence_id=args.step, status=args.status, limit=args.limit,
@@ -150,7 +168,8 @@ def _print_page(args: argparse.Namespace, page: Page, what: str) -> None:
 def _row_line(row: AppRow) -> str:
     where = row.next_action or row.position or "-"
     duration = "-" if row.duration_ms is None else _seconds(row.duration_ms / 1000)
-    error = f"  {row.error_type}: {row.error_line}" if row.status == "failed" else ""
+    error = f"  {_error_text(row.error_type, row.error_line)}" if (
+        row.status == "failed" and row.error_line is not None) else ""
     key = f" [{row.partition_key}]" if row.partition_key else ""
     return (f"{row.app_id}{key}  {STATUS_WORDS.get(row.status, row.status):8} "
             f"{where:20} steps={row.steps:<4} {duration:>8}  {row.created_at or '-'}{error}")
@@ -160,9 +179,14 @@ def _row_line(row: AppRow) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    with open_index(args) as index:
+    from fanwise.core.tracking.index import RunIndex
+
+    with _runs(args) as index:
         row = _app(index, args)
         steps = index.fanout_steps(row.app_id, row.partition_key)
+        if args.usage and not isinstance(index, RunIndex):
+            raise CliError("--usage sums what the children logged: it reads the tracking "
+                           "folder (--tracking DIR --project P)")
         usage = _children_usage(index, row) if args.usage else None
     store = _store_view(args, row) if args.db else None
     failed = row.status == "failed" or any(step.counts.get("failed") for step in steps)
@@ -179,8 +203,8 @@ def _show(args: argparse.Namespace) -> int:
           f"duration {_seconds((row.duration_ms or 0) / 1000)}")
     if row.parent_app_id:
         print(f"  spawned by   {row.parent_app_id} at step {row.parent_sequence_id}")
-    if row.status == "failed":
-        print(f"  error        {row.error_type}: {row.error_line}")
+    if row.status == "failed" and row.error_line is not None:
+        print(f"  error        {_error_text(row.error_type, row.error_line)}")
     if row.usage:
         print("  usage        " + ", ".join(f"{k}={v:g}" for k, v in sorted(row.usage.items())))
     for step in steps:
@@ -263,7 +287,7 @@ def _store_text(store: dict[str, Any]) -> str:
 
 
 def _failed(args: argparse.Namespace) -> int:
-    with open_index(args) as index:
+    with _runs(args) as index:
         row = _app(index, args)
         groups = index.failures(row.app_id, row.partition_key, sample=max(args.sample, 0))
     if args.json:
@@ -272,7 +296,7 @@ def _failed(args: argparse.Namespace) -> int:
     elif not groups:
         print(f"no failed child of {row.app_id}")
     for group in groups if not args.json else ():
-        print(f"{group.count:,} x {group.error_type}: {group.error_line}")
+        print(f"{group.count:,} x {_error_text(group.error_type, group.error_line)}")
         for app_id in group.app_ids:
             print(f"    {app_id}")
         if group.count > len(group.app_ids):
@@ -381,8 +405,8 @@ def _driver_alive(args: argparse.Namespace, row: AppRow) -> bool:
 # -- shared ------------------------------------------------------------------------------
 
 
-def _app(index: RunIndex, args: argparse.Namespace) -> AppRow:
-    from fanwise.core.tracking.index import ANY
+def _app(index: RunIndex | StoreRuns, args: argparse.Namespace) -> AppRow:
+    from fanwise.core.tracking.index import ANY, RunIndex
 
     key = args.partition_key if args.partition_key is not None else ANY
     try:
@@ -390,11 +414,15 @@ def _app(index: RunIndex, args: argparse.Namespace) -> AppRow:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     if row is None:
-        raise CliError(
-            f"no app {args.app_id!r} in tracking project {index.project!r} ({index.folder}); "
-            "`fanwise ls` lists the apps"
-        )
+        where = (f"tracking project {index.project!r} ({index.folder})"
+                 if isinstance(index, RunIndex) else index.described)
+        raise CliError(f"no app {args.app_id!r} in {where}; `fanwise ls` lists the apps")
     return row
+
+
+def _error_text(error_type: str | None, error_line: str | None) -> str:
+    """`Type: first line`; only the line when the type is not known (read from a store)."""
+    return f"{error_type}: {error_line}" if error_type is not None else str(error_line)
 
 
 def _counts_text(counts: dict[str, int]) -> str:

@@ -3,7 +3,8 @@
     run / resume        _run.py       MODULE:FUNC's app on a store, resumable
     submit / jobs       _jobs.py      the same as a Ray job; the jobs that run apps
     ls / show / children / failed / watch
-                        _runs.py      read the run index (core/tracking/index.py)
+                        _runs.py      read the run index (core/tracking/index.py), or
+                        _store_runs.py  the state store alone (--db, no --tracking)
     export              _export.py    one row per child, csv / jsonl / parquet
     lease               _lease.py     who holds an app's lease; breaking it
     ui                  _ui.py        the tracking UI (fanwise.ui)
