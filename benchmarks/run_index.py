@@ -2,9 +2,11 @@
 command line and the UI on fan-outs of 10,000 and 100,000 children.
 
 Writes: the facts of N children (created, step begun, step ended: what a one-step child
-records), sha256 child ids as a fan-out makes them, applied in batches of 1 (an app tracked
-directly, one transaction per hook), 100 and 2,000 (a fan-out's tracking writer batch; the
-10,000-child thread fan-out of benchmarks/fanout.py writes ~700 children per batch).
+records; past a step's first 1,000 children, also where its lines are in a shard log, as
+for a child tracked without a folder), sha256 child ids as a fan-out makes them, applied
+in batches of 1 (an app tracked directly, one transaction per hook), 100 and 2,000 (a
+fan-out's tracking writer batch; the 10,000-child thread fan-out of benchmarks/fanout.py
+writes ~700 children per batch).
 Figures are CPU time (this process, all threads), the best of `--rounds`: the machines are
 shared and wall time swings with the load.
 
@@ -28,36 +30,49 @@ from collections.abc import Callable
 from typing import Any
 
 from fanwise.core.tracking.index import RunIndex
+from fanwise.core.tracking.local import CHILD_FOLDERS
 
 T0 = "2026-01-01T00:00:00.000000+00:00"
 T1 = "2026-01-01T00:00:00.250000+00:00"
 
 
 def child_facts(parent: str, count: int, failed_every: int = 100) -> list[tuple[Any, ...]]:
-    facts: list[tuple[Any, ...]] = [("c", None, parent, None, None, None, T0),
-                                    ("b", None, parent, 0, "fan", T0)]
+    return [fact for block in child_blocks(parent, count, failed_every) for fact in block]
+
+
+def child_blocks(parent: str, count: int,
+                 failed_every: int = 100) -> list[list[tuple[Any, ...]]]:
+    """The parent's facts, then each child's (created, begun, ended; past the first
+    `CHILD_FOLDERS` children, also the byte range of its lines in a shard log)."""
+    blocks: list[list[tuple[Any, ...]]] = [[("c", None, parent, None, None, None, T0),
+                                            ("b", None, parent, 0, "fan", T0)]]
     for position in range(count):
         child = hashlib.sha256(f"{parent}:0:{position}".encode()).hexdigest()
         failed = position % failed_every == failed_every - 1
-        facts += [
+        block: list[tuple[Any, ...]] = [
             ("c", None, child, None, parent, 0, T0),
             ("b", None, child, 0, "work", T0),
             ("e", None, child, 0, "work", "failed" if failed else "completed", T1,
              "ValueError" if failed else None, f"bad input {position % 3}" if failed else None),
         ]
-    return facts
+        if position >= CHILD_FOLDERS:
+            block.append(("o", None, child, "3.jsonl", 400 * position, 400 * position + 400))
+        blocks.append(block)
+    return blocks
 
 
 def write_cost(workdir: str, children: int, batch: int, rounds: int) -> float:
     """CPU microseconds per child to index `children` children in batches of `batch`."""
-    facts = child_facts("parent", children)
+    blocks = child_blocks("parent", children)
+    batches = [[fact for block in blocks[start:start + batch] for fact in block]
+               for start in range(0, len(blocks), batch)]
     best = float("inf")
     for _ in range(rounds):
         folder = tempfile.mkdtemp(dir=workdir)
         index = RunIndex("bench", folder)
         started = time.process_time()
-        for start in range(0, len(facts), 3 * batch):
-            index.apply(facts[start:start + 3 * batch])
+        for facts in batches:
+            index.apply(facts)
         best = min(best, time.process_time() - started)
         index.close()
         shutil.rmtree(folder)

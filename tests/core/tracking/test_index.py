@@ -141,6 +141,27 @@ def test_facts_are_idempotent_and_an_older_fact_never_overwrites_a_newer_one(tmp
     assert index.apps().counts == {"completed": 1}
 
 
+def place(index):
+    found = index.compact_place("app")
+    return found.file, found.start, found.end
+
+
+def test_a_compact_apps_range_grows_whether_it_comes_with_its_steps_or_alone(tmp_path):
+    index = RunIndex("proj", str(tmp_path))
+    index.apply([("c", None, "app", None, None, None, T0), ("o", None, "app", "1.jsonl", 40, 90),
+                 ("b", None, "app", 0, "a", T0)])
+    assert place(index) == ("1.jsonl", 40, 90)
+    index.apply([("o", None, "app", "1.jsonl", 10, 20)])  # lines written without a step
+    index.apply([("e", None, "app", 0, "a", "completed", T1, None, None),
+                 ("o", None, "app", "1.jsonl", 90, 150)])
+    assert place(index) == ("1.jsonl", 10, 150)
+    index.apply([("e", None, "app", 0, "a", "completed", T1, None, None)])  # a replay
+    assert place(index) == ("1.jsonl", 10, 150)
+    assert index.app("app").status == "completed"
+    index.apply([("o", None, "other", "1.jsonl", 0, 5)])  # of no app indexed: no row
+    assert index.app("other") is None
+
+
 def test_a_missing_index_is_rebuilt_from_the_folders_with_the_same_rows(tmp_path):
     run_fanout(tmp_path, "root", 10, MultiThreadedExecutor(2))
     live = RunIndex.open("proj", str(tmp_path))
