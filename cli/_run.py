@@ -138,8 +138,10 @@ def _execute(args: argparse.Namespace, resuming: bool) -> int:
     limit = None
     if getattr(args, "only", None) == "failed":
         limit = _only_failed(args, tracker, persister)
-        if limit is None:
-            return EXIT_OK  # nothing failed: nothing to re-run
+        if limit is None:  # nothing failed: nothing to re-run
+            if persister is not None:
+                persister.close()
+            return EXIT_OK
     elif resuming or _ran_before(args, tracker, persister):
         _print_saved(args, tracker, persister)  # a run of an app id that ran resumes it
     executor = _executor(args)
