@@ -17,9 +17,9 @@ Why: a folder and four files per child made a 1M-child fan-out write ~4M inodes 
 every listing of the project (Burr's UI, `list_app_ids`) enumerate them. Burr's UI reads app
 folders only: it shows the apps and the first children of each fan-out step, not these.
 
-Writers of one shard (threads, the fan-out's writer, other driver processes) append whole
-lines under an exclusive `flock`, repairing a torn tail first (`local._append_line`), and
-learn the offset they wrote at from the file's size under that lock.
+Writers of one shard (threads, a fan-out's writer thread, other driver processes) append
+whole lines under an exclusive `flock`, repairing a torn tail first, and learn the offset
+they wrote at from the file's size under that lock (`local._append_tagged`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,22 +80,25 @@ def graph_digest(graph: bytes) -> str:
     return hashlib.sha256(graph).hexdigest()[:32]
 
 
-def write_graph(project_folder: str, graph: bytes, written: set[str]) -> str:
-    """Keep `graph` once in the graphs folder (`written`: digests known to be there)."""
-    digest = graph_digest(graph)
-    if digest in written:
+def write_graph(project_folder: str, graph: bytes, written: dict[bytes, str]) -> str:
+    """Keep `graph` once in the graphs folder; its digest. `written`: the graphs known to be
+    there (a fan-out's children hand over one `bytes` object, whose hash Python keeps: a
+    lookup costs no hashing of the graph)."""
+    digest = written.get(graph)
+    if digest is not None:
         return digest
+    digest = graph_digest(graph)
     folder = os.path.join(project_folder, COMPACT_FOLDER, GRAPHS_FOLDER)
     path = os.path.join(folder, digest + ".json")
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "wb") as file:
             file.write(graph)
         os.replace(tmp, path)  # whole or absent, whichever writer renames first
-    if len(written) >= 256:
+    if len(written) >= 64:
         written.clear()
-    written.add(digest)
+    written[graph] = digest
     return digest
 
 

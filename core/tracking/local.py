@@ -175,7 +175,8 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         """Recently seen apps: whether each is compact (no folder)."""
         self._folders_given: dict[tuple[str | None, str, int | None], int] = {}
         """Children given a folder so far, per fan-out step (parent key, id, sequence id)."""
-        self._graphs_kept: set[str] = set()
+        self._graphs_kept: dict[bytes, str] = {}
+        """Graphs kept in the compact logs' folder, and their digests."""
 
     # -- hooks -------------------------------------------------------------------------
 
