@@ -183,6 +183,16 @@ def test_the_writer_appends_lines_per_file_in_order_and_flushes_on_demand(tmp_pa
         writer.append(write, "a", b"late\n")
 
 
+def test_a_flush_of_gathered_items_returns_once_they_are_applied():
+    writer = TrackingWriter("test-writer")
+    applied = []
+    for item in range(5):  # far fewer than a batch of them: they would wait half a second
+        writer.gather(lambda key, items: applied.extend((key, i) for i in items), "k", item)
+    writer.flush(gathered=True)
+    assert applied == [("k", item) for item in range(5)]
+    writer.close()
+
+
 def test_a_writers_error_is_kept_and_raised_and_later_writes_still_happen():
     writer = TrackingWriter("test-writer")
     done = []
