@@ -102,6 +102,9 @@ def id_key(app_id: str) -> int:
 
 Row = tuple[str, str, int, str, str, str, str, str | None]
 
+_META_JSON = json.JSONEncoder(separators=(",", ":"))
+"""Compact JSON for `meta` (one encoder: `json.dumps` with separators makes one a call)."""
+
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -156,9 +159,10 @@ def encode_row(
     status: str,
     meta: dict[str, Any] | None = None,
     serde_kwargs: Mapping[str, Any] | None = None,
+    created_at: str | None = None,
 ) -> Row:
     """Validate and serialise one save for the store `source`; raises before anything is
-    written."""
+    written. `created_at`: the time to store (rows of one `save_many` share one), else now."""
     stored_key = stored_partition_key(partition_key, source, app_id)
     if not isinstance(status, str):
         raise ValueError(
@@ -167,7 +171,7 @@ def encode_row(
         )
     try:
         state_text = serde.dumps_state(state, serde_kwargs=serde_kwargs)
-        meta_text = None if meta is None else json.dumps(meta, separators=(",", ":"))
+        meta_text = None if meta is None else _META_JSON.encode(meta)
     except StateSerialisationError as exc:
         raise StateSerialisationError(
             f"cannot save app {app_id!r} step {sequence_id} to {source}: "
@@ -184,7 +188,7 @@ def encode_row(
         position,
         state_text,
         status,
-        datetime.now(UTC).isoformat(),
+        created_at or datetime.now(UTC).isoformat(),
         meta_text,
     )
 
@@ -278,12 +282,13 @@ class RowSaver:
 
     def save_many(self, rows: Iterable[SaveRow]) -> None:
         source, kwargs = self._source(), self.serde_kwargs
+        now = datetime.now(UTC).isoformat()
         apps: list[Row] = []
         children: list[tuple[ChildSlot, Row]] = []
         for row in rows:
             encoded = encode_row(
                 source, row["partition_key"], row["app_id"], row["sequence_id"],
-                row["position"], row["state"], row["status"], row.get("meta"), kwargs,
+                row["position"], row["state"], row["status"], row.get("meta"), kwargs, now,
             )
             slot = row.get("child_of")
             if slot is None:
