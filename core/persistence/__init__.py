@@ -13,6 +13,7 @@ from fanwise.core.persistence.base import (
     BaseStateLoader,
     BaseStatePersister,
     BaseStateSaver,
+    ChildSlot,
     PersistedStateData,
     SaveRow,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "BaseStateLoader",
     "BaseStatePersister",
     "BaseStateSaver",
+    "ChildSlot",
     "DevNullPersister",
     "InMemoryPersister",
     "LeaseInfo",
