@@ -55,6 +55,12 @@ _GATHER_SECONDS = 0.5
 """The longest a gathered item waits to be applied (how far `fanwise watch` may lag)."""
 _BATCH = 4096
 """Most queued writes taken at once (their lines per file are joined into one write)."""
+_MOST_QUEUED = 4 * _BATCH
+"""Queued items past which a producer waits until the writer has taken half of them.
+Children that run faster than their tracking is written (trivial ones on threads, ~50 us
+a child against ~250 us of tracking) queued all of it: at 1M children, gigabytes of pending
+hook calls, whose garbage collection grew every child's cost with N (the 1M row of
+`benchmarks/tracking_scale.py`)."""
 
 Write = Callable[[Any, list[Any]], None]
 """`write(key, items)`: append the items (whole lines, or what `write` makes lines of) to the
@@ -79,6 +85,9 @@ class TrackingWriter:
         self._lines: dict[tuple[Write, Hashable], list[Any]] = {}
         self._gathered: dict[tuple[Gather, Hashable], list[Any]] = {}
         """The batch being written (what its calls append joins it, in order)."""
+        self._room = threading.Condition()
+        self._waiting = 0
+        """Producers waiting for room in the queue (`_MOST_QUEUED`)."""
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -89,7 +98,7 @@ class TrackingWriter:
     def submit(self, call: Callable[[], None]) -> None:
         """Run `call()` on the writer thread, after everything submitted before."""
         self._check_open()
-        self._queue.put((call,))
+        self._put((call,))
 
     def append(self, write: Write, key: Hashable, item: Any) -> None:
         """Append `item` to the file `key` names (with `write(key, items)`), in order."""
@@ -97,7 +106,7 @@ class TrackingWriter:
             self._lines.setdefault((write, key), []).append(item)
             return
         self._check_open()
-        self._queue.put((write, key, item))
+        self._put((write, key, item))
 
     def gather(self, apply: Gather, key: Hashable, item: Any) -> None:
         """Hand `item` to `apply(key, items)`, called with the items gathered for `key`, in
@@ -108,7 +117,7 @@ class TrackingWriter:
             self._gathered.setdefault((apply, key), []).append(item)
             return
         self._check_open()
-        self._queue.put((None, apply, key, item))
+        self._put((None, apply, key, item))
 
     def flushed(self, gathered: bool = False) -> Future[None]:
         """A future done once everything submitted so far is written (and, if `gathered`,
@@ -133,6 +142,19 @@ class TrackingWriter:
             self._queue.put(())
             self._thread.join()
         self._check()
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        """Queue `item`; past `_MOST_QUEUED` queued items, wait for the writer to catch up."""
+        self._queue.put(item)
+        if self._queue.qsize() > _MOST_QUEUED:
+            with self._room:
+                self._waiting += 1
+                try:
+                    # woken by the writer; the timeout only guards against a writer gone
+                    while self._queue.qsize() > _MOST_QUEUED // 2 and self._thread.is_alive():
+                        self._room.wait(0.1)
+                finally:
+                    self._waiting -= 1
 
     def _check(self) -> None:
         if self._error is not None:
@@ -166,6 +188,9 @@ class TrackingWriter:
                     batch.append(self._queue.get_nowait())
             except Empty:
                 pass
+            if self._waiting and self._queue.qsize() <= _MOST_QUEUED // 2:
+                with self._room:
+                    self._room.notify_all()
             lines, gathered = self._lines, self._gathered = {}, {}
             barriers: list[Future[None]] = []
             settling: list[Future[None]] = []

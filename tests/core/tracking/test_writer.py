@@ -193,6 +193,29 @@ def test_a_flush_of_gathered_items_returns_once_they_are_applied():
     writer.close()
 
 
+def test_producers_wait_while_the_writer_is_far_behind_then_go_on():
+    from fanwise.core.tracking._writer import _MOST_QUEUED
+
+    writer = TrackingWriter("test-writer")
+    stuck = threading.Event()
+    writer.submit(stuck.wait)  # the writer thread is busy until `stuck` is set
+    written = []
+
+    def produce():
+        for item in range(3 * _MOST_QUEUED):
+            writer.append(lambda key, items: written.extend(items), "k", item)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(0.5)
+    assert producer.is_alive()  # waiting for room, not queueing all of it
+    stuck.set()
+    producer.join(30)
+    assert not producer.is_alive()
+    writer.close()
+    assert written == list(range(3 * _MOST_QUEUED))
+
+
 def test_a_writers_error_is_kept_and_raised_and_later_writes_still_happen():
     writer = TrackingWriter("test-writer")
     done = []
