@@ -307,6 +307,19 @@ class RowSaver:
         raise NotImplementedError
 
 
+_FINGERPRINT_ONLY = ('{"fingerprint":"', '"}')
+
+
+def _meta_of(text: str) -> Any:
+    """The `meta` stored as `text`. A fan-out child's is most often only its fingerprint
+    (hex, so nothing in it is escaped): read without a JSON parse, 0.5 µs instead of 1.3 µs
+    for each row a resume reads (the finished-resume row of benchmarks/scale.py)."""
+    head, tail = _FINGERPRINT_ONLY
+    if text.startswith(head) and text.endswith(tail) and text.count('"') == 4:
+        return {"fingerprint": text[len(head) : -len(tail)]}
+    return json.loads(text)
+
+
 def decode_row(
     row: Sequence[Any], source: str, serde_kwargs: Mapping[str, Any] | None = None
 ) -> PersistedStateData:
@@ -320,7 +333,7 @@ def decode_row(
         if not isinstance(created_at, str):
             raise ValueError("its created_at is missing")
         state = serde.loads_state(state_text, serde_kwargs)
-        meta = None if meta_text is None else json.loads(meta_text)
+        meta = None if meta_text is None else _meta_of(meta_text)
         if meta is not None and not isinstance(meta, dict):
             raise ValueError(f"its meta is a {type(meta).__name__}, not an object")
     except StateSerialisationError as exc:
