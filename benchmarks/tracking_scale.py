@@ -13,7 +13,7 @@ asserts a time.
 
     .venv/bin/python benchmarks/tracking_scale.py [--sizes 10000,100000] [--workers 8]
                                                   [--workdir DIR] [--keep]
-                                                  [--compare NAME=PATH ...]
+                                                  [--compare NAME=PATH ...] [--rebuild]
 
 `--compare NAME=PATH` also runs each size with the fanwise found on `PATH` (a folder holding
 a `fanwise/` package, e.g. an earlier checkout), interleaved with this one, in rows NAME.
@@ -35,7 +35,7 @@ from typing import Any
 PROJECT = "tracking-scale"
 
 
-def child_run(children: int, workers: int, folder: str) -> dict[str, Any]:
+def child_run(children: int, workers: int, folder: str, rebuild: bool) -> dict[str, Any]:
     """One measured fan-out (in this process) and the reads after it."""
     from fanwise.core import ApplicationBuilder, State, action
     from fanwise.core.tracking import LocalTrackingClient
@@ -108,6 +108,12 @@ def child_run(children: int, workers: int, folder: str) -> dict[str, Any]:
     timed("load last child (ms)", lambda: reader.load(None, last))
     with os.scandir(project) as entries:
         entries_count = sum(1 for _ in entries)
+    if rebuild:  # the index of a project written without one (an earlier fanwise, Burr)
+        index.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(index.path + suffix):
+                os.unlink(index.path + suffix)
+        timed("rebuild index (ms)", lambda: RunIndex.open(PROJECT, folder).close())
     return {
         "children": children,
         "us_per_child": elapsed / children * 1e6,
@@ -136,10 +142,13 @@ def main() -> None:
     parser.add_argument("--workdir", default=os.path.expanduser("~/.fanwise"))
     parser.add_argument("--keep", action="store_true", help="keep the tracking folders")
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="also time a rebuild of the run index from the files")
     parser.add_argument("--child", nargs=2, metavar=("N", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child_run(int(args.child[0]), args.workers, args.child[1])))
+        print(json.dumps(child_run(int(args.child[0]), args.workers, args.child[1],
+                                   args.rebuild)))
         return
     os.makedirs(args.workdir, exist_ok=True)
     trees = [("this", None)] + [tuple(item.split("=", 1)) for item in args.compare]
@@ -153,7 +162,8 @@ def main() -> None:
             try:
                 out = subprocess.run(
                     [sys.executable, __file__, "--workers", str(args.workers), "--child",
-                     str(size), folder], check=True, capture_output=True, text=True, env=env,
+                     str(size), folder, *(["--rebuild"] if args.rebuild else [])],
+                    check=True, capture_output=True, text=True, env=env,
                 ).stdout
                 rows.append({"fanwise": name, **json.loads(out.strip().splitlines()[-1])})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

@@ -40,6 +40,9 @@ SHARDS = 16
 driver processes writing at once rarely wait for one another's lock."""
 APPLICATION = "application"
 """The `type` of a compact app's first line (its folder's metadata, graph and child line)."""
+_APPLICATION_MARK = b', "type": "application", '
+"""In every `application` line (after its tag); a search for it costs far less than parsing
+a line, and a line it matches by chance is parsed and told apart by its `type`."""
 
 Tagged = tuple[tuple[str | None, str], bytes]
 """(app, line): a record of `app`'s log, not yet tagged."""
@@ -155,9 +158,11 @@ def shard_names(project_folder: str) -> list[str]:
     return sorted(name for name in names if name.endswith(".jsonl"))
 
 
-def scan(project_folder: str, name: str) -> Iterator[tuple[str, int, int, dict[str, Any]]]:
+def scan(project_folder: str, name: str, only_applications: bool = False
+         ) -> Iterator[tuple[str, int, int, dict[str, Any]]]:
     """Every record of the shard log `name`, tagged: (name, start, end, record), in file
-    order (what rebuilds the run index); torn and untagged lines are skipped."""
+    order (what rebuilds the run index); torn and untagged lines are skipped. With
+    `only_applications`, just the `application` records (the other lines are not parsed)."""
     path = os.path.join(project_folder, COMPACT_FOLDER, name)
     if not os.path.isfile(path):
         return
@@ -165,6 +170,8 @@ def scan(project_folder: str, name: str) -> Iterator[tuple[str, int, int, dict[s
         offset = 0
         for line in file:
             start, offset = offset, offset + len(line)
+            if only_applications and _APPLICATION_MARK not in line:
+                continue
             record = _record(line)
             if record is not None and _is_tag(record.get("app")):
                 yield name, start, offset, record

@@ -50,7 +50,8 @@ def _facts_of_compact(folder: str) -> Iterator[list[Fact]]:
     facts of every line with its byte range. Two reads of the logs, never all in memory."""
     created = heapq.merge(*(
         ((record["metadata"].get("created_at") or "", record) for _, _, _, record in
-         _compact.scan(folder, name) if record.get("type") == _compact.APPLICATION)
+         _compact.scan(folder, name, only_applications=True)
+         if record.get("type") == _compact.APPLICATION)
         for name in _compact.shard_names(folder)
     ), key=lambda item: item[0])
     for _, record in created:
