@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from fanwise.core import ApplicationBuilder, State, action
@@ -191,3 +193,30 @@ def test_a_torn_last_line_of_a_compact_log_is_skipped_then_repaired(tmp_path):
     with open(logs / shard, "rb") as log:
         lines = log.read().split(b"\n")
     assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_compact_children import run_fanout
+from fanwise.executors import MultiThreadedExecutor
+run_fanout(sys.argv[2], 300, MultiThreadedExecutor(4), child_folders=0, app_id=sys.argv[3])
+"""
+
+
+def test_two_driver_processes_appending_to_the_same_shard_logs_keep_each_childs_lines(
+    tmp_path,
+):
+    here = os.path.dirname(__file__)
+    drivers = [subprocess.Popen([sys.executable, "-c", DRIVER, here, str(tmp_path), name])
+               for name in ("one", "two")]
+    assert [driver.wait(120) for driver in drivers] == [0, 0]
+
+    reader = LocalTrackingClient("proj", str(tmp_path))
+    with RunIndex.open("proj", str(tmp_path)) as index:
+        for name in ("one", "two"):
+            rows = list(index.iter_children(name))
+            assert len(rows) == 300
+            loaded = [reader.load(None, row.app_id) for row in rows]
+            assert sorted(saved["state"]["x"] for saved in loaded) == list(range(300))
+    assert folders(tmp_path / "proj") == ["one", "two"]
