@@ -784,6 +784,8 @@ class RunIndex:
             return self._connection
         os.makedirs(self.folder, exist_ok=True)
         connection = _opened(self.path)
+        if _schema_version(connection) == _PLACELESS_VERSION:
+            _add_places(connection)
         if _schema_version(connection) not in (None, str(SCHEMA_VERSION)):
             # derived data of another layout: started afresh, rebuilt from the folders
             connection.close()
@@ -800,6 +802,26 @@ class RunIndex:
         connection.commit()
         self._connection, self._pid = connection, os.getpid()
         return connection
+
+
+_PLACELESS_VERSION = "2"
+"""The schema before compact apps: the same tables, without the three columns of their
+places. Such an index gets the columns in place, keeping its launches (what `fanwise
+resume` reads; a rebuild from the files cannot restore them)."""
+
+
+def _add_places(connection: sqlite3.Connection) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if _schema_version(connection) == _PLACELESS_VERSION:  # not done meanwhile
+            for column in ("log_file TEXT", "log_start INTEGER", "log_end INTEGER"):
+                connection.execute(f"ALTER TABLE apps ADD COLUMN {column}")
+            connection.execute("UPDATE meta SET value = ? WHERE key = 'schema'",
+                               (str(SCHEMA_VERSION),))
+    except BaseException:
+        connection.rollback()
+        raise
+    connection.commit()
 
 
 def _opened(path: str) -> sqlite3.Connection:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -220,3 +221,22 @@ def test_two_driver_processes_appending_to_the_same_shard_logs_keep_each_childs_
             loaded = [reader.load(None, row.app_id) for row in rows]
             assert sorted(saved["state"]["x"] for saved in loaded) == list(range(300))
     assert folders(tmp_path / "proj") == ["one", "two"]
+
+
+def test_an_index_of_the_schema_before_compact_children_keeps_its_launches(tmp_path):
+    run_fanout(tmp_path, 3, MultiThreadedExecutor(2), child_folders=None)
+    with RunIndex("proj", str(tmp_path)) as index:
+        index.record_launch("root", None, {"target": "pipeline:build"})
+    path = str(tmp_path / "proj" / INDEX_FILE)
+    with sqlite3.connect(path) as earlier:  # as fanwise wrote it before compact children
+        for column in ("log_file", "log_start", "log_end"):
+            earlier.execute(f"ALTER TABLE apps DROP COLUMN {column}")
+        earlier.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    earlier.close()
+
+    run_fanout(tmp_path, 4, MultiThreadedExecutor(2), child_folders=1, app_id="later")
+    with RunIndex.open("proj", str(tmp_path)) as index:
+        assert index.launch("root") == {"target": "pipeline:build"}
+        assert len(list(index.iter_children("root"))) == 3
+        later = list(index.iter_children("later"))
+        assert sum(index.compact_place(row.app_id) is not None for row in later) == 3
