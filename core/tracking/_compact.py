@@ -13,7 +13,7 @@ ids, find its log without a lookup. The run index keeps, per compact app, its sh
 byte range of its lines (`log_file`, `log_start`, `log_end`): reading one child is one
 `pread` of that range, whatever the log's size, never a scan.
 
-Why: a folder and four files per child made a 1M-child fan-out write ~4M inodes and made
+Why: a folder and three files per child made a 1M-child fan-out write ~4M inodes and made
 every listing of the project (Burr's UI, `list_app_ids`) enumerate them. Burr's UI reads app
 folders only: it shows the apps and the first children of each fan-out step, not these.
 
@@ -44,7 +44,9 @@ _APPLICATION_MARK = b', "type": "application", '
 """In every `application` line (after its tag); a search for it costs far less than parsing
 a line, and a line it matches by chance is parsed and told apart by its `type`."""
 
-Tagged = tuple[tuple[str | None, str], bytes]
+App = tuple[str | None, str]
+"""(partition key, app id)."""
+Tagged = tuple[App, bytes]
 """(app, line): a record of `app`'s log, not yet tagged."""
 
 
@@ -80,6 +82,7 @@ def application_line(metadata: dict[str, Any], graph_digest: str,
 
 
 def graph_digest(graph: bytes) -> str:
+    """The name a graph is kept under (what a compact app's first line records)."""
     return hashlib.sha256(graph).hexdigest()[:32]
 
 
@@ -106,6 +109,7 @@ def write_graph(project_folder: str, graph: bytes, written: dict[bytes, str]) ->
 
 
 def read_graph(project_folder: str, digest: str) -> bytes | None:
+    """The graph kept under `digest` (as `graph.json` holds it), or None."""
     try:
         with open(os.path.join(project_folder, COMPACT_FOLDER, GRAPHS_FOLDER,
                                f"{os.path.basename(digest)}.json"), "rb") as file:
@@ -114,8 +118,7 @@ def read_graph(project_folder: str, digest: str) -> bytes | None:
         return None
 
 
-def spans(start: int, items: Sequence[Tagged]) -> tuple[bytes, dict[tuple[str | None, str],
-                                                                     list[int]]]:
+def spans(start: int, items: Sequence[Tagged]) -> tuple[bytes, dict[App, list[int]]]:
     """The tagged lines of `items` joined, as written at offset `start`, and each app's
     byte range in them: `{app: [first, end]}`."""
     parts, ranges, offset = [], {}, start
