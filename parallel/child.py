@@ -332,26 +332,27 @@ def _attempt(
     return app.state, saver
 
 
-def _plain(spec: ChildSpec) -> bool:
-    """Whether the child is one plain action with nothing observing it (`_run_direct`)."""
+def _unwatched(spec: ChildSpec) -> bool:
+    """Whether the child is one plain action that no tracker, event or item consumer sees."""
     return (
         spec.runnable.direct_action is not None
-        and spec.saver is None
         and spec.tracker is None
         and spec.events is None
         and not spec.collect_items
     )
 
 
+def _plain(spec: ChildSpec) -> bool:
+    """Whether the child is one plain action with nothing observing it (`_run_direct`)."""
+    return spec.saver is None and _unwatched(spec)
+
+
 def _plain_saved(spec: ChildSpec) -> bool:
     """Whether the child is one plain action whose only observer is a sync persister, with
     no saved step to go on from (`_run_direct_saved`)."""
     return (
-        spec.runnable.direct_action is not None
-        and spec.resume_from is None
-        and spec.tracker is None
-        and spec.events is None
-        and not spec.collect_items
+        spec.resume_from is None
+        and _unwatched(spec)
         and not (conforms(spec.saver, MaybeAsync) and spec.saver.is_async())
     )
 
