@@ -40,6 +40,7 @@ from crash_driver import (
 )
 from dask_cluster import DaskCluster, worker_env
 from fanwise.core.persistence import SQLitePersister
+from fanwise.core.persistence._rows import store_tables
 from fanwise.executors import MultiThreadedExecutor
 from fanwise.parallel import child_app_id
 
@@ -380,10 +381,8 @@ def pg_table():
     table = f"fanwise_crash_{uuid.uuid4().hex[:12]}"
     yield POSTGRES_DSN, table
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(
-            f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
-            f' "{table}_child", "{table}_meta"'
-        )
+        for each in store_tables(table):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 def durable_pg_children(connection, table: str, app_id: str) -> set[int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lease_driver
 import pytest
+from fanwise.core.persistence._rows import store_tables
 
 POSTGRES_DSN = os.environ.get(
     "FANWISE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -58,10 +59,8 @@ def trial(psycopg, tmp_path):
             process.kill()
         process.communicate(timeout=30)
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(
-            f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
-            f' "{table}_child", "{table}_meta"'
-        )
+        for each in store_tables(table):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 def executions(log):

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from fanwise.core.persistence._rows import store_tables
 from test_server_email import (
     EmailServer,
     check_both_ran_in_turn,
@@ -35,10 +36,9 @@ def table() -> Iterator[str]:
     name = f"email_{uuid.uuid4().hex[:10]}"
     yield name
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        for suffix in ("", "_lease", "_fanout", "_child", "_meta",
-                       "_server_events", "_server_children",
-                       "_server_idempotency"):
-            connection.execute(f"DROP TABLE IF EXISTS {name}{suffix}")
+        server = (f"{name}_server_{kind}" for kind in ("events", "children", "idempotency"))
+        for each in (*store_tables(name), *server):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from fanwise.core.persistence import (
     PostgreSQLPersister,
     SQLitePersister,
 )
+from fanwise.core.persistence._rows import store_tables
 from fanwise.core.tracking import LocalTrackingClient
 from fanwise.executors import MultiProcessExecutor, MultiThreadedExecutor, create
 from fanwise.parallel import MapStates, SubGraphTask, TaskBasedParallelAction
@@ -149,8 +150,8 @@ def pg_table() -> Iterator[str]:
     _postgres_or_skip()
     name = f"fanwise_catalog_{uuid.uuid4().hex[:12]}"
     yield name
-    for suffix in ("", "_lease"):
-        pg_execute(f'DROP TABLE IF EXISTS "{name}{suffix}"')
+    for each in store_tables(name):
+        pg_execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 @pytest.fixture(params=["sqlite", "memory", "postgres"])

@@ -134,6 +134,13 @@ def lease_table_name(name: str) -> str:
     return name + LEASE_SUFFIX
 
 
+def store_tables(name: str) -> tuple[str, ...]:
+    """Every table a store on table `name` may make: its own and its companions, in an
+    order they can be dropped one at a time (the child table before `_child_id`, which on
+    PostgreSQL is an index of it and goes with it)."""
+    return (name, *(name + suffix for suffix in COMPANION_SUFFIXES))
+
+
 def stored_partition_key(
     partition_key: str | None, source: str, app_id: str | None = None
 ) -> str:

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from fanwise.cli.main import main
 from fanwise.core.persistence import PostgreSQLPersister, SQLitePersister
+from fanwise.core.persistence._rows import store_tables
 
 POSTGRES_DSN = os.environ.get(
     "FANWISE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -117,7 +118,5 @@ def test_show_and_break_on_postgresql(capsys):
     finally:
         persister.close()
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-            connection.execute(
-                f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
-                f' "{table}_child", "{table}_meta"'
-            )
+            for each in store_tables(table):
+                connection.execute(f'DROP TABLE IF EXISTS "{each}"')

@@ -12,6 +12,7 @@ import uuid
 import pytest
 from fanwise.cli.main import main
 from fanwise.core.persistence import SQLitePersister
+from fanwise.core.persistence._rows import store_tables
 
 from tests.cli._pipeline import PIPELINE
 
@@ -195,7 +196,5 @@ def test_run_and_show_on_postgresql(work, capsys):
         assert sorted(row["y"] for row in rows) == [x * x for x in range(30)]
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-            connection.execute(
-                f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
-                f' "{table}_child", "{table}_meta"'
-            )
+            for each in store_tables(table):
+                connection.execute(f'DROP TABLE IF EXISTS "{each}"')

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from fanwise.cli.main import main
+from fanwise.core.persistence._rows import store_tables
 
 from tests.cli._pipeline import PIPELINE
 
@@ -26,8 +27,8 @@ def postgres_store():
     table = f"fanwise_test_{uuid.uuid4().hex[:12]}"
     yield ["--db", POSTGRES_DSN, "--table", table]
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        for suffix in ("", "_lease", "_fanout", "_child", "_child_id", "_meta"):
-            connection.execute(f'DROP TABLE IF EXISTS "{table}{suffix}"')
+        for each in store_tables(table):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -20,6 +20,7 @@ from fanwise.core.persistence import (
     PostgreSQLPersister,
     SQLitePersister,
 )
+from fanwise.core.persistence._rows import store_tables
 from fanwise.executors import MultiThreadedExecutor
 from fanwise.parallel import MapStates
 
@@ -73,10 +74,8 @@ def store(request, tmp_path):
     for persister in made:
         persister.close()
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(
-            f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
-            f' "{table}_child", "{table}_meta"'
-        )
+        for each in store_tables(table):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 @pytest.fixture

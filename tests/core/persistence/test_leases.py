@@ -23,6 +23,7 @@ from fanwise.core.persistence import (
     PostgreSQLPersister,
     SQLitePersister,
 )
+from fanwise.core.persistence._rows import store_tables
 from fanwise.parallel import MapStates
 
 POSTGRES_DSN = os.environ.get(
@@ -602,10 +603,8 @@ def pg_table():
     name = f"fanwise_test_{uuid.uuid4().hex[:12]}"
     yield name
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(
-            f'DROP TABLE IF EXISTS "{name}", "{name}_lease", "{name}_fanout",'
-            f' "{name}_child", "{name}_meta"'
-        )
+        for each in store_tables(name):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 def pg_lease_rows(table):

@@ -17,6 +17,7 @@ from fanwise.core.persistence import (
     PostgreSQLPersister,
     SQLitePersister,
 )
+from fanwise.core.persistence._rows import store_tables
 from fanwise.core.state import State
 
 POSTGRES_DSN = os.environ.get(
@@ -52,10 +53,8 @@ def persister(request: pytest.FixtureRequest, tmp_path) -> Iterator[BaseStatePer
         yield store
         store.close()
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-            connection.execute(
-                f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
-                f' "{table}_child", "{table}_meta"'
-            )
+            for each in store_tables(table):
+                connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 def row(app_id: str, sequence_id: int = 0, partition_key: str | None = "pk", **fields) -> dict:

@@ -15,6 +15,7 @@ import cloudpickle
 import pytest
 from fanwise.core.persistence import PostgreSQLPersister
 from fanwise.core.persistence._pools import POOLS
+from fanwise.core.persistence._rows import store_tables
 from fanwise.core.state import State
 
 POSTGRES_DSN = os.environ.get(
@@ -35,8 +36,8 @@ def dsn_and_table() -> Iterator[tuple[str, str]]:
     tag = uuid.uuid4().hex[:12]
     yield make_conninfo(POSTGRES_DSN, application_name=f"fw_pools_{tag}"), f"fw_pools_{tag}"
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        for suffix in ("", "_lease", "_fanout", "_child", "_meta"):
-            connection.execute(f'DROP TABLE IF EXISTS "fw_pools_{tag}{suffix}"')
+        for each in store_tables(f"fw_pools_{tag}"):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 def open_sessions(dsn: str) -> int:

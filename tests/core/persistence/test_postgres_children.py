@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 from fanwise.core.persistence import LeaseLostError, PostgreSQLPersister, _rows
+from fanwise.core.persistence._rows import store_tables
 from fanwise.core.persistence.base import ChildSlot
 from fanwise.core.state import State
 
 POSTGRES_DSN = os.environ.get(
     "FANWISE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
-COMPANIONS = ("_lease", "_fanout", "_child", "_meta")
 
 
 @pytest.fixture
@@ -28,8 +28,8 @@ def table() -> Iterator[str]:
     name = f"fanwise_test_{uuid.uuid4().hex[:12]}"
     yield name
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        for suffix in ("", *COMPANIONS):
-            connection.execute(f'DROP TABLE IF EXISTS "{name}{suffix}"')
+        for each in store_tables(name):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 @pytest.fixture

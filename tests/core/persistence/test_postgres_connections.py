@@ -9,6 +9,7 @@ import cloudpickle
 import pytest
 from fanwise.core import ApplicationBuilder, GraphBuilder, Result, State, action
 from fanwise.core.persistence import PostgreSQLPersister
+from fanwise.core.persistence._rows import store_tables
 from fanwise.parallel import MapStates, RunnableGraph
 
 POSTGRES_DSN = os.environ.get(
@@ -44,10 +45,8 @@ def tagged(psycopg):
 
     yield dsn, tag, terminate
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(
-            f'DROP TABLE IF EXISTS "{tag}", "{tag}_lease", "{tag}_fanout",'
-            f' "{tag}_child", "{tag}_meta"'
-        )
+        for each in store_tables(tag):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 def test_reads_and_writes_go_on_after_every_pooled_session_is_terminated(tagged):
@@ -201,7 +200,5 @@ def test_a_dsn_without_password_takes_its_settings_from_the_environment(psycopg,
         persister.close()
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-            connection.execute(
-                f'DROP TABLE IF EXISTS "{table}", "{table}_lease", "{table}_fanout",'
-                f' "{table}_child", "{table}_meta"'
-            )
+            for each in store_tables(table):
+                connection.execute(f'DROP TABLE IF EXISTS "{each}"')

@@ -11,6 +11,7 @@ import cloudpickle
 import pytest
 from fanwise.core.errors import CorruptStateError
 from fanwise.core.persistence import PostgreSQLPersister
+from fanwise.core.persistence._rows import store_tables
 from fanwise.core.state import State
 
 POSTGRES_DSN = os.environ.get(
@@ -28,10 +29,8 @@ def table() -> Iterator[str]:
     name = f"fanwise_test_{uuid.uuid4().hex[:12]}"
     yield name
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-        connection.execute(
-            f'DROP TABLE IF EXISTS "{name}", "{name}_lease", "{name}_fanout",'
-            f' "{name}_child", "{name}_meta"'
-        )
+        for each in store_tables(name):
+            connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 def execute(sql: str, params: list | None = None) -> None:
@@ -158,8 +157,8 @@ def test_the_longest_table_name_allowed_keeps_its_state_and_lease_tables_apart(t
     finally:
         persister.close()
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as connection:
-            for suffix in ("", "_lease"):
-                connection.execute(f'DROP TABLE IF EXISTS "{name}{suffix}"')
+            for each in store_tables(name):
+                connection.execute(f'DROP TABLE IF EXISTS "{each}"')
 
 
 def test_a_table_name_that_names_another_tables_lease_table_is_refused_for_postgres():
