@@ -371,6 +371,25 @@ def child_row(fanout: int, slot: ChildSlot, row: Row) -> ChildRow:
             created_at, meta)
 
 
+def saved_children(
+    rows: Iterable[Sequence[Any]], ids: Mapping[int, str], partition_key: str, source: str,
+    serde_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, PersistedStateData]:
+    """The latest steps a child-range read found (rows of `child` then `decode_child_row`'s
+    columns), by app id, keeping only the children saved under the app id `ids` expects at
+    their position."""
+    found: dict[str, PersistedStateData] = {}
+    for child, *row in rows:
+        if ids.get(child) == row[0]:
+            found[row[0]] = decode_child_row(row, partition_key, source, serde_kwargs)
+    return found
+
+
+def unfound(ids: Mapping[int, str], found: Mapping[str, Any]) -> list[str]:
+    """The app ids of `ids` that `found` lacks (to look for in an older store's main table)."""
+    return [app_id for app_id in ids.values() if app_id not in found]
+
+
 def decode_child_row(
     row: Sequence[Any], partition_key: str, source: str,
     serde_kwargs: Mapping[str, Any] | None = None,

@@ -418,12 +418,10 @@ class PostgreSQLPersister(_rows.RowSaver, BaseStatePersister):
         stored_key = _rows.stored_partition_key(partition_key, self._source())
         source, kwargs = self._source(), self.serde_kwargs
         span = [stored_key, parent_app_id, parent_sequence_id, min(ids), max(ids)]
-        found: dict[str, PersistedStateData] = {}
-        for child, *row in self._fetch(self._sql_child_range, span):
-            if ids.get(child) == row[0]:
-                found[row[0]] = _rows.decode_child_row(row, stored_key, source, kwargs)
+        rows = self._fetch(self._sql_child_range, span)
+        found = _rows.saved_children(rows, ids, stored_key, source, kwargs)
         if len(found) < len(ids) and self._legacy():
-            missing = [app_id for app_id in ids.values() if app_id not in found]
+            missing = _rows.unfound(ids, found)
             for row in self._fetch(self._sql_latest, [stored_key, missing]):
                 found[row[1]] = _rows.decode_row(row, source, kwargs)
         return found

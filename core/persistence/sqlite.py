@@ -379,12 +379,7 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         connection = self._ready()
         unique_ids = list(dict.fromkeys(app_ids))
         source = self._source()
-        found = {}
-        for start in range(0, len(unique_ids), _CHUNK):
-            chunk = unique_ids[start : start + _CHUNK]
-            sql = self._sql_latest.format(marks=", ".join("?" * len(chunk)))
-            for row in connection.execute(sql, [stored_key, *chunk]):
-                found[row[1]] = _rows.decode_row(row, source, self.serde_kwargs)
+        found = self._latest_in_main(connection, stored_key, unique_ids)
         legacy = self._shared.legacy
         missing = unique_ids if legacy else [i for i in unique_ids if i not in found]
         for app_id, steps in self._child_steps(connection, stored_key, missing).items():
@@ -408,21 +403,25 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         stored_key = _rows.stored_partition_key(partition_key, self._source())
         connection = self._ready()
         source, kwargs = self._source(), self.serde_kwargs
-        found: dict[str, PersistedStateData] = {}
         fanout = self._shared.children and self._fanout_id(
             connection, (stored_key, parent_app_id, parent_sequence_id))
-        if fanout:
-            rows = connection.execute(self._sql_child_range, [fanout, min(ids), max(ids)])
-            for child, *row in rows:
-                if ids.get(child) == row[0]:
-                    found[row[0]] = _rows.decode_child_row(row, stored_key, source, kwargs)
+        rows = (connection.execute(self._sql_child_range, [fanout, min(ids), max(ids)])
+                if fanout else ())
+        found = _rows.saved_children(rows, ids, stored_key, source, kwargs)
         if self._shared.legacy and len(found) < len(ids):
-            missing = [app_id for app_id in ids.values() if app_id not in found]
-            for start in range(0, len(missing), _CHUNK):
-                chunk = missing[start : start + _CHUNK]
-                sql = self._sql_latest.format(marks=", ".join("?" * len(chunk)))
-                for row in connection.execute(sql, [stored_key, *chunk]):
-                    found[row[1]] = _rows.decode_row(row, source, kwargs)
+            found.update(self._latest_in_main(connection, stored_key, _rows.unfound(ids, found)))
+        return found
+
+    def _latest_in_main(
+        self, connection: sqlite3.Connection, stored_key: str, app_ids: Sequence[str]
+    ) -> dict[str, PersistedStateData]:
+        """The latest step in the main table of each of `app_ids`, `_CHUNK` ids a query."""
+        source, found = self._source(), {}
+        for start in range(0, len(app_ids), _CHUNK):
+            chunk = app_ids[start : start + _CHUNK]
+            sql = self._sql_latest.format(marks=", ".join("?" * len(chunk)))
+            for row in connection.execute(sql, [stored_key, *chunk]):
+                found[row[1]] = _rows.decode_row(row, source, self.serde_kwargs)
         return found
 
     def _fanout_id(
