@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import itertools
 import json
 import os
 import subprocess
@@ -29,11 +28,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psutil
+from _report import fresh_folders
 from fanwise.core import ApplicationBuilder, State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.core.tracking import LocalTrackingClient
@@ -173,12 +173,6 @@ def _once(states: Iterable[Any]) -> Callable[[], Iterable[Any]]:
     return lambda: states
 
 
-def _fresh_folders(root: str) -> Iterator[str]:
-    """New empty folders under `root`, one per run."""
-    for n in itertools.count():
-        folder = os.path.join(root, str(n))
-        os.mkdir(folder)
-        yield folder
 
 
 def bare_map(states: list[State], workers: int) -> int:
@@ -231,7 +225,7 @@ def measure_throughput(
     # Every run gets a fresh folder, and all are removed only at the end: on this machine's
     # disk, creating files right after removing tens of thousands costs ten times more.
     with tempfile.TemporaryDirectory(prefix="fanwise-bench-", dir=workdir) as root:
-        folders = _fresh_folders(root)
+        folders = fresh_folders(root)
         for engine in engines:  # warm-up, untimed
             engine.run(engine.states(WARM_UP_CHILDREN, lazy=False), workers, "none",
                        next(folders))

@@ -57,6 +57,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
+from _report import fresh_folders, load_average, table
 from fanwise.core import ApplicationBuilder, Result, State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.core.tracking import LocalTrackingClient
@@ -304,12 +305,6 @@ class Settings:
     """The summary's rows: workload, bar, measured, met."""
 
 
-def fresh_folders(root: str) -> Iterator[str]:
-    """New empty folders under `root`, one per run (removed together at the end)."""
-    for n in itertools.count():
-        folder = os.path.join(root, str(n))
-        os.mkdir(folder)
-        yield folder
 
 
 def command(kind: str, children: int, folder: str, settings: Settings, table: str = TABLE,
@@ -423,7 +418,7 @@ def per_child(kind: str, sizes: list[int], settings: Settings) -> str:
         ["children", "rounds", "bare µs/child", "fanwise µs/child", "x bare", f"x {REFERENCE:,}",
          "bar", "met", "note"], rows,
         f"bare: `ThreadPoolExecutor({settings.workers}).map` of the same child function at the "
-        f"same size, each run a fresh process. Peak RSS: the fanwise run's. {_load()}.")
+        f"same size, each run a fresh process. Peak RSS: the fanwise run's. {load_average()}.")
 
 
 def sweep_and_resume(children: int, settings: Settings, resume: bool) -> list[list[str]]:
@@ -524,28 +519,16 @@ def sweep_section(children: int, parts: set[str], settings: Settings) -> str:
         f"{os.cpu_count()} cpus", ["measure", "value", "bar", "met"], rows,
         "Each run a fresh process; the resumes reuse their sweep's folder (its store). The "
         "kill's remaining cost: the sweep's seconds x the share of children not saved. "
-        f"Seconds: from building the app to the end of its run; wall adds start-up. {_load()}.")
+        "Seconds: from building the app to the end of its run; wall adds start-up. "
+        f"{load_average()}.")
 
 
 def _met(ok: bool) -> str:
     return "met" if ok else "not met"
 
 
-def table(title: str, header: list[str], rows: list[list[str]], notes: str = "") -> str:
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    lines = [f"### {title}", "", line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += [line(row) for row in rows]
-    if notes:
-        lines += ["", notes]
-    return "\n".join(lines)
 
 
-def _load() -> str:
-    return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def postgres_problem(dsn: str) -> str | None:
@@ -598,7 +581,7 @@ def main() -> None:
     workdir = os.path.expanduser(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     rounds = 1 if args.quick else args.rounds
-    print(f"fanwise scale: {os.cpu_count()} cpus, {_load()}, {args.workers} threads; "
+    print(f"fanwise scale: {os.cpu_count()} cpus, {load_average()}, {args.workers} threads; "
           f"{rounds} round(s) per size below 1,000,000\n", flush=True)
     with tempfile.TemporaryDirectory(prefix="scale-", dir=workdir) as root:
         settings = Settings(rounds, args.workers, args.dsn, fresh_folders(root), {}, [])

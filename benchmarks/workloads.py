@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import math
 import os
@@ -54,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+from _report import fresh_folders, load_average, table
 from fanwise.core import ApplicationBuilder, Result, State, action
 from fanwise.core.persistence import AsyncSQLitePersister, SQLitePersister
 from fanwise.core.tracking import LocalTrackingClient
@@ -252,13 +252,6 @@ class Settings:
         return quick if self.quick else full
 
 
-def fresh_folders(root: str) -> Iterator[str]:
-    """New empty folders under `root`, one per run; all are removed together at the end
-    (creating files right after removing thousands is much slower on these disks)."""
-    for n in itertools.count():
-        folder = os.path.join(root, str(n))
-        os.mkdir(folder)
-        yield folder
 
 
 @dataclass
@@ -312,17 +305,6 @@ def counted(expected: int, run: Callable[[str], int]) -> Callable[[str], int]:
 # -- report ------------------------------------------------------------------------------
 
 
-def table(title: str, header: list[str], rows: list[list[str]], notes: str = "") -> str:
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    lines = [f"### {title}", "", line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += [line(row) for row in rows]
-    if notes:
-        lines += ["", notes]
-    return "\n".join(lines)
 
 
 RATIO_HEADER = ["variant", "median (min-max)", "baseline", "ratio", "bar", "met"]
@@ -361,8 +343,6 @@ def _disk_floor(workdir: str, children: int = 1000) -> str:
     return f"Disk floor now: {micros:,.0f} µs per child (a folder and two files, plain loop)"
 
 
-def _load() -> str:
-    return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 # -- rows --------------------------------------------------------------------------------
@@ -410,7 +390,7 @@ def row_realistic(settings: Settings) -> str:
         'on_failure = "continue"',
         [*RATIO_HEADER, "outcome (last round)"], rows,
         f"Latency: seeded lognormal, median 50 ms, {work:.1f} s in all (so >= "
-        f"{work / workers:.2f} s on {workers} threads), longest {longest:.2f} s. {_load()}.",
+        f"{work / workers:.2f} s on {workers} threads), longest {longest:.2f} s. {load_average()}.",
     )
 
 
@@ -438,7 +418,7 @@ def row_threads(settings: Settings) -> str:
     ]
     return table(f"Threads: {count:,} children x 20 ms sleep, {workers} threads",
                  RATIO_HEADER, rows, f"Floor: {count * 0.02 / workers:.3f} s. "
-                 f"{_disk_floor(next(settings.folders))}. {_load()}.")
+                 f"{_disk_floor(next(settings.folders))}. {load_average()}.")
 
 
 def row_async(settings: Settings) -> str:
@@ -468,7 +448,7 @@ def row_async(settings: Settings) -> str:
         RATIO_HEADER, rows,
         f"AsyncExecutor({concurrency}); persister: AsyncSQLitePersister (abuild). Floor: "
         f"{count * 0.05 / concurrency:.3f} s. {_disk_floor(next(settings.folders))}. "
-        f"{_load()}.",
+        f"{load_average()}.",
     )
 
 
@@ -489,7 +469,7 @@ def _pool_row(settings: Settings, title: str, count: int, seconds: float, bar: f
     rows = [baseline_row(timings, base), ratio_row(timings, "fanwise", base, bar)]
     per_child = timings.median("fanwise") / count * 1e6
     return table(f"{title}: {count:,} children, {workers} threads", RATIO_HEADER, rows,
-                 f"fanwise: {per_child:.1f} µs per child. {_load()}.")
+                 f"fanwise: {per_child:.1f} µs per child. {load_average()}.")
 
 
 def row_small_io(settings: Settings) -> str:
@@ -533,7 +513,7 @@ def row_stragglers(settings: Settings) -> str:
         "reduce_order",
         RATIO_HEADER, rows,
         "Baseline of `task` is `completion` (same persistence); of `completion`, the bare "
-        f"pool. {_load()}.",
+        f"pool. {load_average()}.",
     )
 
 
@@ -564,7 +544,7 @@ def row_million(settings: Settings) -> str:
         ["measure", "value", "bar", "met"], rows,
         f"Peak RSS in a fresh subprocess (psutil every 10 ms and the kernel's VmHWM). The kill: "
         f"SIGKILL once {kill['killed_at']:,} children were committed; resume in a new process "
-        f"(initialize_from, same app id; {kill['resume_seconds']:.0f} s). {_load()}.",
+        f"(initialize_from, same app id; {kill['resume_seconds']:.0f} s). {load_average()}.",
     )
 
 
@@ -767,7 +747,7 @@ def main() -> None:
     workdir = os.path.expanduser(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     rounds = 1 if args.quick else args.rounds
-    print(f"fanwise workloads: {os.cpu_count()} cpus, {_load()}; per row: the median of "
+    print(f"fanwise workloads: {os.cpu_count()} cpus, {load_average()}; per row: the median of "
           f"{rounds} interleaved round(s), ratios the median of per-round ratios\n")
     with tempfile.TemporaryDirectory(prefix="workloads-", dir=workdir) as root:
         settings = Settings(rounds, args.quick, fresh_folders(root))
