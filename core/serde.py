@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from fanwise.core import _json
 from fanwise.core.errors import StateSerialisationError
 from fanwise.core.state import State
 
@@ -282,7 +283,7 @@ def loads_state(text: str, serde_kwargs: Mapping[str, Any] | None = None) -> Sta
     """The `State` that `dumps_state` wrote as `text`; `serde_kwargs` go to every
     deserializer that takes `**kwargs`."""
     try:
-        data = json.loads(text)
+        data = _json.loads(text)
     except RecursionError:
         raise StateSerialisationError(
             "the state JSON is nested deeper than Python's recursion limit "
@@ -300,7 +301,7 @@ def serialise_state(
     state: Mapping[str, Any], strict: bool = True, serde_kwargs: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """`state` as a JSON-able dict (custom values become marker dicts)."""
-    return json.loads(dumps_state(state, strict, serde_kwargs=serde_kwargs))
+    return _json.loads(dumps_state(state, strict, serde_kwargs=serde_kwargs))
 
 
 def deserialise_state(
@@ -403,11 +404,8 @@ def _safe_repr(value: Any) -> str:
 
 
 _ENCODERS = {
-    (strict, sort_keys): json.JSONEncoder(
-        default=_encode_strict if strict else _encode_lenient,
-        sort_keys=sort_keys,
-        separators=(",", ":"),
-    )
+    (strict, sort_keys): _json.make_encoder(_encode_strict if strict else _encode_lenient,
+                                            sort_keys)
     for strict in (True, False)
     for sort_keys in (True, False)
 }
@@ -422,13 +420,13 @@ def _encode(
     hook = _encode_strict if strict else _encode_lenient
     if kwargs:
         hook = functools.partial(hook, kwargs=kwargs)
-        encoder = json.JSONEncoder(default=hook, sort_keys=sort_keys, separators=(",", ":"))
+        encode = _json.make_encoder(hook, sort_keys)
     else:
-        encoder = _ENCODERS[strict, sort_keys]
-    text = encoder.encode(value)
+        encode = _ENCODERS[strict, sort_keys]
+    text = encode(value)
     if _MARKER_KEY not in text:
         return text
-    return encoder.encode(_escaped(value, hook))
+    return encode(_escaped(value, hook))
 
 
 def _escaped(value: Any, default: Dump) -> Any:
@@ -489,11 +487,27 @@ def _explain(
                 f"{type_.__qualname__}, dump, load) or register_field({field!r}, dump, load)"
             )
         except _ENCODING_ERRORS as exc:
+            problem = _CIRCULAR if _is_circular(value) else _problem(exc)
             return StateSerialisationError(
-                f"state field {field!r} {_problem(exc)}; store it in another form with "
+                f"state field {field!r} {problem}; store it in another form with "
                 f"fanwise.core.serde.register_field({field!r}, dump, load)"
             )
     return StateSerialisationError(f"state cannot be serialised to JSON: {error}")
+
+
+_CIRCULAR = "holds a reference to itself, which JSON cannot store"
+
+
+def _is_circular(value: Any) -> bool:
+    """Whether `value` contains itself (the encoders do not track this: such a value fails
+    them as one nested too deeply)."""
+    try:
+        json.JSONEncoder(default=repr).encode(value)
+    except ValueError as exc:
+        return "ircular" in str(exc)
+    except Exception:
+        return False
+    return False
 
 
 def _problem(error: Exception) -> str:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Self
 
-from fanwise.core import serde
+from fanwise.core import _json, serde
 from fanwise.core.errors import CorruptStateError, LeaseLostError, StateSerialisationError
 from fanwise.core.persistence import _leases
 from fanwise.core.persistence.base import ChildSlot, Fence, PersistedStateData, SaveRow
@@ -102,8 +101,8 @@ def id_key(app_id: str) -> int:
 
 Row = tuple[str, str, int, str, str, str, str, str | None]
 
-_META_JSON = json.JSONEncoder(separators=(",", ":"))
-"""Compact JSON for `meta` (one encoder: `json.dumps` with separators makes one a call)."""
+_encode_meta = _json.make_encoder(None, sort_keys=False)
+"""Compact JSON for `meta`."""
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -178,7 +177,7 @@ def encode_row(
         )
     try:
         state_text = serde.dumps_state(state, serde_kwargs=serde_kwargs)
-        meta_text = None if meta is None else _META_JSON.encode(meta)
+        meta_text = None if meta is None else _encode_meta(meta)
     except StateSerialisationError as exc:
         raise StateSerialisationError(
             f"cannot save app {app_id!r} step {sequence_id} to {source}: "
@@ -324,7 +323,7 @@ def _meta_of(text: str) -> Any:
     head, tail = _FINGERPRINT_ONLY
     if text.startswith(head) and text.endswith(tail) and text.count('"') == 4:
         return {"fingerprint": text[len(head) : -len(tail)]}
-    return json.loads(text)
+    return _json.loads(text)
 
 
 def decode_row(
