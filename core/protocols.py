@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from fanwise.core.persistence.base import Lease, PersistedStateData, SaveRow
+    from fanwise.core.persistence.base import Lease, PersistedStateData, ReplayRow, SaveRow
     from fanwise.core.state import State
 
 
@@ -80,6 +80,24 @@ class ChildLoader(Protocol):
         parent_sequence_id: int,
         ids: Mapping[int, str],
     ) -> dict[str, PersistedStateData] | Awaitable[dict[str, PersistedStateData]]: ...
+
+
+@runtime_checkable
+class ChildReplayer(Protocol):
+    """A store that hands back the latest saved step of the children in slots [start,
+    stop) of one parent step, in slot order, decoded but not wrapped: the resume of a
+    finished step checks and hands them out without planning each one (the
+    finished-resume row of `benchmarks/scale.py`). None: this store cannot (then the
+    resume reads through `load_children`)."""
+
+    def replay_children(
+        self,
+        partition_key: str | None,
+        parent_app_id: str,
+        parent_sequence_id: int,
+        start: int,
+        stop: int,
+    ) -> list[ReplayRow] | None: ...
 
 
 @runtime_checkable

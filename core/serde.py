@@ -258,7 +258,10 @@ def dumps_state(
     the recursion limit), so that an observer never breaks the application it observes.
     """
     kwargs = serde_kwargs or _NO_KWARGS
-    fields = _dump_fields(state, strict, kwargs)
+    if not _field_serdes and type(state) is State:
+        fields = state._data  # encoding only reads it: no copy
+    else:
+        fields = _dump_fields(state, strict, kwargs)
     try:
         return _encode(fields, strict, sort_keys, kwargs)
     except _ENCODING_ERRORS as exc:
@@ -289,12 +292,12 @@ def loads_state(text: str, serde_kwargs: Mapping[str, Any] | None = None) -> Sta
             "the state JSON is nested deeper than Python's recursion limit "
             f"({sys.getrecursionlimit()}) lets it be read"
         ) from None
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         raise ValueError(f"state JSON must be an object, got {type(data).__name__}")
     kwargs = serde_kwargs or _NO_KWARGS
     if TYPE_MARKER in text:
         return deserialise_state(data, kwargs)
-    return State(_load_fields(data, kwargs))
+    return State._owning(_load_fields(data, kwargs) if _field_serdes else data)
 
 
 def serialise_state(

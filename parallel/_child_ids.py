@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+from hashlib import sha256
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -18,7 +18,7 @@ def child_app_id(parent_app_id: str, parent_sequence_id: int, position: int) -> 
     run of a parallel action in a loop (a new sequence id).
     """
     key = f"{parent_app_id}\x1f{parent_sequence_id}\x1f{position}"
-    return hashlib.sha256(key.encode()).hexdigest()
+    return sha256(key.encode()).hexdigest()
 
 
 def fingerprint(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
@@ -34,7 +34,7 @@ def fingerprint(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
     state_text = serde.dumps_state(state, sort_keys=True)
     inputs_text = _inputs_text(inputs) if inputs else "{}"  # most children have none
     payload = f"[{encode_basestring_ascii(entrypoint)},{state_text},{inputs_text}]"
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return sha256(payload.encode()).hexdigest()[:32]
 
 
 def _inputs_text(inputs: dict[str, Any]) -> str:

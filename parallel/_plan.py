@@ -94,7 +94,7 @@ class Planner:
                     task.inputs,
                     partition_key,
                     pointer,
-                    self._fingerprint(task, position, app_id) if saver is not None else None,
+                    self.fingerprint(task, position, app_id) if saver is not None else None,
                     saver,
                     task.state_initializer if task.state_initializer is not None
                     else config.loader,
@@ -110,12 +110,12 @@ class Planner:
             )
         return specs
 
-    def _fingerprint(self, task: SubGraphTask, position: int, app_id: str) -> str:
+    def fingerprint(self, task: SubGraphTask, position: int, app_id: str) -> str:
         """The fingerprint of a persisted child: its state and data inputs. Resources are
         left out: the inputs named in `resource_inputs` and `Secret`s (a new client or a
         rotated key is the same work). What is not data is an error naming the child."""
         resources = self._config.resource_inputs
-        inputs = {
+        inputs = task.inputs and {
             name: value for name, value in task.inputs.items()
             if name not in resources and not isinstance(value, Secret)
         }

@@ -192,6 +192,14 @@ class Window:
         self.next_position = run.stop if run else self.next_position
         return run
 
+    def idle(self) -> bool:
+        """Nothing in flight, queued or waiting: every child pulled so far is handed out."""
+        return not (self.inflight or self.queued or self.held or self.parked)
+
+    def handed_past(self, position: int) -> None:
+        """Children up to `position` were handed out without a slot (replayed)."""
+        self.next_position = position + 1
+
     def done(self) -> bool:
         """Every child handed out."""
         return self.exhausted and not (

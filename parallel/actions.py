@@ -43,7 +43,14 @@ from fanwise.parallel.cascade import (
 )
 from fanwise.parallel.errors import ChildrenFailedError
 from fanwise.parallel.events import LoopEventSink
-from fanwise.parallel.fanout import AsyncSource, Fanout, FanoutConfig, Handout, SyncSource
+from fanwise.parallel.fanout import (
+    AsyncSource,
+    Fanout,
+    FanoutConfig,
+    Handout,
+    Handouts,
+    SyncSource,
+)
 from fanwise.parallel.graphs import as_runnable
 from fanwise.parallel.outcomes import ChildOutcome
 from fanwise.parallel.progress import Progress
@@ -468,21 +475,23 @@ def _check_count(
 
 
 def _states_of(driver: Driver, outcomes: list[ChildOutcome] | None) -> Iterator[State]:
-    handout: Handout
-    for handout in driver:
-        if outcomes is not None:
-            outcomes.append(handout.outcome)
-        if handout.state is not None:
-            yield handout.state
+    handed: Handout | Handouts
+    for handed in driver:
+        for handout in handed if type(handed) is Handouts else (handed,):
+            if outcomes is not None:
+                outcomes.append(handout.outcome)
+            if handout.state is not None:
+                yield handout.state
 
 
 async def _astates_of(driver: Driver, outcomes: list[ChildOutcome] | None) -> AsyncIterator[State]:
-    handout: Handout
-    async for handout in driver:
-        if outcomes is not None:
-            outcomes.append(handout.outcome)
-        if handout.state is not None:
-            yield handout.state
+    handed: Handout | Handouts
+    async for handed in driver:
+        for handout in handed if type(handed) is Handouts else (handed,):
+            if outcomes is not None:
+                outcomes.append(handout.outcome)
+            if handout.state is not None:
+                yield handout.state
 
 
 def _as_iterator(items: Any) -> Any:

@@ -33,11 +33,18 @@ from typing import Any, Literal
 from fanwise.core._runner import Partial
 from fanwise.core.errors import CorruptStateError, LeaseLostError
 from fanwise.core.persistence.base import FencedStore
-from fanwise.core.protocols import FlushingTracker, RecordingTracker, StateLoader, conforms
+from fanwise.core.protocols import (
+    ChildReplayer,
+    FlushingTracker,
+    RecordingTracker,
+    StateLoader,
+    conforms,
+)
 from fanwise.executors.protocols import CAPACITY_POLL_SECONDS, ElasticExecutor
 from fanwise.parallel._channel import Channel
 from fanwise.parallel._commit import GroupCommit
 from fanwise.parallel._plan import PlanConfig, Planner, ResumeLookup, read_saved
+from fanwise.parallel._replay import REPLAY_BATCH, Replay
 from fanwise.parallel._window import Window
 from fanwise.parallel.child import ChildResult, ChildSpec
 from fanwise.parallel.errors import (
@@ -93,8 +100,13 @@ class Handout:
     outcome: ChildOutcome | None
 
 
+class Handouts(list[Handout]):
+    """Children handed to `reduce` together (a replayed batch: one effect, not one each)."""
+
+
 class Fanout:
-    """Runs every task of `source` on `channel`; yields `Partial(Handout)` per child."""
+    """Runs every task of `source` on `channel`; yields `Partial(Handout)` per child, or
+    `Partial(Handouts)` for a batch of them."""
 
     def __init__(self, config: FanoutConfig, source: Any, channel: Channel) -> None:
         self.config = config
@@ -104,6 +116,11 @@ class Fanout:
         self._window = Window(config.capacity, config.ordered, config.held_bytes_budget)
         self._planner = Planner(config.plan)
         self._lookup = ResumeLookup(self._planner, config.plan.loader)
+        loader = config.plan.loader
+        self._replay = (
+            Replay(config.plan, self._planner, loader)
+            if conforms(loader, ChildReplayer) and Replay.applies(config.plan) else None
+        )
         self._commit = GroupCommit(
             config.shipped_tracker, config.background_tracker, config.is_async
         )
@@ -178,15 +195,21 @@ class Fanout:
                 return
             if not window.may_pull():
                 return
-            wanted = max(free, RESUME_BATCH) if self._resuming else free
+            replaying = self._resuming and self._replay is not None and window.idle()
+            wanted = (REPLAY_BATCH if replaying else max(free, RESUME_BATCH) if self._resuming
+                      else free)
             try:
                 batch = yield self._source.take(wanted)
+                if len(batch) < wanted:
+                    window.exhausted = True
+                if replaying and batch:
+                    batch = yield from self._replayed(batch)
+                    if not batch:
+                        continue  # all of it had finished: pull the next batch
                 specs = self._planner.specs(batch)
             except Exception:  # tasks() raised or yielded a bad task: keep what finished
                 yield from self._settle()
                 raise
-            if len(batch) < wanted:
-                window.exhausted = True
             if not batch:
                 return
             rows: dict[str, Any] = {}
@@ -201,6 +224,29 @@ class Fanout:
                     yield from self._resumed(*item)
             if self._resuming:
                 return  # hand these out before pulling more
+
+    def _replayed(self, batch: list[tuple[int, SubGraphTask]]) -> Generator[Any, Any, Any]:
+        """Hand the leading children of `batch` that had finished to `reduce` straight from
+        the store (`Replay`); returns the rest of the batch, for the general path."""
+        assert self._replay is not None
+        replayed = self._replay.finished(batch)
+        if replayed is None:  # the store cannot replay (an older layout)
+            self._replay = None
+            return batch
+        if not replayed:
+            return batch
+        self._window.handed_past(replayed[-1][0])
+        if self._listening:
+            for position, app_id, _ in replayed:
+                yield from self._emit("child_resumed", position, app_id, 0, None)
+        if self.config.keep_outcomes:
+            yield Partial(Handouts([
+                Handout(state, ChildOutcome(position, app_id, "resumed", 1, 0.0))
+                for position, app_id, state in replayed
+            ]))
+        else:
+            yield Partial(Handouts([Handout(state, None) for _, _, state in replayed]))
+        return batch[len(replayed):]
 
     def _follow_capacity(self) -> None:
         """Ask the elastic executor for its capacity (which also sends children waiting

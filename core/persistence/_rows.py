@@ -12,7 +12,13 @@ from typing import Any, Self
 from fanwise.core import _json, serde
 from fanwise.core.errors import CorruptStateError, LeaseLostError, StateSerialisationError
 from fanwise.core.persistence import _leases
-from fanwise.core.persistence.base import ChildSlot, Fence, PersistedStateData, SaveRow
+from fanwise.core.persistence.base import (
+    ChildSlot,
+    Fence,
+    PersistedStateData,
+    ReplayRow,
+    SaveRow,
+)
 from fanwise.core.secret import find_secret
 from fanwise.core.state import State
 
@@ -326,6 +332,17 @@ def _meta_of(text: str) -> Any:
     return _json.loads(text)
 
 
+def _fingerprint_in(text: str) -> str | None:
+    """The fingerprint in the `meta` stored as `text`, read as `_meta_of` reads it."""
+    head, tail = _FINGERPRINT_ONLY
+    if text.startswith(head) and text.endswith(tail) and text.count('"') == 4:
+        return text[len(head) : -len(tail)]
+    meta = _json.loads(text)
+    if not isinstance(meta, dict):
+        raise ValueError(f"its meta is a {type(meta).__name__}, not an object")
+    return meta.get("fingerprint")
+
+
 def decode_row(
     row: Sequence[Any], source: str, serde_kwargs: Mapping[str, Any] | None = None
 ) -> PersistedStateData:
@@ -375,13 +392,43 @@ def saved_children(
     serde_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, PersistedStateData]:
     """The latest steps a child-range read found (rows of `child` then `decode_child_row`'s
-    columns), by app id, keeping only the children saved under the app id `ids` expects at
-    their position."""
+    columns, a slot's steps in sequence order), by app id, keeping only the children saved
+    under the app id `ids` expects at their position."""
+    latest: dict[int, Sequence[Any]] = {}
+    for row in rows:
+        latest[row[0]] = row  # a slot's later step replaces its earlier ones
     found: dict[str, PersistedStateData] = {}
-    for child, *row in rows:
+    for child, *row in latest.values():
         if ids.get(child) == row[0]:
             found[row[0]] = decode_child_row(row, partition_key, source, serde_kwargs)
     return found
+
+
+def replay_rows(
+    rows: Iterable[Sequence[Any]], source: str, serde_kwargs: Mapping[str, Any] | None = None
+) -> list[ReplayRow]:
+    """`ReplayRow`s of a slot-ordered read (child, app_id, position, status, meta, state;
+    a slot's steps in sequence order): the latest step of each slot, its state decoded."""
+    latest: dict[int, Sequence[Any]] = {}
+    for row in rows:
+        latest[row[0]] = row  # a slot's later step replaces its earlier ones
+    replayed = []
+    loads_state = serde.loads_state
+    for child, app_id, position, status, meta_text, state_text in latest.values():
+        try:
+            fingerprint = None if meta_text is None else _fingerprint_in(meta_text)
+            state = loads_state(state_text, serde_kwargs)
+        except StateSerialisationError as exc:
+            raise StateSerialisationError(
+                f"cannot load child {child} (app id {app_id!r}) from {source}: {exc}"
+            ) from exc
+        except (TypeError, ValueError) as exc:
+            raise CorruptStateError(
+                f"the saved step of child {child} (app id {app_id!r}) in {source} cannot be "
+                f"read: {exc}"
+            ) from exc
+        replayed.append((child, app_id, position, status, fingerprint, state))
+    return replayed
 
 
 def unfound(ids: Mapping[int, str], found: Mapping[str, Any]) -> list[str]:

@@ -41,6 +41,11 @@ class ChildSlot(NamedTuple):
     index: int
 
 
+ReplayRow = tuple[int, str, str, str, str | None, State]
+"""A fan-out child's latest saved step as a resume of a finished step reads it: (slot
+index, app id, action position, status, fingerprint or None, state)."""
+
+
 class SaveRow(TypedDict):
     """Arguments of one `save` call, for `save_many`."""
 

@@ -23,6 +23,7 @@ from fanwise.core.persistence.base import (
     Fence,
     Lease,
     PersistedStateData,
+    ReplayRow,
 )
 
 _CHUNK = 900
@@ -172,8 +173,16 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         )
         # With MAX(), SQLite takes the other (bare) columns from the row holding the maximum.
         self._sql_child_range = (
-            f"SELECT child, app_id, MAX(sequence_id), position, state, status, created_at, meta"
-            f" FROM {child} WHERE fanout = ? AND child BETWEEN ? AND ? GROUP BY child"
+            # every step in key order, the latest kept by the reader: a GROUP BY child
+            # with MAX(sequence_id) cost 2.9 µs a row against 1.2 (the finished-resume
+            # row of benchmarks/scale.py)
+            f"SELECT child, app_id, sequence_id, position, state, status, created_at, meta"
+            f" FROM {child} WHERE fanout = ? AND child BETWEEN ? AND ?"
+            f" ORDER BY child, sequence_id"
+        )
+        self._sql_child_replay = (
+            f"SELECT child, app_id, position, status, meta, state FROM {child}"
+            " WHERE fanout = ? AND child >= ? AND child < ? ORDER BY child, sequence_id"
         )
         self._sql_child_slots = (
             f"SELECT fanout, child FROM {child_id} WHERE id_key IN ({{marks}})"
@@ -411,6 +420,28 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         if self._shared.legacy and len(found) < len(ids):
             found.update(self._latest_in_main(connection, stored_key, _rows.unfound(ids, found)))
         return found
+
+    def replay_children(
+        self,
+        partition_key: str | None,
+        parent_app_id: str,
+        parent_sequence_id: int,
+        start: int,
+        stop: int,
+    ) -> list[ReplayRow] | None:
+        """The latest saved step of each child in slots [start, stop) of one parent step,
+        in slot order, for a resume to check and hand out without building specs; None in
+        a store older than the child table (its children may be in the main table)."""
+        if self._shared.legacy:
+            return None
+        stored_key = _rows.stored_partition_key(partition_key, self._source())
+        connection = self._ready()
+        fanout = self._shared.children and self._fanout_id(
+            connection, (stored_key, parent_app_id, parent_sequence_id))
+        if not fanout:
+            return []
+        rows = connection.execute(self._sql_child_replay, [fanout, start, stop])
+        return _rows.replay_rows(rows, self._source(), self.serde_kwargs)
 
     def _latest_in_main(
         self, connection: sqlite3.Connection, stored_key: str, app_ids: Sequence[str]

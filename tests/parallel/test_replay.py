@@ -1,0 +1,176 @@
+"""The replay: a step whose children had all finished resumes from the store in slot order,
+with the same checks as the general path (ids, fingerprints, a finished last step)."""
+
+import pytest
+from fanout_testing import Tally, expected_child_id, fan_app
+from fanwise.core import GraphBuilder, State, action
+from fanwise.core.persistence import SQLitePersister
+from fanwise.parallel import ChildrenFailedError, MapStates, RunnableGraph
+from fanwise.parallel._replay import REPLAY_BATCH
+
+N = REPLAY_BATCH + 600
+"""More than one replay batch, so that a batch after the first is replayed too."""
+
+
+class ReducerDied(Exception):
+    """The reduce raised once it had every child: the step is not saved, its children are."""
+
+
+class CountingStore(SQLitePersister):
+    """Counts the slot ranges replayed and the children looked up one batch at a time."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.replayed = []
+        self.looked_up = 0
+
+    def copy(self):
+        return self
+
+    def replay_children(self, partition_key, parent_app_id, parent_sequence_id, start, stop):
+        self.replayed.append((start, stop))
+        return super().replay_children(partition_key, parent_app_id, parent_sequence_id,
+                                       start, stop)
+
+    def load_children(self, partition_key, parent_app_id, parent_sequence_id, ids):
+        self.looked_up += len(ids)
+        return super().load_children(partition_key, parent_app_id, parent_sequence_id, ids)
+
+
+def squares(tally, items, die=False, outcomes_seen=None):
+    """Children square their item (counted in `tally`); the reduce may die once at the end,
+    and with `outcomes_seen` it asks for the children's outcomes."""
+    armed = {"die": die}
+
+    @action(reads=["x"], writes=["y"])
+    def square(state):
+        tally.hit(state["x"])
+        return state.update(y=state["x"] ** 2)
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 4
+
+        def action(self):
+            return square
+
+        def states(self):
+            return (State({"x": x}) for x in items)
+
+        def reduce(self, state, states):
+            ys = [s["y"] for s in states]
+            if armed.pop("die", False):
+                raise ReducerDied(len(ys))
+            return state.update(ys=ys)
+
+    class WithOutcomes(Fan):
+        def reduce(self, state, states, outcomes):
+            reduced = super().reduce(state, states)
+            outcomes_seen.extend(outcomes)
+            return reduced
+
+    return Fan() if outcomes_seen is None else WithOutcomes()
+
+
+def finished(tmp_path, tally, items):
+    """A store holding every child of the fan-out over `items`, its step unsaved."""
+    store = CountingStore(tmp_path / "s.db")
+    with pytest.raises(ReducerDied):
+        fan_app(squares(tally, items, die=True), app_id="p", persister=store,
+                resume=True).run(halt_after=["done"])
+    assert sum(tally.counts().values()) == len(items)
+    return store
+
+
+def resume(store, fan):
+    store.replayed.clear()
+    store.looked_up = 0
+    return fan_app(fan, app_id="p", persister=store, resume=True).run(halt_after=["done"])[2]
+
+
+def test_a_finished_step_is_replayed_from_the_store_and_no_child_runs(tmp_path):
+    tally = Tally(tmp_path / "tally")
+    store = finished(tmp_path, tally, range(N))
+    result = resume(store, squares(tally, range(N)))
+    assert result["ys"] == [x * x for x in range(N)]
+    assert sum(tally.counts().values()) == N  # none ran again
+    assert len(store.replayed) >= 2 and store.replayed[-1][1] >= N
+    assert store.looked_up == 4  # only the first batch (one per slot) took the general path
+
+
+def test_a_changed_task_mid_batch_runs_again_and_the_rest_still_resume(tmp_path):
+    tally = Tally(tmp_path / "tally")
+    store = finished(tmp_path, tally, range(N))
+    changed = REPLAY_BATCH + 17
+    items = [x if x != changed else -1 for x in range(N)]
+    result = resume(store, squares(tally, items))
+    assert result["ys"] == [x * x for x in items]
+    counts = tally.counts()
+    assert counts["-1"] == 1 and sum(counts.values()) == N + 1
+
+
+def test_replayed_children_are_resumed_outcomes_in_task_order(tmp_path):
+    tally = Tally(tmp_path / "tally")
+    items = range(N)
+    finished(tmp_path, tally, items)
+    seen = []
+    store = CountingStore(tmp_path / "s.db")
+    resume(store, squares(tally, items, outcomes_seen=seen))
+    assert store.replayed
+    assert [o.position for o in seen] == list(range(N))
+    assert {o.status for o in seen} == {"resumed"}
+    assert seen[-1].app_id == expected_child_id("p", 0, N - 1)
+
+
+def test_a_replayed_fanout_streams_a_resumed_event_per_child(tmp_path):
+    tally = Tally(tmp_path / "tally")
+    store = finished(tmp_path, tally, range(N))
+    app = fan_app(squares(tally, range(N)), app_id="p", persister=store, resume=True)
+    events = [e for e in app.stream_fanout(halt_after=["done"]) if e.kind != "done"]
+    assert [(e.kind, e.position) for e in events] == [("child_resumed", p) for p in range(N)]
+    assert store.replayed
+
+
+def test_a_child_saved_halfway_continues_where_the_replay_stops(tmp_path):
+    tally = Tally(tmp_path / "tally")
+    armed = {"fail": True}
+    halfway = REPLAY_BATCH + 5  # position 4101
+
+    @action(reads=["x"], writes=["y"])
+    def first(state):
+        return state.update(y=state["x"])
+
+    @action(reads=["y"], writes=["y"])
+    def second(state):
+        tally.hit(state["y"])
+        if state["y"] == halfway and armed.pop("fail", False):
+            raise ValueError("fails once")
+        return state.update(y=state["y"] + 1)
+
+    graph = GraphBuilder().with_actions(first, second).with_transitions(
+        ("first", "second")).build()
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 4
+        on_failure = "continue"
+
+        def action(self):
+            return RunnableGraph(graph, "first", ["second"])
+
+        def states(self):
+            return (State({"x": x}) for x in range(N))
+
+        def reduce(self, state, states):
+            return state.update(ys=[s["y"] for s in states])
+
+    store = CountingStore(tmp_path / "s.db")
+    with pytest.raises(ChildrenFailedError, match="positions 4101"):
+        fan_app(Fan(), app_id="p", persister=store, resume=True).run(halt_after=["done"])
+    result = resume(store, Fan())
+    assert result["ys"] == [x + 1 for x in range(N)]
+    assert tally.counts()[str(halfway)] == 2
+    assert sum(tally.counts().values()) == N + 1
+    assert store.replayed
