@@ -60,6 +60,10 @@ class Graph:
                 f"graph has no action {name!r}; actions are {sorted(self._by_name)}"
             ) from None
 
+    def transitions_from(self, name: str) -> list[Transition]:
+        """The transitions out of action `name`, in the order they are tried."""
+        return list(self._outgoing.get(name, []))
+
     def next_action(self, from_name: str, state: State) -> Action | None:
         """The target of the first transition out of `from_name` whose condition holds."""
         for transition in self._outgoing.get(from_name, []):

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from fanwise.core.persistence.base import Lease, PersistedStateData, ReplayRow, SaveRow
+    from fanwise.core.persistence.base import (
+        Lease,
+        PersistedStateData,
+        ReplayBlock,
+        SaveRow,
+        Seal,
+    )
     from fanwise.core.state import State
 
 
@@ -84,11 +90,12 @@ class ChildLoader(Protocol):
 
 @runtime_checkable
 class ChildReplayer(Protocol):
-    """A store that hands back the latest saved step of the children in slots [start,
-    stop) of one parent step, in slot order, decoded but not wrapped: the resume of a
-    finished step checks and hands them out without planning each one (the
-    finished-resume row of `benchmarks/scale.py`). None: this store cannot (then the
-    resume reads through `load_children`)."""
+    """A store that reads the saved steps of the children in slots [start, stop) of one
+    parent step as one aggregate (`ReplayBlock`): the resume of a finished step checks
+    and hands out a whole batch of children at once (the finished-resume row of
+    `benchmarks/scale.py`). None: this store cannot (the resume then reads through
+    `load_children`). `save_seals` keeps the digests the planning run made of blocks of
+    children, given back with the aggregate of the same slots."""
 
     def replay_children(
         self,
@@ -97,7 +104,15 @@ class ChildReplayer(Protocol):
         parent_sequence_id: int,
         start: int,
         stop: int,
-    ) -> list[ReplayRow] | None: ...
+    ) -> ReplayBlock | None: ...
+
+    def save_seals(
+        self,
+        partition_key: str | None,
+        parent_app_id: str,
+        parent_sequence_id: int,
+        seals: Sequence[Seal],
+    ) -> None: ...
 
 
 @runtime_checkable

@@ -21,6 +21,13 @@ def child_app_id(parent_app_id: str, parent_sequence_id: int, position: int) -> 
     return sha256(key.encode()).hexdigest()
 
 
+def child_app_ids(parent_app_id: str, parent_sequence_id: int, start: int, stop: int
+                  ) -> list[str]:
+    """`child_app_id` of positions [start, stop), in order."""
+    prefix = f"{parent_app_id}\x1f{parent_sequence_id}\x1f"
+    return [sha256(f"{prefix}{position}".encode()).hexdigest() for position in range(start, stop)]
+
+
 def fingerprint(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
     """What identifies a child's work; resume reuses a saved child only if this still matches.
 
@@ -31,10 +38,34 @@ def fingerprint(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
     state field or input that is not data is a `StateSerialisationError` naming it. The
     planner leaves resource inputs out before calling this.
     """
+    return fingerprint_of(payload(state, inputs, entrypoint))
+
+
+def payload(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
+    """The text a fingerprint hashes: the JSON array [entrypoint, state, inputs], sorted
+    keys (`payloads_text` writes many of them at once)."""
     state_text = serde.dumps_state(state, sort_keys=True)
     inputs_text = _inputs_text(inputs) if inputs else "{}"  # most children have none
-    payload = f"[{encode_basestring_ascii(entrypoint)},{state_text},{inputs_text}]"
-    return sha256(payload.encode()).hexdigest()[:32]
+    return f"[{encode_basestring_ascii(entrypoint)},{state_text},{inputs_text}]"
+
+
+def fingerprint_of(payload_text: str) -> str:
+    return sha256(payload_text.encode()).hexdigest()[:32]
+
+
+def payloads_text(tasks: list[tuple[State, dict[str, Any], str]]) -> str | None:
+    """The JSON array of the payloads of `tasks` (state, data inputs, entrypoint), in one
+    pass of the encoder: the same text as "[" + ",".join(payload(...)) + "]" (a replay
+    digests a block of children with it instead of a fingerprint each). None if one of
+    them is not data (`payload` names it)."""
+    try:
+        return serde.dumps_value(
+            [[entrypoint, serde.encodable_fields(state), inputs]
+             for state, inputs, entrypoint in tasks],
+            sort_keys=True,
+        )
+    except StateSerialisationError:
+        return None
 
 
 def _inputs_text(inputs: dict[str, Any]) -> str:

@@ -5,18 +5,28 @@ lookup that turns children already finished in the store into results without ru
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.errors import StateSerialisationError
 from fanwise.core.persistence.base import PersistedStateData
 from fanwise.core.protocols import ChildLoader, StateLoader, StateSaver, conforms
 from fanwise.core.secret import Secret
-from fanwise.parallel._child_ids import child_app_id, fingerprint
+from fanwise.parallel._child_ids import (
+    child_app_id,
+    child_app_ids,
+    fingerprint,
+    fingerprint_of,
+    payload,
+    payloads_text,
+)
 from fanwise.parallel._retry import RetryPolicy
 from fanwise.parallel.child import ChildResult, ChildSpec
 from fanwise.parallel.events import EventSink
 from fanwise.parallel.tasks import SubGraphTask
+
+if TYPE_CHECKING:
+    from fanwise.parallel._replay import Sealer
 
 READ_AHEAD = 512
 """Default child ids read from the store per query once a fan-out is seen to be fresh (the
@@ -53,6 +63,8 @@ class Planner:
         self._pointer = ParentPointer(parent.app_id, parent.sequence_id, parent.partition_key)
         self.explicit_ids: dict[str, int] = {}
         self._known_ids: dict[int, str] = {}
+        self.sealer: Sealer | None = None
+        """Digests blocks of the children planned, where a replay can check them."""
 
     def default_id(self, position: int) -> str:
         """The hashed id of `position` (computed once: ids read ahead are kept for `specs`)."""
@@ -61,6 +73,11 @@ class Planner:
             return known
         parent = self._config.parent
         return child_app_id(parent.app_id, parent.sequence_id, position)
+
+    def default_ids(self, start: int, stop: int) -> list[str]:
+        """The hashed ids of positions [start, stop), in order."""
+        parent = self._config.parent
+        return child_app_ids(parent.app_id, parent.sequence_id, start, stop)
 
     def remember_ids(self, ids: dict[int, str]) -> None:
         self._known_ids.update(ids)
@@ -80,8 +97,18 @@ class Planner:
             if task.application_id is not None:
                 self._check_unique(task.application_id, position)
             saver = task.state_persister if task.state_persister is not None else config.saver
+            loader = task.state_initializer if task.state_initializer is not None \
+                else config.loader
             runnable = task.runnable
             app_id = task.application_id or self.default_id(position)
+            fingerprint = None
+            if saver is not None:
+                payload = self.payload(task, position, app_id)
+                fingerprint = fingerprint_of(payload)
+                if self.sealer is not None:
+                    plain = (task.application_id is None and saver is config.saver
+                             and loader is config.loader and type(task) is SubGraphTask)
+                    self.sealer.add(position, plain, app_id, payload, fingerprint)
             # positional, in ChildSpec's field order: keywords to its 19 fields cost a
             # trivial child 5% (8k of 159k instructions, callgrind, the trivial-children
             # row of benchmarks/workloads.py)
@@ -94,10 +121,9 @@ class Planner:
                     task.inputs,
                     partition_key,
                     pointer,
-                    self.fingerprint(task, position, app_id) if saver is not None else None,
+                    fingerprint,
                     saver,
-                    task.state_initializer if task.state_initializer is not None
-                    else config.loader,
+                    loader,
                     task.tracker if task.tracker is not None else config.tracker,
                     config.nested_executor,
                     None,  # resume_from: set by ResumeLookup
@@ -114,18 +140,43 @@ class Planner:
         """The fingerprint of a persisted child: its state and data inputs. Resources are
         left out: the inputs named in `resource_inputs` and `Secret`s (a new client or a
         rotated key is the same work). What is not data is an error naming the child."""
+        return fingerprint_of(self.payload(task, position, app_id))
+
+    def payloads_text(self, batch: list[tuple[int, SubGraphTask]]) -> str | None:
+        """The payloads of `batch` as one JSON array (`payloads_text`); None if one of
+        them is not data."""
         resources = self._config.resource_inputs
-        inputs = task.inputs and {
-            name: value for name, value in task.inputs.items()
-            if name not in resources and not isinstance(value, Secret)
-        }
+        return payloads_text([
+            (task.state, task.inputs and _data_inputs(task.inputs, resources),
+             task.graph.entrypoint)
+            for _, task in batch
+        ])
+
+    def payload(self, task: SubGraphTask, position: int, app_id: str) -> str:
+        """What `fingerprint` hashes."""
+        inputs = task.inputs and _data_inputs(task.inputs, self._config.resource_inputs)
         try:
-            return fingerprint(task.state, inputs, task.runnable.entrypoint)
+            return payload(task.state, inputs, task.runnable.entrypoint)
         except StateSerialisationError as exc:
             raise StateSerialisationError(
                 f"parallel action {self._config.action_name!r}, child {position} (app id "
                 f"{app_id}): {exc}"
             ) from None
+
+    def fingerprints(self, batch: list[tuple[int, SubGraphTask]], app_ids: list[str]
+                     ) -> list[str]:
+        """`fingerprint` of each task of `batch` (whose ids are `app_ids`), in order."""
+        resources = self._config.resource_inputs
+        try:
+            return [
+                fingerprint(task.state, task.inputs and _data_inputs(task.inputs, resources),
+                            task.graph.entrypoint)
+                for _, task in batch
+            ]
+        except StateSerialisationError:  # again one by one, to name the child
+            for (position, task), app_id in zip(batch, app_ids):
+                self.fingerprint(task, position, app_id)
+            raise
 
     def _check_unique(self, app_id: str, position: int) -> None:
         earlier = self.explicit_ids.setdefault(app_id, position)
@@ -135,6 +186,14 @@ class Planner:
                 f"used by tasks {earlier} and {position}; explicit application_id values "
                 "must be unique"
             )
+
+
+def _data_inputs(inputs: dict[str, Any], resources: frozenset[str]) -> dict[str, Any]:
+    """The inputs that identify a child's work: not resources, not `Secret`s."""
+    return {
+        name: value for name, value in inputs.items()
+        if name not in resources and not isinstance(value, Secret)
+    }
 
 
 def read_saved(

@@ -1,32 +1,54 @@
-"""Replay: the resume of a step whose children had already finished, read straight from
-the store in slot order and handed to `reduce` without a spec, a lookup or a window slot.
+"""Replay: the resume of a step whose children had already finished, checked and handed to
+`reduce` a whole batch at a time, without a spec, a lookup or a window slot per child.
 
 The general path plans every child (`ChildSpec`), looks its id up and passes it through
 the window: about 13 µs a child, most of the resume of a finished 1M-child fan-out (the
-finished-resume row of `benchmarks/scale.py`). A replayed child costs its task, its id and
-fingerprint (the same checks as the general path: a changed task is never resumed) and its
-decoded state. The first child that is not plainly finished ends the replay: it and the
-children after it take the general path.
+finished-resume row of `benchmarks/scale.py`). A replayed batch is one aggregate read of
+its slots (`ChildReplayer`) compared with what the tasks expect, with the general path's
+checks: every slot holds one completed step, saved under the child's id, with the
+fingerprint of its task (a changed task is never resumed), at an action after which the
+child halts. A batch that fails any check takes the general path, which finds the
+children to run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import TYPE_CHECKING
+
+from fanwise.core.persistence.base import ReplayBlock, Seal
 from fanwise.core.protocols import ChildReplayer
 from fanwise.core.state import State
 from fanwise.parallel._plan import PlanConfig, Planner
 from fanwise.parallel.tasks import SubGraphTask
 
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
+
 REPLAY_BATCH = 4096
-"""Tasks pulled and rows read per replay batch once a fan-out is seen to be resuming."""
+"""Tasks pulled and slots read per replay batch once a fan-out is seen to be resuming;
+also the size of a sealed block (batches after the first start at a block's first slot)."""
+
+
+@dataclass(slots=True)
+class Replayed:
+    """A batch of children handed out from the store: positions from `start`."""
+
+    start: int
+    app_ids: list[str]
+    states: list[State]
 
 
 class Replay:
-    """Matches batches of tasks with the rows `store` saved for them."""
+    """Checks batches of tasks against the aggregate of the slots `store` saved for them."""
 
     def __init__(self, config: PlanConfig, planner: Planner, store: ChildReplayer) -> None:
         self._config = config
         self._planner = planner
-        self._store = store
+        self.store = store
+        self.store_can = True
+        """False once the store said it cannot replay (an older layout)."""
 
     @staticmethod
     def applies(config: PlanConfig) -> bool:
@@ -34,46 +56,125 @@ class Replay:
         fingerprints) and the parent's step is numbered (so they have slots)."""
         return config.parent.sequence_id is not None and config.saver is not None
 
-    def finished(
-        self, batch: list[tuple[int, SubGraphTask]]
-    ) -> list[tuple[int, str, State]] | None:
-        """(position, app id, saved state) of the leading children of `batch` saved as
-        finished with the tasks' fingerprints; None once the store cannot replay."""
-        if not batch:
-            return []
-        config, planner = self._config, self._planner
-        parent = config.parent
-        first = batch[0][0]
-        rows = self._store.replay_children(
-            parent.partition_key, parent.app_id, parent.sequence_id, first, batch[-1][0] + 1
-        )
-        if rows is None:
+    def finished(self, batch: list[tuple[int, SubGraphTask]]) -> Replayed | None:
+        """The whole of `batch` if every child in it had finished with the same task;
+        None if any had not (or the store cannot tell)."""
+        start, stop = batch[0][0], batch[-1][0] + 1
+        if stop - start != len(batch):  # positions with gaps (a re-run of some children)
             return None
-        by_slot = {row[0]: row for row in rows}
-        saver, loader = config.saver, config.loader
-        replayed: list[tuple[int, str, State]] = []
-        for position, task in batch:
-            row = by_slot.get(position)
-            if row is None or not _plain(task, saver, loader):
-                break
-            _, saved_id, action, status, saved_fingerprint, state = row
-            app_id = planner.default_id(position)
-            if saved_id != app_id or status != "completed":
-                break
-            if saved_fingerprint != planner.fingerprint(task, position, app_id):
-                break
-            if not task.runnable.is_finished(action, state):
-                break
-            replayed.append((position, app_id, state))
-        return replayed
+        halts = self._halting_runnables(batch)
+        if halts is None:
+            return None
+        parent = self._config.parent
+        block = self.store.replay_children(
+            parent.partition_key, parent.app_id, parent.sequence_id, start, stop
+        )
+        if block is None:
+            self.store_can = False
+            return None
+        if not _whole(block, len(batch)) or not all(block.position in h for h in halts):
+            return None
+        if block.seal is not None and self._sealed(batch, block):
+            return Replayed(start, block.app_ids.split(","), block.states)
+        app_ids = self._planner.default_ids(start, stop)
+        if block.app_ids != ",".join(app_ids):
+            return None
+        head, tail = '{"fingerprint":"', '"}'
+        fingerprints = self._planner.fingerprints(batch, app_ids)
+        if block.metas != ",".join([head + fingerprint + tail for fingerprint in fingerprints]):
+            return None
+        return Replayed(start, app_ids, block.states)
+
+    def _sealed(self, batch: list[tuple[int, SubGraphTask]], block: ReplayBlock) -> bool:
+        """Whether the seal of these slots matches the tasks of `batch` and the ids and
+        fingerprints saved in them: then each child would pass the per-child checks (the
+        planning run sealed exactly those tasks, ids and fingerprints)."""
+        tasks = self._planner.payloads_text(batch)
+        return tasks is not None and block.seal == seal_digest(
+            sha256(tasks.encode()), sha256(block.app_ids.encode()),
+            sha256(block.metas.encode()),
+        )
+
+    def _halting_runnables(
+        self, batch: list[tuple[int, SubGraphTask]]
+    ) -> list[frozenset[str]] | None:
+        """The actions after which each distinct runnable of `batch` halts whatever the
+        state; None if a task is not one the replay can check (its own id or store)."""
+        saver, loader = self._config.saver, self._config.loader
+        halts: dict[int, frozenset[str]] = {}
+        for _, task in batch:
+            if not (
+                type(task) is SubGraphTask
+                and task.application_id is None
+                and (task.state_persister is None or task.state_persister is saver)
+                and (task.state_initializer is None or task.state_initializer is loader)
+            ):
+                return None
+            runnable = task.graph
+            if id(runnable) not in halts:
+                halts[id(runnable)] = runnable.halts_after
+        return list(halts.values())
 
 
-def _plain(task: SubGraphTask, saver: object, loader: object) -> bool:
-    """Whether the general path would give `task` the fan-out's own id and store (a task
-    with its own id or store, or no task at all, is for that path to handle or refuse)."""
+def _whole(block: ReplayBlock, children: int) -> bool:
+    """`children` steps, all completed, at one action (that they are one per slot, in
+    slot order, the comparison of their ids shows)."""
     return (
-        type(task) is SubGraphTask
-        and task.application_id is None
-        and (task.state_persister is None or task.state_persister is saver)
-        and (task.state_initializer is None or task.state_initializer is loader)
+        block.steps == children
+        and not block.unfinished
+        and block.position is not None
+        and block.states is not None
+        and len(block.states) == children
     )
+
+
+def seal_digest(tasks: Hash, app_ids: Hash, metas: Hash) -> str:
+    """One digest of a block's hashed parts: its tasks' payloads as a JSON array, and its
+    ids and fingerprint metas, each joined by commas (fixed-length parts: no ambiguity)."""
+    return sha256(tasks.digest() + app_ids.digest() + metas.digest()).hexdigest()
+
+
+class Sealer:
+    """Digests each block of `REPLAY_BATCH` slots as the planning run plans it, for a
+    later replay to check the whole block at once (`Replay._sealed`). Streaming: a block
+    costs three hash objects, not its tasks. A block with a task the replay cannot check
+    (its own id or store) or a gap in its positions gets no seal."""
+
+    def __init__(self) -> None:
+        self._start: int | None = None
+        self._next = 0
+        self._parts = (sha256(), sha256(), sha256())
+        self.sealed: list[Seal] = []
+        """Seals made and not yet saved."""
+
+    def add(self, position: int, plain: bool, app_id: str, payload: str,
+            fingerprint: str) -> None:
+        if position % REPLAY_BATCH == 0:
+            self._start, self._next = position, position
+            self._parts = (sha256(b"["), sha256(), sha256())
+        if self._start is None:
+            return
+        if not plain or position != self._next:
+            self._start = None
+            return
+        comma = "," if position > self._start else ""
+        tasks, app_ids, metas = self._parts
+        tasks.update(f"{comma}{payload}".encode())
+        app_ids.update(f"{comma}{app_id}".encode())
+        metas.update(f'{comma}{{"fingerprint":"{fingerprint}"}}'.encode())
+        self._next = position + 1
+        if self._next % REPLAY_BATCH == 0:
+            self._close()
+
+    def finish(self) -> None:
+        """No more tasks: seal the last block, however short."""
+        if self._start is not None and self._next > self._start:
+            self._close()
+
+    def _close(self) -> None:
+        assert self._start is not None
+        tasks, app_ids, metas = self._parts
+        tasks.update(b"]")
+        self.sealed.append(Seal(self._start, self._next - self._start,
+                                seal_digest(tasks, app_ids, metas)))
+        self._start = None

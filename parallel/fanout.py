@@ -44,7 +44,7 @@ from fanwise.executors.protocols import CAPACITY_POLL_SECONDS, ElasticExecutor
 from fanwise.parallel._channel import Channel
 from fanwise.parallel._commit import GroupCommit
 from fanwise.parallel._plan import PlanConfig, Planner, ResumeLookup, read_saved
-from fanwise.parallel._replay import REPLAY_BATCH, Replay
+from fanwise.parallel._replay import REPLAY_BATCH, Replay, Sealer
 from fanwise.parallel._window import Window
 from fanwise.parallel.child import ChildResult, ChildSpec
 from fanwise.parallel.errors import (
@@ -121,6 +121,8 @@ class Fanout:
             Replay(config.plan, self._planner, loader)
             if conforms(loader, ChildReplayer) and Replay.applies(config.plan) else None
         )
+        if self._replay is not None and config.plan.saver is loader:
+            self._planner.sealer = Sealer()
         self._commit = GroupCommit(
             config.shipped_tracker, config.background_tracker, config.is_async
         )
@@ -129,6 +131,8 @@ class Fanout:
         self._parked_meta: dict[int, tuple[str, int, float]] = {}
         self._resuming = False
         """The last batch pulled had only finished children (the next one is larger)."""
+        self._pulled = 0
+        """The position after the last task pulled."""
         self._next_poll = 0.0
         """When to ask the elastic executor for its capacity again (monotonic seconds)."""
         self.failures: list[ChildResult] = []
@@ -196,17 +200,20 @@ class Fanout:
             if not window.may_pull():
                 return
             replaying = self._resuming and self._replay is not None and window.idle()
-            wanted = (REPLAY_BATCH if replaying else max(free, RESUME_BATCH) if self._resuming
-                      else free)
+            if replaying:  # up to the end of a block: the batches after it are whole blocks
+                wanted = REPLAY_BATCH - self._pulled % REPLAY_BATCH
+            else:
+                wanted = max(free, RESUME_BATCH) if self._resuming else free
             try:
                 batch = yield self._source.take(wanted)
                 if len(batch) < wanted:
                     window.exhausted = True
-                if replaying and batch:
-                    batch = yield from self._replayed(batch)
-                    if not batch:
-                        continue  # all of it had finished: pull the next batch
+                if batch:
+                    self._pulled = batch[-1][0] + 1
+                if replaying and batch and (yield from self._replayed(batch)):
+                    continue  # all of it had finished: pull the next batch
                 specs = self._planner.specs(batch)
+                self._save_seals()
             except Exception:  # tasks() raised or yielded a bad task: keep what finished
                 yield from self._settle()
                 raise
@@ -225,28 +232,41 @@ class Fanout:
             if self._resuming:
                 return  # hand these out before pulling more
 
-    def _replayed(self, batch: list[tuple[int, SubGraphTask]]) -> Generator[Any, Any, Any]:
-        """Hand the leading children of `batch` that had finished to `reduce` straight from
-        the store (`Replay`); returns the rest of the batch, for the general path."""
+    def _save_seals(self) -> None:
+        """Save the seals of blocks planned so far (all of them once tasks are exhausted)."""
+        sealer = self._planner.sealer
+        if sealer is None or self._replay is None:
+            return
+        if self._window.exhausted:
+            sealer.finish()
+        if sealer.sealed:
+            parent = self._plan.parent
+            self._replay.store.save_seals(parent.partition_key, parent.app_id,
+                                          parent.sequence_id, sealer.sealed)
+            sealer.sealed = []
+
+    def _replayed(self, batch: list[tuple[int, SubGraphTask]]) -> Generator[Any, Any, bool]:
+        """Hand `batch` to `reduce` straight from the store if every child in it had
+        finished (`Replay`); False if it takes the general path."""
         assert self._replay is not None
         replayed = self._replay.finished(batch)
-        if replayed is None:  # the store cannot replay (an older layout)
+        if not self._replay.store_can:
             self._replay = None
-            return batch
-        if not replayed:
-            return batch
-        self._window.handed_past(replayed[-1][0])
+        if replayed is None:
+            return False
+        start, app_ids = replayed.start, replayed.app_ids
+        self._window.handed_past(start + len(app_ids) - 1)
         if self._listening:
-            for position, app_id, _ in replayed:
-                yield from self._emit("child_resumed", position, app_id, 0, None)
+            for offset, app_id in enumerate(app_ids):
+                yield from self._emit("child_resumed", start + offset, app_id, 0, None)
         if self.config.keep_outcomes:
             yield Partial(Handouts([
-                Handout(state, ChildOutcome(position, app_id, "resumed", 1, 0.0))
-                for position, app_id, state in replayed
+                Handout(state, ChildOutcome(start + offset, app_id, "resumed", 1, 0.0))
+                for offset, (app_id, state) in enumerate(zip(app_ids, replayed.states))
             ]))
         else:
-            yield Partial(Handouts([Handout(state, None) for _, _, state in replayed]))
-        return batch[len(replayed):]
+            yield Partial(Handouts([Handout(state, None) for state in replayed.states]))
+        return True
 
     def _follow_capacity(self) -> None:
         """Ask the elastic executor for its capacity (which also sends children waiting

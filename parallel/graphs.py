@@ -31,6 +31,14 @@ class RunnableGraph:
         return position in self.halt_after or self.graph.next_action(position, state) is None
 
     @functools.cached_property
+    def halts_after(self) -> frozenset[str]:
+        """The actions after which this child halts whatever its state: `halt_after` and
+        the actions with no transition out (a replay checks saved steps against them)."""
+        graph = self.graph
+        ends = {a.name for a in graph.actions if not graph.transitions_from(a.name)}
+        return frozenset(self.halt_after) | ends
+
+    @functools.cached_property
     def direct_action(self) -> Action | None:
         """The one action of a one-step child that can run without an application around
         it (sync, not streaming, no `__context` or `__tracer`), else None."""

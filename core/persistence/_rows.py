@@ -16,7 +16,7 @@ from fanwise.core.persistence.base import (
     ChildSlot,
     Fence,
     PersistedStateData,
-    ReplayRow,
+    ReplayBlock,
     SaveRow,
 )
 from fanwise.core.secret import find_secret
@@ -332,17 +332,6 @@ def _meta_of(text: str) -> Any:
     return _json.loads(text)
 
 
-def _fingerprint_in(text: str) -> str | None:
-    """The fingerprint in the `meta` stored as `text`, read as `_meta_of` reads it."""
-    head, tail = _FINGERPRINT_ONLY
-    if text.startswith(head) and text.endswith(tail) and text.count('"') == 4:
-        return text[len(head) : -len(tail)]
-    meta = _json.loads(text)
-    if not isinstance(meta, dict):
-        raise ValueError(f"its meta is a {type(meta).__name__}, not an object")
-    return meta.get("fingerprint")
-
-
 def decode_row(
     row: Sequence[Any], source: str, serde_kwargs: Mapping[str, Any] | None = None
 ) -> PersistedStateData:
@@ -404,31 +393,42 @@ def saved_children(
     return found
 
 
-def replay_rows(
-    rows: Iterable[Sequence[Any]], source: str, serde_kwargs: Mapping[str, Any] | None = None
-) -> list[ReplayRow]:
-    """`ReplayRow`s of a slot-ordered read (child, app_id, position, status, meta, state;
-    a slot's steps in sequence order): the latest step of each slot, its state decoded."""
-    latest: dict[int, Sequence[Any]] = {}
-    for row in rows:
-        latest[row[0]] = row  # a slot's later step replaces its earlier ones
-    replayed = []
-    loads_state = serde.loads_state
-    for child, app_id, position, status, meta_text, state_text in latest.values():
+NO_STEPS = ReplayBlock(0, 0, None, "", "", [])
+"""The `ReplayBlock` of a range with no saved step."""
+
+
+def replay_block(row: Sequence[Any], source: str, serde_kwargs: Mapping[str, Any] | None = None
+                 ) -> ReplayBlock:
+    """The `ReplayBlock` of an aggregate row (steps, unfinished, position, app ids, metas,
+    states, the last three comma-joined); the states are decoded only where every step
+    is completed (else the resume takes the general path anyway)."""
+    steps, unfinished, position, app_ids, metas, states_text = row
+    if not steps:
+        return NO_STEPS
+    states = None
+    if not unfinished:
         try:
-            fingerprint = None if meta_text is None else _fingerprint_in(meta_text)
-            state = loads_state(state_text, serde_kwargs)
+            states = serde.loads_states(f"[{states_text}]", serde_kwargs)
         except StateSerialisationError as exc:
-            raise StateSerialisationError(
-                f"cannot load child {child} (app id {app_id!r}) from {source}: {exc}"
-            ) from exc
+            raise StateSerialisationError(f"cannot load children from {source}: {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise CorruptStateError(
-                f"the saved step of child {child} (app id {app_id!r}) in {source} cannot be "
-                f"read: {exc}"
+                f"the saved states of children in {source} cannot be read: {exc}"
             ) from exc
-        replayed.append((child, app_id, position, status, fingerprint, state))
-    return replayed
+    return ReplayBlock(steps, int(unfinished), position, app_ids or "", metas or "", states)
+
+
+def seal_key(stored_key: str, parent_app_id: str, parent_sequence_id: int, start: int) -> str:
+    """The `t_meta` key of the seal of the block of children from slot `start`."""
+    return "seal:" + _encode_meta([stored_key, parent_app_id, parent_sequence_id, start])
+
+
+def with_seal(block: ReplayBlock, stored: str | None, slots: int) -> ReplayBlock:
+    """`block` with the seal `stored` ("count:digest") if it covers exactly `slots`."""
+    if not stored:
+        return block
+    count, _, digest = stored.partition(":")
+    return block._replace(seal=digest) if count == str(slots) else block
 
 
 def unfound(ids: Mapping[int, str], found: Mapping[str, Any]) -> list[str]:

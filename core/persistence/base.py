@@ -41,9 +41,32 @@ class ChildSlot(NamedTuple):
     index: int
 
 
-ReplayRow = tuple[int, str, str, str, str | None, State]
-"""A fan-out child's latest saved step as a resume of a finished step reads it: (slot
-index, app id, action position, status, fingerprint or None, state)."""
+class ReplayBlock(NamedTuple):
+    """The saved steps in slots [start, stop) of one parent step, read as one aggregate:
+    what the resume of a finished step checks before handing those children out together.
+    The app ids and metas are joined by commas in slot order."""
+
+    steps: int
+    unfinished: int
+    """Steps whose status is not "completed"."""
+    position: str | None
+    """The action every step is at; None if they differ."""
+    app_ids: str
+    metas: str
+    states: list[State] | None
+    """The saved states in scan order; None unless every step is completed."""
+    seal: str | None = None
+    """The digest the run that planned these children stored for exactly these slots
+    (`ChildReplayer.save_seals`), if any."""
+
+
+class Seal(NamedTuple):
+    """A digest of `count` children from slot `start` of one parent step, as planned: of
+    their tasks, ids and fingerprints (`parallel/_replay.py` makes and checks it)."""
+
+    start: int
+    count: int
+    digest: str
 
 
 class SaveRow(TypedDict):

@@ -428,3 +428,36 @@ def test_a_secret_input_rotated_between_runs_does_not_rerun_finished_children(tm
 
     assert final["ys"] == [f"{x} with key-{1 if x < 3 else 2}" for x in range(6)]
     assert tally.counts() == {"0": 1, "1": 1, "2": 1, "3": 2, "4": 1, "5": 1}
+
+
+class _Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+def test_the_payloads_of_many_tasks_at_once_are_their_payloads_joined(monkeypatch):
+    """A replay checks a block's seal against `payloads_text`: it must be the very text
+    the planning run hashed child by child, whatever the state holds."""
+    from fanwise.parallel._child_ids import payload, payloads_text
+
+    monkeypatch.setattr(serde, "_type_dumps", {})
+    monkeypatch.setattr(serde, "_type_loads", {})
+    monkeypatch.setattr(serde, "_field_serdes", {})
+    serde.register_type(_Point, lambda p: [p.x, p.y], lambda v: _Point(*v))
+    serde.register_field("when", lambda d: f"day {d}", lambda v: int(v[4:]))
+    tasks = [
+        (State({"x": 1}), {}, "child"),
+        (State({"b": [1, 2.5, None, True], "a": {"z": "é", "y": "\x00"}}), {}, "child"),
+        (State({"p": _Point(1, 2), "when": 7}), {"k": [_Point(3, 4)], "a": 1}, "other"),
+        (State({"mine": {serde.TYPE_MARKER: "not ours", "v": 1}}), {"n": float("nan")}, "c"),
+        (State({}), {}, "with \"quotes\""),
+    ]
+    joined = "[" + ",".join(payload(*task) for task in tasks) + "]"
+    assert payloads_text(tasks) == joined
+    assert payloads_text([(State({"bad": object()}), {}, "child")]) is None
+
+
+def test_ids_of_a_range_are_the_ids_of_each_position():
+    from fanwise.parallel._child_ids import child_app_ids
+
+    assert child_app_ids("app", 3, 10, 14) == [child_app_id("app", 3, p) for p in range(10, 14)]

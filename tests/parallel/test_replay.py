@@ -1,6 +1,9 @@
 """The replay: a step whose children had all finished resumes from the store in slot order,
 with the same checks as the general path (ids, fingerprints, a finished last step)."""
 
+import sqlite3
+from contextlib import closing
+
 import pytest
 from fanout_testing import Tally, expected_child_id, fan_app
 from fanwise.core import GraphBuilder, State, action
@@ -22,15 +25,19 @@ class CountingStore(SQLitePersister):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.replayed = []
+        self.sealed = []
         self.looked_up = 0
 
     def copy(self):
         return self
 
     def replay_children(self, partition_key, parent_app_id, parent_sequence_id, start, stop):
+        block = super().replay_children(partition_key, parent_app_id, parent_sequence_id,
+                                        start, stop)
         self.replayed.append((start, stop))
-        return super().replay_children(partition_key, parent_app_id, parent_sequence_id,
-                                       start, stop)
+        if block is not None and block.seal is not None:
+            self.sealed.append(start)
+        return block
 
     def load_children(self, partition_key, parent_app_id, parent_sequence_id, ids):
         self.looked_up += len(ids)
@@ -85,6 +92,7 @@ def finished(tmp_path, tally, items):
 
 def resume(store, fan):
     store.replayed.clear()
+    store.sealed.clear()
     store.looked_up = 0
     return fan_app(fan, app_id="p", persister=store, resume=True).run(halt_after=["done"])[2]
 
@@ -95,8 +103,24 @@ def test_a_finished_step_is_replayed_from_the_store_and_no_child_runs(tmp_path):
     result = resume(store, squares(tally, range(N)))
     assert result["ys"] == [x * x for x in range(N)]
     assert sum(tally.counts().values()) == N  # none ran again
-    assert len(store.replayed) >= 2 and store.replayed[-1][1] >= N
     assert store.looked_up == 4  # only the first batch (one per slot) took the general path
+    # the batches after the first are whole blocks, each checked against its seal
+    assert store.replayed == [(4, REPLAY_BATCH), (REPLAY_BATCH, N)]
+    assert store.sealed == [REPLAY_BATCH]  # the first batch is not a whole block
+
+
+def test_a_saved_fingerprint_that_differs_from_the_seal_runs_that_child_again(tmp_path):
+    tally = Tally(tmp_path / "tally")
+    store = finished(tmp_path, tally, range(N))
+    tampered = REPLAY_BATCH + 3
+    with closing(sqlite3.connect(tmp_path / "s.db")) as db, db:
+        changed = db.execute(
+            "UPDATE fanwise_state_child SET meta = '{\"fingerprint\":\"0\"}' WHERE child = ?",
+            [tampered]).rowcount
+    assert changed == 1
+    result = resume(store, squares(tally, range(N)))
+    assert result["ys"] == [x * x for x in range(N)]
+    assert tally.counts()[str(tampered)] == 2 and sum(tally.counts().values()) == N + 1
 
 
 def test_a_changed_task_mid_batch_runs_again_and_the_rest_still_resume(tmp_path):
