@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hashlib import sha256
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, NamedTuple
 
 from fanwise.core import serde
 from fanwise.core.errors import StateSerialisationError
@@ -41,31 +41,53 @@ def fingerprint(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
     return fingerprint_of(payload(state, inputs, entrypoint))
 
 
-def payload(state: State, inputs: dict[str, Any], entrypoint: str) -> str:
-    """The text a fingerprint hashes: the JSON array [entrypoint, state, inputs], sorted
-    keys (`payloads_text` writes many of them at once)."""
+class Payload(NamedTuple):
+    """What a fingerprint covers, each part as JSON text (sorted keys): the entrypoint,
+    the initial state and the data inputs. A sealed block digests its children's states
+    and calls (entrypoint with inputs) column by column (`parallel/_replay.py`)."""
+
+    entrypoint: str
+    state: str
+    inputs: str
+
+
+def payload(state: State, inputs: dict[str, Any], entrypoint: str) -> Payload:
+    """The parts of what `fingerprint` hashes."""
     state_text = serde.dumps_state(state, sort_keys=True)
     inputs_text = _inputs_text(inputs) if inputs else "{}"  # most children have none
-    return f"[{encode_basestring_ascii(entrypoint)},{state_text},{inputs_text}]"
+    return Payload(encode_basestring_ascii(entrypoint), state_text, inputs_text)
 
 
-def fingerprint_of(payload_text: str) -> str:
-    return sha256(payload_text.encode()).hexdigest()[:32]
+def fingerprint_of(parts: Payload) -> str:
+    """The fingerprint of `parts`: sha256 of the JSON array [entrypoint, state, inputs]."""
+    text = f"[{parts.entrypoint},{parts.state},{parts.inputs}]"
+    return sha256(text.encode()).hexdigest()[:32]
 
 
-def payloads_text(tasks: list[tuple[State, dict[str, Any], str]]) -> str | None:
-    """The JSON array of the payloads of `tasks` (state, data inputs, entrypoint), in one
-    pass of the encoder: the same text as "[" + ",".join(payload(...)) + "]" (a replay
-    digests a block of children with it instead of a fingerprint each). None if one of
-    them is not data (`payload` names it)."""
+def states_text(states: list[State]) -> str | None:
+    """The JSON array of `payload(...).state` of each of `states`, in one pass of the
+    encoder (the same text as "[" + ",".join(...) + "]"); None if one is not data."""
     try:
-        return serde.dumps_value(
-            [[entrypoint, serde.encodable_fields(state), inputs]
-             for state, inputs, entrypoint in tasks],
-            sort_keys=True,
-        )
+        return serde.dumps_value([serde.encodable_fields(state) for state in states],
+                                 sort_keys=True)
     except StateSerialisationError:
         return None
+
+
+def calls_text(calls: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """The JSON array of `payload(...).call` of each (entrypoint, data inputs) of `calls`,
+    in one pass; None if an input is not data."""
+    try:
+        return serde.dumps_value([[entrypoint, inputs] for entrypoint, inputs in calls],
+                                 sort_keys=True)
+    except StateSerialisationError:
+        return None
+
+
+def repeated_call_text(entrypoint: str, times: int) -> str:
+    """`calls_text` of `times` calls of `entrypoint` without inputs."""
+    call = f"[{encode_basestring_ascii(entrypoint)},{{}}]"
+    return "[" + ",".join([call] * times) + "]"
 
 
 def _inputs_text(inputs: dict[str, Any]) -> str:

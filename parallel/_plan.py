@@ -13,12 +13,15 @@ from fanwise.core.persistence.base import PersistedStateData
 from fanwise.core.protocols import ChildLoader, StateLoader, StateSaver, conforms
 from fanwise.core.secret import Secret
 from fanwise.parallel._child_ids import (
+    Payload,
+    calls_text,
     child_app_id,
     child_app_ids,
     fingerprint,
     fingerprint_of,
     payload,
-    payloads_text,
+    repeated_call_text,
+    states_text,
 )
 from fanwise.parallel._retry import RetryPolicy
 from fanwise.parallel.child import ChildResult, ChildSpec
@@ -142,17 +145,22 @@ class Planner:
         rotated key is the same work). What is not data is an error naming the child."""
         return fingerprint_of(self.payload(task, position, app_id))
 
-    def payloads_text(self, batch: list[tuple[int, SubGraphTask]]) -> str | None:
-        """The payloads of `batch` as one JSON array (`payloads_text`); None if one of
-        them is not data."""
-        resources = self._config.resource_inputs
-        return payloads_text([
-            (task.state, task.inputs and _data_inputs(task.inputs, resources),
-             task.graph.entrypoint)
-            for _, task in batch
-        ])
+    def seal_texts(self, batch: list[tuple[int, SubGraphTask]]) -> tuple[str, str] | None:
+        """The states and the calls of the payloads of `batch`, each as one JSON array
+        (what a block's seal digests); None if one of them is not data."""
+        states = states_text([task.state for _, task in batch])
+        first = batch[0][1].graph
+        if all(task.graph is first and not task.inputs for _, task in batch):
+            calls: str | None = repeated_call_text(first.entrypoint, len(batch))
+        else:
+            resources = self._config.resource_inputs
+            calls = calls_text([
+                (task.graph.entrypoint, task.inputs and _data_inputs(task.inputs, resources))
+                for _, task in batch
+            ])
+        return None if states is None or calls is None else (states, calls)
 
-    def payload(self, task: SubGraphTask, position: int, app_id: str) -> str:
+    def payload(self, task: SubGraphTask, position: int, app_id: str) -> Payload:
         """What `fingerprint` hashes."""
         inputs = task.inputs and _data_inputs(task.inputs, self._config.resource_inputs)
         try:

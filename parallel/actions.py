@@ -477,21 +477,30 @@ def _check_count(
 def _states_of(driver: Driver, outcomes: list[ChildOutcome] | None) -> Iterator[State]:
     handed: Handout | Handouts
     for handed in driver:
-        for handout in handed if type(handed) is Handouts else (handed,):
-            if outcomes is not None:
-                outcomes.append(handout.outcome)
-            if handout.state is not None:
-                yield handout.state
+        if type(handed) is Handouts:  # replayed children: all of them finished
+            if outcomes is not None and handed.outcomes is not None:
+                outcomes.extend(handed.outcomes)
+            yield from handed.states
+            continue
+        if outcomes is not None:
+            outcomes.append(handed.outcome)
+        if handed.state is not None:
+            yield handed.state
 
 
 async def _astates_of(driver: Driver, outcomes: list[ChildOutcome] | None) -> AsyncIterator[State]:
     handed: Handout | Handouts
     async for handed in driver:
-        for handout in handed if type(handed) is Handouts else (handed,):
-            if outcomes is not None:
-                outcomes.append(handout.outcome)
-            if handout.state is not None:
-                yield handout.state
+        if type(handed) is Handouts:
+            if outcomes is not None and handed.outcomes is not None:
+                outcomes.extend(handed.outcomes)
+            for state in handed.states:
+                yield state
+            continue
+        if outcomes is not None:
+            outcomes.append(handed.outcome)
+        if handed.state is not None:
+            yield handed.state
 
 
 def _as_iterator(items: Any) -> Any:

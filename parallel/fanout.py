@@ -100,8 +100,13 @@ class Handout:
     outcome: ChildOutcome | None
 
 
-class Handouts(list[Handout]):
-    """Children handed to `reduce` together (a replayed batch: one effect, not one each)."""
+@dataclass(slots=True)
+class Handouts:
+    """Children handed to `reduce` together (a replayed batch: one effect, not one each):
+    their states, and their outcomes if asked for."""
+
+    states: list[Any]
+    outcomes: list[ChildOutcome] | None
 
 
 class Fanout:
@@ -259,13 +264,11 @@ class Fanout:
         if self._listening:
             for offset, app_id in enumerate(app_ids):
                 yield from self._emit("child_resumed", start + offset, app_id, 0, None)
+        outcomes = None
         if self.config.keep_outcomes:
-            yield Partial(Handouts([
-                Handout(state, ChildOutcome(start + offset, app_id, "resumed", 1, 0.0))
-                for offset, (app_id, state) in enumerate(zip(app_ids, replayed.states))
-            ]))
-        else:
-            yield Partial(Handouts([Handout(state, None) for state in replayed.states]))
+            outcomes = [ChildOutcome(start + offset, app_id, "resumed", 1, 0.0)
+                        for offset, app_id in enumerate(app_ids)]
+        yield Partial(Handouts(replayed.states, outcomes))
         return True
 
     def _follow_capacity(self) -> None:

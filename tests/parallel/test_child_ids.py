@@ -435,10 +435,15 @@ class _Point:
         self.x, self.y = x, y
 
 
-def test_the_payloads_of_many_tasks_at_once_are_their_payloads_joined(monkeypatch):
-    """A replay checks a block's seal against `payloads_text`: it must be the very text
-    the planning run hashed child by child, whatever the state holds."""
-    from fanwise.parallel._child_ids import payload, payloads_text
+def test_the_columns_of_many_payloads_at_once_are_those_of_each_joined(monkeypatch):
+    """A replay checks a block's seal against texts of many tasks at once: they must be
+    the very texts the planning run hashed child by child, whatever the tasks hold."""
+    from fanwise.parallel._child_ids import (
+        calls_text,
+        payload,
+        repeated_call_text,
+        states_text,
+    )
 
     monkeypatch.setattr(serde, "_type_dumps", {})
     monkeypatch.setattr(serde, "_type_loads", {})
@@ -450,11 +455,18 @@ def test_the_payloads_of_many_tasks_at_once_are_their_payloads_joined(monkeypatc
         (State({"b": [1, 2.5, None, True], "a": {"z": "é", "y": "\x00"}}), {}, "child"),
         (State({"p": _Point(1, 2), "when": 7}), {"k": [_Point(3, 4)], "a": 1}, "other"),
         (State({"mine": {serde.TYPE_MARKER: "not ours", "v": 1}}), {"n": float("nan")}, "c"),
-        (State({}), {}, "with \"quotes\""),
+        (State({}), {}, 'with "quotes"'),
     ]
-    joined = "[" + ",".join(payload(*task) for task in tasks) + "]"
-    assert payloads_text(tasks) == joined
-    assert payloads_text([(State({"bad": object()}), {}, "child")]) is None
+    parts = [payload(*task) for task in tasks]
+    assert states_text([state for state, _, _ in tasks]) == (
+        "[" + ",".join(p.state for p in parts) + "]")
+    assert calls_text([(entrypoint, inputs) for _, inputs, entrypoint in tasks]) == (
+        "[" + ",".join(f"[{p.entrypoint},{p.inputs}]" for p in parts) + "]")
+    plain = payload(State({"x": 1}), {}, "child")
+    assert repeated_call_text("child", 3) == "[" + ",".join(
+        [f"[{plain.entrypoint},{plain.inputs}]"] * 3) + "]"
+    assert states_text([State({"bad": object()})]) is None
+    assert calls_text([("child", {"bad": object()})]) is None
 
 
 def test_ids_of_a_range_are_the_ids_of_each_position():
