@@ -12,6 +12,9 @@
                                                     in-process children flushed), then
                                                     final rows (save_many per store)
 
+    resuming, the window empty:  tasks() ──take──▶ Replay.finished (one aggregate read of
+    the batch's slots, checked against its seal) ──(every child had finished)──▶ reduce
+
 `Fanout.run()` is written once as a generator of effects (see `fanwise.core._runner`): it
 yields what may need awaiting (pulling from an async task generator, batch reads and
 writes of an async persister, waiting for the next finished child, an event sink on a
