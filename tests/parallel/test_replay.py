@@ -1,6 +1,7 @@
 """The replay: a step whose children had all finished resumes from the store in slot order,
 with the same checks as the general path (ids, fingerprints, a finished last step)."""
 
+import asyncio
 import sqlite3
 from contextlib import closing
 
@@ -8,7 +9,7 @@ import pytest
 from fanout_testing import Tally, expected_child_id, fan_app
 from fanwise.core import GraphBuilder, State, action
 from fanwise.core.persistence import SQLitePersister
-from fanwise.parallel import ChildrenFailedError, MapStates, RunnableGraph
+from fanwise.parallel import ChildrenFailedError, MapActionsAndStates, MapStates, RunnableGraph
 from fanwise.parallel._replay import REPLAY_BATCH
 
 N = REPLAY_BATCH + 600
@@ -199,3 +200,87 @@ def test_a_child_saved_halfway_continues_where_the_replay_stops(tmp_path):
     assert tally.counts()[str(halfway)] == 2
     assert sum(tally.counts().values()) == N + 1
     assert store.replayed
+
+
+def test_without_seals_a_batch_is_checked_child_by_child_and_still_replayed(tmp_path):
+    tally = Tally(tmp_path / "tally")
+    store = finished(tmp_path, tally, range(N))
+    with closing(sqlite3.connect(tmp_path / "s.db")) as db, db:
+        dropped = db.execute("DELETE FROM fanwise_state_meta WHERE key LIKE 'seal:%'").rowcount
+    assert dropped >= 2
+    result = resume(store, squares(tally, range(N)))
+    assert result["ys"] == [x * x for x in range(N)]
+    assert sum(tally.counts().values()) == N
+    assert not store.sealed and len(store.replayed) >= 2
+    assert store.looked_up == 4  # replayed from the aggregates, not the general path
+
+
+def test_an_async_fanout_replays_its_finished_children_too(tmp_path):
+    tally = Tally(tmp_path / "tally")
+    store = finished(tmp_path, tally, range(N))
+
+    @action(reads=["x"], writes=["y"])
+    async def square(state):
+        tally.hit(state["x"])
+        return state.update(y=state["x"] ** 2)
+
+    class AsyncFan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 4
+
+        def action(self):
+            return square.with_name("square")
+
+        def states(self):
+            return (State({"x": x}) for x in range(N))
+
+        async def reduce(self, state, states):
+            return state.update(ys=[s["y"] async for s in states])
+
+    store.replayed.clear()
+    app = fan_app(AsyncFan(), app_id="p", persister=store, resume=True)
+    result = asyncio.run(app.arun(halt_after=["done"]))[2]
+    assert result["ys"] == [x * x for x in range(N)]
+    assert sum(tally.counts().values()) == N
+    assert store.sealed and len(store.replayed) >= 2
+
+
+def test_children_of_several_actions_are_replayed_with_their_own_entrypoints(tmp_path):
+    tally = Tally(tmp_path / "tally")
+
+    def power(name, exponent):
+        @action(reads=["x"], writes=["y"])
+        def run(state):
+            tally.hit(f"{name}:{state['x']}")
+            return state.update(y=state["x"] ** exponent)
+
+        return run.with_name(name)
+
+    armed = {"die": True}
+
+    class Fan(MapActionsAndStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 4
+
+        def actions(self):
+            return [power("square", 2), power("cube", 3)]
+
+        def states(self):
+            return [State({"x": x}) for x in range(N // 2)]
+
+        def reduce(self, state, states):
+            ys = [s["y"] for s in states]
+            if armed.pop("die", False):
+                raise ReducerDied(len(ys))
+            return state.update(ys=ys)
+
+    store = CountingStore(tmp_path / "s.db")
+    with pytest.raises(ReducerDied):
+        fan_app(Fan(), app_id="p", persister=store, resume=True).run(halt_after=["done"])
+    result = resume(store, Fan())
+    expected = [x ** 2 for x in range(N // 2)] + [x ** 3 for x in range(N // 2)]
+    assert result["ys"] == expected
+    assert sum(tally.counts().values()) == 2 * (N // 2)
+    assert store.sealed  # a sealed block holding both actions' children
