@@ -91,6 +91,7 @@ class Planner:
         # a child's path is read only where its items or nested events are wanted
         watched = config.events is not None or config.collect_items
         specs = []
+        sealed: list[Any] | None = [] if self.sealer is not None else None
         for position, task in batch:
             if not isinstance(task, SubGraphTask):
                 raise TypeError(
@@ -108,10 +109,10 @@ class Planner:
             if saver is not None:
                 payload = self.payload(task, position, app_id)
                 fingerprint = fingerprint_of(payload)
-                if self.sealer is not None:
+                if sealed is not None:
                     plain = (task.application_id is None and saver is config.saver
                              and loader is config.loader and type(task) is SubGraphTask)
-                    self.sealer.add(position, plain, app_id, payload, fingerprint)
+                    sealed.append((position, plain, app_id, payload, fingerprint))
             # positional, in ChildSpec's field order: keywords to its 19 fields cost a
             # trivial child 5% (8k of 159k instructions, callgrind, the trivial-children
             # row of benchmarks/workloads.py)
@@ -137,6 +138,8 @@ class Planner:
                     (*config.path, position) if watched else (),
                 )
             )
+        if sealed:
+            self.sealer.add(sealed)
         return specs
 
     def fingerprint(self, task: SubGraphTask, position: int, app_id: str) -> str:
