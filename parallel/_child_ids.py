@@ -76,7 +76,10 @@ def states_text(states: list[State]) -> str | None:
 
 def calls_text(calls: list[tuple[str, dict[str, Any]]]) -> str | None:
     """The JSON array of `payload(...).call` of each (entrypoint, data inputs) of `calls`,
-    in one pass; None if an input is not data."""
+    in one pass; None if an input is not data, or if inputs are named by the marker key
+    (`_inputs_text` escapes values only, the encoder would escape such a dict whole)."""
+    if any(serde.TYPE_MARKER in inputs for _, inputs in calls):
+        return None
     try:
         return serde.dumps_value([[entrypoint, inputs] for entrypoint, inputs in calls],
                                  sort_keys=True)

@@ -79,15 +79,22 @@ class Replay:
         if not _whole(block, len(batch)) or not all(block.position in h for h in halts):
             return None
         if block.seal is not None and self._sealed(batch, block):
-            return Replayed(start, block.app_ids.split(","), block.states)
-        app_ids = self._planner.default_ids(start, stop)
-        if block.app_ids != ",".join(app_ids):
-            return None
+            app_ids = block.app_ids.split(",")
+        else:
+            app_ids = self._planner.default_ids(start, stop)
+            if block.app_ids != ",".join(app_ids) or not self._same_fingerprints(
+                batch, app_ids, block.metas
+            ):
+                return None
+        states = block.read_states()  # only now: a rejected block's states are not read
+        return None if states is None else Replayed(start, app_ids, states)
+
+    def _same_fingerprints(
+        self, batch: list[tuple[int, SubGraphTask]], app_ids: list[str], metas: str
+    ) -> bool:
         head, tail = '{"fingerprint":"', '"}'
         fingerprints = self._planner.fingerprints(batch, app_ids)
-        if block.metas != ",".join([head + fingerprint + tail for fingerprint in fingerprints]):
-            return None
-        return Replayed(start, app_ids, block.states)
+        return metas == ",".join([head + fingerprint + tail for fingerprint in fingerprints])
 
     def _sealed(self, batch: list[tuple[int, SubGraphTask]], block: ReplayBlock) -> bool:
         """Whether the seal of these slots matches the tasks of `batch` and the ids and
@@ -129,8 +136,6 @@ def _whole(block: ReplayBlock, children: int) -> bool:
         block.steps == children
         and not block.unfinished
         and block.position is not None
-        and block.states is not None
-        and len(block.states) == children
     )
 
 

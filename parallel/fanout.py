@@ -258,8 +258,8 @@ class Fanout:
         finished (`Replay`); False if it takes the general path."""
         assert self._replay is not None
         replayed = self._replay.finished(batch)
-        if not self._replay.store_can:
-            self._replay = None
+        if not self._replay.store_can:  # an older layout: no replay, no seals either
+            self._replay = self._planner.sealer = None
         if replayed is None:
             return False
         start, app_ids = replayed.start, replayed.app_ids

@@ -393,29 +393,27 @@ def saved_children(
     return found
 
 
-NO_STEPS = ReplayBlock(0, 0, None, "", "", [])
+NO_STEPS = ReplayBlock(0, 0, None, "", "", lambda: [])
 """The `ReplayBlock` of a range with no saved step."""
 
 
-def replay_block(row: Sequence[Any], source: str, serde_kwargs: Mapping[str, Any] | None = None
-                 ) -> ReplayBlock:
-    """The `ReplayBlock` of an aggregate row (steps, unfinished, position, app ids, metas,
-    states, the last three comma-joined); the states are decoded only where every step
-    is completed (else the resume takes the general path anyway)."""
-    steps, unfinished, position, app_ids, metas, states_text = row
-    if not steps:
-        return NO_STEPS
-    states = None
-    if not unfinished:
-        try:
-            states = serde.loads_states(f"[{states_text}]", serde_kwargs)
-        except StateSerialisationError as exc:
-            raise StateSerialisationError(f"cannot load children from {source}: {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            raise CorruptStateError(
-                f"the saved states of children in {source} cannot be read: {exc}"
-            ) from exc
-    return ReplayBlock(steps, int(unfinished), position, app_ids or "", metas or "", states)
+def replayed_states(joined: str, serde_kwargs: Mapping[str, Any] | None = None
+                    ) -> list[State] | None:
+    """The states of the JSON array `joined`; None if one cannot be decoded (the general
+    path reads that child alone and names it)."""
+    try:
+        return serde.loads_states(joined, serde_kwargs)
+    except (StateSerialisationError, TypeError, ValueError):
+        return None
+
+
+def replayed_states_each(texts: list[str], serde_kwargs: Mapping[str, Any] | None = None
+                         ) -> list[State] | None:
+    """`replayed_states` of states read one by one."""
+    try:
+        return [serde.loads_state(text, serde_kwargs) for text in texts]
+    except (StateSerialisationError, TypeError, ValueError):
+        return None
 
 
 def seal_key(stored_key: str, parent_app_id: str, parent_sequence_id: int, start: int) -> str:

@@ -53,8 +53,9 @@ class ReplayBlock(NamedTuple):
     """The action every step is at; None if they differ."""
     app_ids: str
     metas: str
-    states: list[State] | None
-    """The saved states in scan order; None unless every step is completed."""
+    read_states: Callable[[], list[State] | None]
+    """The saved states in slot order, read only once the block is accepted; None if one
+    cannot be decoded (the general path then names it)."""
     seal: str | None = None
     """The digest the run that planned these children stored for exactly these slots
     (`ChildReplayer.save_seals`), if any."""

@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import closing
+from functools import partial
 from typing import Any
 
 from fanwise.core._paths import resolved
@@ -26,7 +27,11 @@ from fanwise.core.persistence.base import (
     ReplayBlock,
     Seal,
 )
+from fanwise.core.state import State
 
+_JOINED_STATES_MOST = 64 * 1024 * 1024
+"""Bytes of states a replayed block reads as one joined string at most (SQLite's longest
+string is 1e9 bytes by default); larger blocks are read row by row."""
 _CHUNK = 900
 """App ids per `IN (...)` query of `load_many` (old SQLite builds allow 999 variables)."""
 MERGE_ROWS = 65_536
@@ -183,15 +188,20 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         )
         # one aggregate row: the resume of a finished step checks whole batches of
         # children in SQLite instead of making a row per child (the finished-resume row
-        # of benchmarks/scale.py). The concatenations follow the key order of the scan;
-        # the caller compares the ids with those it expects in slot order, which also
-        # fails where a slot holds more than one step or none
+        # of benchmarks/scale.py). The concatenations follow the scan, which is the
+        # primary key's order (an ordered subquery doubled the cost of the read); the
+        # caller compares the ids with those it expects in slot order, which fails where
+        # a slot holds more than one step or none, or the order differs. The states are
+        # read only once a block is accepted (`_replayed_states`).
+        in_slots = f" FROM {child} WHERE fanout = ? AND child >= ? AND child < ?"
         self._sql_child_block = (
             "SELECT count(*), total(status <> 'completed'),"
             " CASE WHEN min(position) = max(position) THEN min(position) END,"
-            " group_concat(app_id, ','), group_concat(meta, ','), group_concat(state, ',')"
-            f" FROM {child} WHERE fanout = ? AND child >= ? AND child < ?"
+            " group_concat(app_id, ','), group_concat(meta, ','), total(length(state))"
+            + in_slots
         )
+        self._sql_child_states_joined = "SELECT group_concat(state, ',')" + in_slots
+        self._sql_child_states = f"SELECT state{in_slots} ORDER BY child, sequence_id"
         self._sql_child_slots = (
             f"SELECT fanout, child FROM {child_id} WHERE id_key IN ({{marks}})"
             f" UNION SELECT fanout, child FROM {child} WHERE rowid > ? AND app_id IN ({{marks}})"
@@ -440,19 +450,38 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         """The saved steps of the children in slots [start, stop) of one parent step, as
         one aggregate (`ReplayBlock`); None in a store older than the child table (its
         children may be in the main table)."""
+        connection = self._ready()  # first: it learns whether the store is an older one
         if self._shared.legacy:
             return None
         stored_key = _rows.stored_partition_key(partition_key, self._source())
-        connection = self._ready()
         fanout = self._shared.children and self._fanout_id(
             connection, (stored_key, parent_app_id, parent_sequence_id))
         if not fanout:
             return _rows.NO_STEPS
-        row = connection.execute(self._sql_child_block, [fanout, start, stop]).fetchone()
-        block = _rows.replay_block(row, self._source(), self.serde_kwargs)
+        steps, unfinished, position, app_ids, metas, size = connection.execute(
+            self._sql_child_block, [fanout, start, stop]).fetchone()
+        if not steps:
+            return _rows.NO_STEPS
         key = _rows.seal_key(stored_key, parent_app_id, parent_sequence_id, start)
         sealed = connection.execute(self._sql_meta_get, [key]).fetchone()
+        block = ReplayBlock(steps, int(unfinished), position, app_ids, metas or "",
+                            partial(self._replayed_states, fanout, start, stop, steps, size))
         return _rows.with_seal(block, sealed and sealed[0], stop - start)
+
+    def _replayed_states(
+        self, fanout: int, start: int, stop: int, steps: int, size: float
+    ) -> list[State] | None:
+        """The states of an accepted block: joined into one JSON array (one decode) while
+        that stays well within SQLite's longest string, else row by row."""
+        connection = self._ready()
+        slots = [fanout, start, stop]
+        if size <= _JOINED_STATES_MOST:
+            (joined,) = connection.execute(self._sql_child_states_joined, slots).fetchone()
+            states = _rows.replayed_states(f"[{joined}]", self.serde_kwargs)
+        else:
+            texts = [text for (text,) in connection.execute(self._sql_child_states, slots)]
+            states = _rows.replayed_states_each(texts, self.serde_kwargs)
+        return states if states is not None and len(states) == steps else None
 
     def save_seals(
         self,
@@ -470,14 +499,18 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         rows = [(_rows.seal_key(stored_key, parent_app_id, parent_sequence_id, seal.start),
                  f"{seal.count}:{seal.digest}") for seal in seals]
         connection = self._ready()
-        connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.executemany(self._sql_meta_put, rows)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.executemany(self._sql_meta_put, rows)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:  # busy, or a read-only file: nothing lost
+            _LOG.warning("%s: seals of %d blocks of children not saved (%s); a resume of "
+                         "them checks each child instead", self._source(), len(rows), exc)
 
     def _latest_in_main(
         self, connection: sqlite3.Connection, stored_key: str, app_ids: Sequence[str]

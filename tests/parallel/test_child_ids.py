@@ -467,6 +467,9 @@ def test_the_columns_of_many_payloads_at_once_are_those_of_each_joined(monkeypat
         [f"[{plain.entrypoint},{plain.inputs}]"] * 3) + "]"
     assert states_text([State({"bad": object()})]) is None
     assert calls_text([("child", {"bad": object()})]) is None
+    # inputs named by the marker key: their per-child text escapes values only, so the
+    # one-pass text (which would escape the dict) is not offered
+    assert calls_text([("child", {serde.TYPE_MARKER: "fanwise:dict", "value": 1})]) is None
 
 
 def test_ids_of_a_range_are_the_ids_of_each_position():

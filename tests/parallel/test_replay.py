@@ -8,6 +8,7 @@ from contextlib import closing
 import pytest
 from fanout_testing import Tally, expected_child_id, fan_app
 from fanwise.core import GraphBuilder, State, action
+from fanwise.core.errors import CorruptStateError
 from fanwise.core.persistence import SQLitePersister
 from fanwise.parallel import ChildrenFailedError, MapActionsAndStates, MapStates, RunnableGraph
 from fanwise.parallel._replay import REPLAY_BATCH
@@ -284,3 +285,79 @@ def test_children_of_several_actions_are_replayed_with_their_own_entrypoints(tmp
     assert result["ys"] == expected
     assert sum(tally.counts().values()) == 2 * (N // 2)
     assert store.sealed  # a sealed block holding both actions' children
+
+
+class Opaque:
+    def __init__(self, value):
+        self.value = value
+
+
+def test_an_earlier_step_that_cannot_be_read_does_not_fail_the_resume(tmp_path, monkeypatch):
+    """Only accepted blocks' latest states are read: an intermediate step holding a type
+    whose serde this process lacks is never decoded (the general path never reads it)."""
+    from fanwise.core import serde
+
+    monkeypatch.setattr(serde, "_type_dumps", {})
+    monkeypatch.setattr(serde, "_type_loads", {})
+    serde.register_type(Opaque, lambda o: o.value, Opaque)
+    tally = Tally(tmp_path / "tally")
+
+    @action(reads=["x"], writes=["tmp"])
+    def first(state):
+        return state.update(tmp=Opaque(state["x"]))
+
+    @action(reads=["x", "tmp"], writes=["y", "tmp"])
+    def second(state):
+        tally.hit(state["x"])
+        return state.update(y=state["tmp"].value + 1, tmp=None)
+
+    graph = GraphBuilder().with_actions(first, second).with_transitions(
+        ("first", "second")).build()
+    armed = {"die": True}
+
+    class Fan(MapStates):
+        reads = []
+        writes = ["ys"]
+        max_concurrency = 4
+
+        def action(self):
+            return RunnableGraph(graph, "first", ["second"])
+
+        def states(self):
+            return (State({"x": x}) for x in range(N))
+
+        def reduce(self, state, states):
+            ys = [s["y"] for s in states]
+            if armed.pop("die", False):
+                raise ReducerDied(len(ys))
+            return state.update(ys=ys)
+
+    store = CountingStore(tmp_path / "s.db")
+    with pytest.raises(ReducerDied):
+        fan_app(Fan(), app_id="p", persister=store, resume=True).run(halt_after=["done"])
+    monkeypatch.setattr(serde, "_type_loads", {})  # a process that cannot read an Opaque
+    result = resume(store, Fan())
+    assert result["ys"] == [x + 1 for x in range(N)]
+    assert sum(tally.counts().values()) == N
+
+
+def test_states_too_large_to_join_are_read_one_by_one(tmp_path, monkeypatch):
+    import fanwise.core.persistence.sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "_JOINED_STATES_MOST", 100)
+    tally = Tally(tmp_path / "tally")
+    store = finished(tmp_path, tally, range(N))
+    result = resume(store, squares(tally, range(N)))
+    assert result["ys"] == [x * x for x in range(N)]
+    assert sum(tally.counts().values()) == N and store.sealed
+
+
+def test_a_saved_state_that_cannot_be_read_is_named_by_the_general_path(tmp_path):
+    tally = Tally(tmp_path / "tally")
+    store = finished(tmp_path, tally, range(N))
+    broken = REPLAY_BATCH + 9
+    with closing(sqlite3.connect(tmp_path / "s.db")) as db, db:
+        db.execute("UPDATE fanwise_state_child SET state = '{not json' WHERE child = ?",
+                   [broken])
+    with pytest.raises(CorruptStateError, match=expected_child_id("p", 0, broken)):
+        resume(store, squares(tally, range(N)))
