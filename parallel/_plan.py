@@ -17,7 +17,6 @@ from fanwise.parallel._child_ids import (
     calls_text,
     child_app_id,
     child_app_ids,
-    fingerprint,
     fingerprint_of,
     payload,
     repeated_call_text,
@@ -110,9 +109,8 @@ class Planner:
                 payload = self.payload(task, position, app_id)
                 fingerprint = fingerprint_of(payload)
                 if sealed is not None:
-                    plain = (task.application_id is None and saver is config.saver
-                             and loader is config.loader and type(task) is SubGraphTask)
-                    sealed.append((position, plain, app_id, payload, fingerprint))
+                    sealed.append((position, plain_task(task, config), app_id, payload,
+                                   fingerprint))
             # positional, in ChildSpec's field order: keywords to its 19 fields cost a
             # trivial child 5% (8k of 159k instructions, callgrind, the trivial-children
             # row of benchmarks/workloads.py)
@@ -174,21 +172,6 @@ class Planner:
                 f"{app_id}): {exc}"
             ) from None
 
-    def fingerprints(self, batch: list[tuple[int, SubGraphTask]], app_ids: list[str]
-                     ) -> list[str]:
-        """`fingerprint` of each task of `batch` (whose ids are `app_ids`), in order."""
-        resources = self._config.resource_inputs
-        try:
-            return [
-                fingerprint(task.state, task.inputs and _data_inputs(task.inputs, resources),
-                            task.graph.entrypoint)
-                for _, task in batch
-            ]
-        except StateSerialisationError:  # again one by one, to name the child
-            for (position, task), app_id in zip(batch, app_ids):
-                self.fingerprint(task, position, app_id)
-            raise
-
     def _check_unique(self, app_id: str, position: int) -> None:
         earlier = self.explicit_ids.setdefault(app_id, position)
         if earlier != position:
@@ -197,6 +180,17 @@ class Planner:
                 f"used by tasks {earlier} and {position}; explicit application_id values "
                 "must be unique"
             )
+
+
+def plain_task(task: Any, config: PlanConfig) -> bool:
+    """Whether `task` takes its fan-out's own id and stores: what a seal covers and a
+    replay can check (a task with its own id or store takes the general path)."""
+    return (
+        type(task) is SubGraphTask
+        and task.application_id is None
+        and (task.state_persister is None or task.state_persister is config.saver)
+        and (task.state_initializer is None or task.state_initializer is config.loader)
+    )
 
 
 def _data_inputs(inputs: dict[str, Any], resources: frozenset[str]) -> dict[str, Any]:

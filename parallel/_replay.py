@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import TYPE_CHECKING
 
-from fanwise.core.persistence.base import ReplayBlock, Seal
+from fanwise.core.persistence.base import ReplayBlock, Seal, fingerprint_meta
 from fanwise.core.protocols import ChildReplayer
 from fanwise.core.state import State
 from fanwise.parallel._child_ids import Payload
-from fanwise.parallel._plan import PlanConfig, Planner
+from fanwise.parallel._plan import PlanConfig, Planner, plain_task
 from fanwise.parallel.tasks import SubGraphTask
 
 if TYPE_CHECKING:
@@ -92,9 +92,11 @@ class Replay:
     def _same_fingerprints(
         self, batch: list[tuple[int, SubGraphTask]], app_ids: list[str], metas: str
     ) -> bool:
-        head, tail = '{"fingerprint":"', '"}'
-        fingerprints = self._planner.fingerprints(batch, app_ids)
-        return metas == ",".join([head + fingerprint + tail for fingerprint in fingerprints])
+        fingerprint = self._planner.fingerprint
+        return metas == ",".join([
+            fingerprint_meta(fingerprint(task, position, app_id))
+            for (position, task), app_id in zip(batch, app_ids)
+        ])
 
     def _sealed(self, batch: list[tuple[int, SubGraphTask]], block: ReplayBlock) -> bool:
         """Whether the seal of these slots matches the tasks of `batch` and the ids and
@@ -113,15 +115,9 @@ class Replay:
     ) -> list[frozenset[str]] | None:
         """The actions after which each distinct runnable of `batch` halts whatever the
         state; None if a task is not one the replay can check (its own id or store)."""
-        saver, loader = self._config.saver, self._config.loader
         halts: dict[int, frozenset[str]] = {}
         for _, task in batch:
-            if not (
-                type(task) is SubGraphTask
-                and task.application_id is None
-                and (task.state_persister is None or task.state_persister is saver)
-                and (task.state_initializer is None or task.state_initializer is loader)
-            ):
+            if not plain_task(task, self._config):
                 return None
             runnable = task.graph
             if id(runnable) not in halts:
@@ -194,7 +190,7 @@ class Sealer:
             [f"[{p.entrypoint},{p.inputs}]" for _, _, _, p, _ in run])).encode())
         app_ids.update((comma + ",".join([app_id for _, _, app_id, _, _ in run])).encode())
         metas.update((comma + ",".join(
-            ['{"fingerprint":"' + f + '"}' for _, _, _, _, f in run])).encode())
+            [fingerprint_meta(f) for _, _, _, _, f in run])).encode())
         self._next = run[-1][0] + 1
 
     def finish(self) -> None:

@@ -11,7 +11,7 @@ import abc
 import asyncio
 import inspect
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sized
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Executor
 from typing import Any, Literal
 
@@ -475,32 +475,28 @@ def _check_count(
 
 
 def _states_of(driver: Driver, outcomes: list[ChildOutcome] | None) -> Iterator[State]:
-    handed: Handout | Handouts
     for handed in driver:
-        if type(handed) is Handouts:  # replayed children: all of them finished
-            if outcomes is not None and handed.outcomes is not None:
-                outcomes.extend(handed.outcomes)
-            yield from handed.states
-            continue
-        if outcomes is not None:
-            outcomes.append(handed.outcome)
-        if handed.state is not None:
-            yield handed.state
+        yield from _handed_states(handed, outcomes)
 
 
 async def _astates_of(driver: Driver, outcomes: list[ChildOutcome] | None) -> AsyncIterator[State]:
-    handed: Handout | Handouts
     async for handed in driver:
-        if type(handed) is Handouts:
-            if outcomes is not None and handed.outcomes is not None:
-                outcomes.extend(handed.outcomes)
-            for state in handed.states:
-                yield state
-            continue
-        if outcomes is not None:
-            outcomes.append(handed.outcome)
-        if handed.state is not None:
-            yield handed.state
+        for state in _handed_states(handed, outcomes):
+            yield state
+
+
+def _handed_states(
+    handed: Handout | Handouts, outcomes: list[ChildOutcome] | None
+) -> Sequence[State]:
+    """The states one hand-out brings `reduce` (none for a failed child; a replayed batch
+    brings many), its outcomes noted in `outcomes` if asked for."""
+    if type(handed) is Handouts:
+        if outcomes is not None and handed.outcomes is not None:
+            outcomes.extend(handed.outcomes)
+        return handed.states
+    if outcomes is not None:
+        outcomes.append(handed.outcome)
+    return () if handed.state is None else (handed.state,)
 
 
 def _as_iterator(items: Any) -> Any:

@@ -243,8 +243,9 @@ class Fanout:
     def _save_seals(self) -> None:
         """Save the seals of blocks planned so far (all of them once tasks are exhausted)."""
         sealer = self._planner.sealer
-        if sealer is None or self._replay is None:
+        if sealer is None:
             return
+        assert self._replay is not None  # a sealer lives only alongside its replay
         if self._window.exhausted:
             sealer.finish()
         if sealer.sealed:

@@ -61,6 +61,17 @@ class ReplayBlock(NamedTuple):
     (`ChildReplayer.save_seals`), if any."""
 
 
+FINGERPRINT_META = ('{"fingerprint":"', '"}')
+"""The text around the fingerprint in the meta a fan-out child is saved with."""
+
+
+def fingerprint_meta(fingerprint: str) -> str:
+    """The meta text a child saved with `fingerprint` is stored as (a `ReplayBlock`'s
+    metas are these, comma-joined)."""
+    head, tail = FINGERPRINT_META
+    return head + fingerprint + tail
+
+
 class Seal(NamedTuple):
     """A digest of `count` children from slot `start` of one parent step, as planned: of
     their tasks, ids and fingerprints (`parallel/_replay.py` makes and checks it)."""

@@ -14,6 +14,7 @@ from contextlib import closing
 from functools import partial
 from typing import Any
 
+from fanwise.core import serde
 from fanwise.core._paths import resolved
 from fanwise.core.errors import AppLockedError, LeaseLostError
 from fanwise.core.persistence import _leases, _rows
@@ -475,12 +476,14 @@ class SQLitePersister(_rows.RowSaver, BaseStatePersister):
         that stays well within SQLite's longest string, else row by row."""
         connection = self._ready()
         slots = [fanout, start, stop]
+        kwargs = self.serde_kwargs
         if size <= _JOINED_STATES_MOST:
             (joined,) = connection.execute(self._sql_child_states_joined, slots).fetchone()
-            states = _rows.replayed_states(f"[{joined}]", self.serde_kwargs)
+            states = _rows.replayed_states(lambda: serde.loads_states(f"[{joined}]", kwargs))
         else:
             texts = [text for (text,) in connection.execute(self._sql_child_states, slots)]
-            states = _rows.replayed_states_each(texts, self.serde_kwargs)
+            states = _rows.replayed_states(
+                lambda: [serde.loads_state(text, kwargs) for text in texts])
         return states if states is not None and len(states) == steps else None
 
     def save_seals(
