@@ -67,11 +67,7 @@ def squares(tally, items, die=False, outcomes_seen=None):
         def states(self):
             return (State({"x": x}) for x in items)
 
-        def reduce(self, state, states):
-            ys = [s["y"] for s in states]
-            if armed.pop("die", False):
-                raise ReducerDied(len(ys))
-            return state.update(ys=ys)
+        reduce = collecting_ys(dies=armed)
 
     class WithOutcomes(Fan):
         def reduce(self, state, states, outcomes):
@@ -85,11 +81,28 @@ def squares(tally, items, die=False, outcomes_seen=None):
 def finished(tmp_path, tally, items):
     """A store holding every child of the fan-out over `items`, its step unsaved."""
     store = CountingStore(tmp_path / "s.db")
-    with pytest.raises(ReducerDied):
-        fan_app(squares(tally, items, die=True), app_id="p", persister=store,
-                resume=True).run(halt_after=["done"])
+    die_in_reduce(squares(tally, items, die=True), store)
     assert sum(tally.counts().values()) == len(items)
     return store
+
+
+def collecting_ys(dies):
+    """A reduce collecting the children's ys; it raises `ReducerDied` instead while
+    `dies["die"]` is set, once (`dies` is shared by the fan-outs of one test)."""
+
+    def reduce(self, state, states):
+        ys = [s["y"] for s in states]
+        if dies.pop("die", False):
+            raise ReducerDied(len(ys))
+        return state.update(ys=ys)
+
+    return reduce
+
+
+def die_in_reduce(fan, store):
+    """Run `fan` on `store` until its reduce dies: its children saved, its step not."""
+    with pytest.raises(ReducerDied):
+        fan_app(fan, app_id="p", persister=store, resume=True).run(halt_after=["done"])
 
 
 def resume(store, fan):
@@ -271,15 +284,10 @@ def test_children_of_several_actions_are_replayed_with_their_own_entrypoints(tmp
         def states(self):
             return [State({"x": x}) for x in range(N // 2)]
 
-        def reduce(self, state, states):
-            ys = [s["y"] for s in states]
-            if armed.pop("die", False):
-                raise ReducerDied(len(ys))
-            return state.update(ys=ys)
+        reduce = collecting_ys(dies=armed)
 
     store = CountingStore(tmp_path / "s.db")
-    with pytest.raises(ReducerDied):
-        fan_app(Fan(), app_id="p", persister=store, resume=True).run(halt_after=["done"])
+    die_in_reduce(Fan(), store)
     result = resume(store, Fan())
     expected = [x ** 2 for x in range(N // 2)] + [x ** 3 for x in range(N // 2)]
     assert result["ys"] == expected
@@ -326,15 +334,10 @@ def test_an_earlier_step_that_cannot_be_read_does_not_fail_the_resume(tmp_path, 
         def states(self):
             return (State({"x": x}) for x in range(N))
 
-        def reduce(self, state, states):
-            ys = [s["y"] for s in states]
-            if armed.pop("die", False):
-                raise ReducerDied(len(ys))
-            return state.update(ys=ys)
+        reduce = collecting_ys(dies=armed)
 
     store = CountingStore(tmp_path / "s.db")
-    with pytest.raises(ReducerDied):
-        fan_app(Fan(), app_id="p", persister=store, resume=True).run(halt_after=["done"])
+    die_in_reduce(Fan(), store)
     monkeypatch.setattr(serde, "_type_loads", {})  # a process that cannot read an Opaque
     result = resume(store, Fan())
     assert result["ys"] == [x + 1 for x in range(N)]
