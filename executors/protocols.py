@@ -63,6 +63,10 @@ class ExecutorTraits:
     runs_in_process: bool
     accepts_backlog: bool
     nested: NestedChoice
+    queues: bool = False
+    """Children submitted beyond `max_concurrency` wait inside it, first in first out, and
+    start as its own slots free up (a thread pool's work queue): the cap holds whatever
+    the fan-out submits."""
 
 
 def traits_of(executor: Executor) -> ExecutorTraits:
@@ -75,9 +79,10 @@ def traits_of(executor: Executor) -> ExecutorTraits:
             executor.runs_in_process,
             executor.accepts_backlog,
             executor.nested(),
+            isinstance(executor, ThreadPoolExecutor),
         )
     if isinstance(executor, ThreadPoolExecutor):
-        return ExecutorTraits(executor._max_workers, True, False, None)
+        return ExecutorTraits(executor._max_workers, True, False, None, True)
     if isinstance(executor, ProcessPoolExecutor):
         return ExecutorTraits(executor._max_workers, False, False, None)
     return ExecutorTraits(None, False, True, None)

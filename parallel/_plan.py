@@ -23,7 +23,7 @@ from fanwise.parallel._child_ids import (
     states_text,
 )
 from fanwise.parallel._retry import RetryPolicy
-from fanwise.parallel.child import ChildResult, ChildSpec
+from fanwise.parallel.child import ChildResult, ChildSpec, Gate
 from fanwise.parallel.events import EventSink
 from fanwise.parallel.tasks import SubGraphTask
 
@@ -54,6 +54,8 @@ class PlanConfig:
     path: tuple[int, ...] = ()
     resource_inputs: frozenset[str] = frozenset()
     """Inputs that are resources, not data: left out of every child's fingerprint."""
+    gate: Gate | None = None
+    """The children's `Gate`, when they may wait in the executor's queue."""
 
 
 class Planner:
@@ -111,7 +113,7 @@ class Planner:
                 if sealed is not None:
                     sealed.append((position, plain_task(task, config), app_id, payload,
                                    fingerprint))
-            # positional, in ChildSpec's field order: keywords to its 19 fields cost a
+            # positional, in ChildSpec's field order: keywords to its 20 fields cost a
             # trivial child 5% (8k of 159k instructions, callgrind, the trivial-children
             # row of benchmarks/workloads.py)
             specs.append(
@@ -134,6 +136,7 @@ class Planner:
                     config.events,
                     config.collect_items,
                     (*config.path, position) if watched else (),
+                    config.gate,
                 )
             )
         if sealed:

@@ -1,7 +1,9 @@
 """The window: which children are in flight, which finished, and which are due to `reduce`.
 
-At most `capacity` children are in flight. In task order, a finished child waits until
-every child before it is handed out; a slow child must not stop the others, so:
+At most `capacity` children run at once: in flight are `capacity` children, plus `ahead`
+more waiting in the queue of an executor that holds its own cap. In task order, a
+finished child waits until every child before it is handed out; a slow child must not
+stop the others, so:
 - a child whose final row is durable in a store that can read it back is kept whole while
   fewer than `hold_limit` children wait; beyond that it is *parked*: only its position is
   kept (its id is re-derived), and its state is re-read from the store, in order, in
@@ -83,8 +85,13 @@ def approx_bytes(result: ChildResult) -> int:
 class Window:
     """Children in flight, queued for a slot, and finished but not yet handed out."""
 
-    def __init__(self, capacity: int, ordered: bool, held_bytes_budget: int) -> None:
+    def __init__(
+        self, capacity: int, ordered: bool, held_bytes_budget: int, ahead: int = 0
+    ) -> None:
         self.capacity = capacity
+        self.ahead = ahead
+        """Children submitted beyond `capacity` to an executor that queues them itself
+        (`FanoutConfig.ahead`): in flight, but not running until a slot frees up."""
         self.ordered = ordered
         self.held_bytes_budget = held_bytes_budget
         self.inflight: dict[int, ChildSpec] = {}
@@ -106,7 +113,7 @@ class Window:
         """No more children are submitted (a failure under fail-fast, or a stop)."""
 
     def free_slots(self) -> int:
-        return 0 if self.stopping else self.capacity - len(self.inflight)
+        return 0 if self.stopping else self.capacity + self.ahead - len(self.inflight)
 
     def resize(self, capacity: int) -> None:
         """Follow an executor whose capacity changed (`ElasticExecutor`): fewer slots

@@ -38,9 +38,11 @@ from fanwise.parallel._window import HELD_BYTES_BUDGET
 from fanwise.parallel.cascade import (
     CASCADE,
     children_adapters,
+    queue_ahead,
     resolve_executor,
     window_size,
 )
+from fanwise.parallel.child import Gate
 from fanwise.parallel.errors import ChildrenFailedError
 from fanwise.parallel.events import LoopEventSink
 from fanwise.parallel.fanout import (
@@ -274,6 +276,7 @@ class TaskBasedParallelAction(Action):
             if conforms(tracker, FlushingTracker):
                 background = tracker
         events = context.event_sink
+        ahead = queue_ahead(traits, capacity, self.child_timeout, events is not None)
         plan = PlanConfig(
             action_name=self.name,
             parent=context,
@@ -288,6 +291,7 @@ class TaskBasedParallelAction(Action):
             collect_items=events is not None and not traits.runs_in_process,
             path=context.event_path,
             resource_inputs=frozenset(self.resource_inputs),
+            gate=Gate(closes_on_failure=self.on_failure == "raise") if ahead else None,
         )
         config = FanoutConfig(
             plan=plan,
@@ -303,6 +307,7 @@ class TaskBasedParallelAction(Action):
             is_async=is_async,
             elastic=executor if conforms(executor, ElasticExecutor) else None,
             follows_capacity=self.max_concurrency is None,
+            ahead=ahead,
         )
         return executor, owned, config
 

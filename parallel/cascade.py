@@ -87,3 +87,25 @@ def window_size(
             "or lower the action's max_concurrency"
         )
     return requested
+
+
+AHEAD = 2
+"""Children queued ahead in the executor per slot of the window (`queue_ahead`). Against
+none, in interleaved runs: small I/O 1.69x -> 1.32x a bare pool, trivial children 1.99x
+-> 1.38x (3 per slot), threads + SQLite + tracking 1.50x -> 1.21x (1 per slot); 2 and 3
+were within noise of each other (the rows of benchmarks/workloads.py)."""
+
+
+def queue_ahead(
+    traits: ExecutorTraits, capacity: int, timeout: float | None, watched: bool
+) -> int:
+    """How many children to submit beyond the window's `capacity`: some, when the executor
+    queues them itself and runs exactly `capacity` at once (a worker that finishes a child
+    starts the next at once, instead of idling until the driver wakes up to submit one:
+    the small-I/O row of benchmarks/workloads.py); none when a child's `child_timeout`
+    or its `child_started` event (`watched`) would count from its submission."""
+    if not traits.queues or traits.max_concurrency != capacity:
+        return 0
+    if timeout is not None or watched:
+        return 0
+    return capacity * AHEAD

@@ -21,7 +21,13 @@ from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
 from fanwise.core.errors import LeaseLostError
-from fanwise.core.persistence.base import BaseStateLoader, ChildSlot, PersistedStateData, SaveRow
+from fanwise.core.persistence.base import (
+    BaseStateLoader,
+    ChildSlot,
+    FencedStore,
+    PersistedStateData,
+    SaveRow,
+)
 from fanwise.core.protocols import (
     ChildLoader,
     FlushingTracker,
@@ -40,6 +46,21 @@ from fanwise.parallel.errors import ChildFailedError, ChildTimeoutError
 from fanwise.parallel.events import EventSink, FanoutEvent
 from fanwise.parallel.graphs import RunnableGraph
 from fanwise.parallel.outcomes import ChildOutcome
+
+
+class Gate:
+    """Whether children queued inside the executor (`FanoutConfig.ahead`) may still start.
+
+    The fan-out closes it when it stops; under fail-fast a failing child closes it
+    itself, since its worker takes the next queued child before the driver hears of the
+    failure, and that child must not start (as it would not have been submitted).
+    """
+
+    __slots__ = ("closed", "closes_on_failure")
+
+    def __init__(self, closes_on_failure: bool) -> None:
+        self.closed = False
+        self.closes_on_failure = closes_on_failure
 
 
 @dataclass(slots=True)
@@ -70,6 +91,8 @@ class ChildSpec:
     events: EventSink | None = None
     collect_items: bool = False
     path: tuple[int, ...] = ()
+    gate: Gate | None = None
+    """Set when the child may wait in the executor's queue: it starts only while open."""
 
     def shipping_problem(self) -> str | None:
         """What in this spec cannot be pickled for another process, named; else None."""
@@ -98,6 +121,8 @@ class ChildResult:
     next_seq: int = 1
     resumed: bool = False
     """Finished before this run: read back from the store, not run."""
+    skipped: bool = False
+    """Not started: its gate was closed when its turn came (as if cancelled)."""
 
     def outcome(self) -> ChildOutcome:
         """What `reduce(..., outcomes)` and a `ChildrenFailedError` say of this child."""
@@ -289,10 +314,13 @@ def run_child(spec: ChildSpec) -> ChildResult:
     """Build and run one child synchronously (threads, processes, cluster workers)."""
     if spec.runnable.is_async:
         return asyncio.run(arun_child(spec))
+    if spec.gate is not None and spec.gate.closed:
+        return ChildResult(spec.position, spec.app_id, None, skipped=True)
     started = time.perf_counter()
     items = _items_of(spec)
     attempts = 1
     try:
+        _check_lease(spec)
         # one attempt needs no retry machinery (tenacity's costs a trivial child a third:
         # the trivial-children row of benchmarks/workloads.py)
         if not spec.retry.retries:
@@ -307,6 +335,14 @@ def run_child(spec: ChildSpec) -> ChildResult:
     except Exception as exc:
         return _result(spec, None, None, attempts, started, items, exc)
     return _result(spec, state, saver, attempts, started, items)
+
+
+def _check_lease(spec: ChildSpec) -> None:
+    """Raise `LeaseLostError` if the driver lost the lease its child's writes carry: a
+    child queued in its executor (`FanoutConfig.ahead`) may start after the driver's own
+    check, and no child starts once the lease is lost."""
+    if spec.saver is not None and conforms(spec.saver, FencedStore):
+        spec.saver.check_fence()
 
 
 def _attempt(
@@ -391,10 +427,13 @@ def _run_direct(action: Action, state: State, inputs: dict[str, Any]) -> State:
 
 async def arun_child(spec: ChildSpec) -> ChildResult:
     """Build and run one child on the running event loop; `timeout` cancels an attempt."""
+    if spec.gate is not None and spec.gate.closed:
+        return ChildResult(spec.position, spec.app_id, None, skipped=True)
     started = time.perf_counter()
     items = _items_of(spec)
     attempts = 1
     try:
+        _check_lease(spec)
         if not spec.retry.retries:
             app, saver = await _aattempt(spec, items, None)
         else:
@@ -482,6 +521,11 @@ def _result(
         if tracker is not None and isinstance(tracker, RecordingTracker) else None
     )
     held = saver.held if saver is not None and error is None else None
+    gate = spec.gate
+    if error is not None and gate is not None and (
+        gate.closes_on_failure or isinstance(error, LeaseLostError)
+    ):
+        gate.closed = True
     if items is None:
         return ChildResult(spec.position, spec.app_id, state, held, attempts,
                            time.perf_counter() - started, error, records)

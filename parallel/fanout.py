@@ -93,6 +93,9 @@ class FanoutConfig:
     """The executor, if its capacity follows a cluster: asked every CAPACITY_POLL_SECONDS."""
     follows_capacity: bool = False
     """The window is the elastic executor's capacity (the action fixed no max_concurrency)."""
+    ahead: int = 0
+    """Children submitted beyond `capacity` to wait in the executor's own queue (see
+    `queue_ahead`)."""
 
 
 @dataclass(slots=True)
@@ -121,7 +124,8 @@ class Fanout:
         self._plan = config.plan
         self._source = source
         self._channel = channel
-        self._window = Window(config.capacity, config.ordered, config.held_bytes_budget)
+        self._window = Window(config.capacity, config.ordered, config.held_bytes_budget,
+                              config.ahead)
         self._planner = Planner(config.plan)
         self._lookup = ResumeLookup(self._planner, config.plan.loader)
         loader = config.plan.loader
@@ -343,6 +347,8 @@ class Fanout:
             ).with_traceback(exc.__traceback__))
         except Exception as exc:  # the executor failed, not the child (a lost worker, pickling)
             result = ChildResult(position, spec.app_id, None, error=exc)
+        if result.skipped:  # queued in the executor after the fan-out stopped: not started
+            return
         if result.items and self._sink is not None:
             for event in result.items:
                 yield from self._publish(event)
@@ -378,7 +384,8 @@ class Fanout:
         if self._listening:
             yield from self._emit("child_failed", result.position, result.app_id,
                                   result.next_seq, result.error)
-        if self.config.on_failure == "raise":
+        # a lost lease is the driver's own fatal error, whatever the failure policy
+        if self.config.on_failure == "raise" or isinstance(result.error, LeaseLostError):
             self._stop()
         else:
             self._window.finish(result, parkable=False)
@@ -400,11 +407,15 @@ class Fanout:
         window = self._window
         window.stopping = True
         window.queued.clear()
+        if self._plan.gate is not None:
+            self._plan.gate.closed = True
         self._channel.cancel_pending(running_too=False)
 
     def _settle(self) -> Effects:
-        """Let running children finish and keep their rows (before raising)."""
-        self._stop()
+        """Let the children handed to the executor finish (also those queued in it) and
+        keep their rows (before raising)."""
+        self._window.stopping = True
+        self._window.queued.clear()
         while self._window.inflight:
             got = yield self._channel.get(timeout=self._wait_seconds())
             if got is None:
@@ -414,10 +425,11 @@ class Fanout:
         yield from self._commit.commit()
 
     def _raise_stop(self) -> None:
+        lost = [f.error for f in self.failures if isinstance(f.error, LeaseLostError)]
+        if lost:  # the driver's own fatal error
+            raise lost[0]
         if self.failures:
             first = self.failures[0]
-            if isinstance(first.error, LeaseLostError):  # the driver's own fatal error
-                raise first.error
             error = first.failure(self._plan.action_name)
             for other in self.failures[1:]:
                 error.add_note(

@@ -1,14 +1,17 @@
 """Execution semantics: streaming reduce and its order, the concurrency window, lazy pulls."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fanout_testing import WAIT, Peak, fan_app, run_fan
 from fanwise.core import GraphError, State, action
 from fanwise.executors import InlineExecutor, MultiThreadedExecutor
+from fanwise.executors.protocols import traits_of
 from fanwise.executors.threads import default_concurrency
 from fanwise.parallel import MapStates
+from fanwise.parallel.cascade import AHEAD, queue_ahead
 
 
 def fan_of(child_fn, n, reduce_fn=None, **settings):
@@ -163,18 +166,24 @@ def lazy_fan(n, done, ahead, **settings):
 SLACK = 2
 
 
+def in_flight(capacity):
+    """The most children a window of `capacity` keeps in flight on a pool of that size:
+    the running ones and those queued ahead in the pool (`queue_ahead`)."""
+    return capacity + capacity * AHEAD
+
+
 def test_the_task_generator_is_never_pulled_far_ahead_of_completions():
     done, ahead = [], [0]
     final = run_fan(lazy_fan(500, done, ahead, max_concurrency=4))
     assert final["total"] == sum(range(500))
-    assert 0 < ahead[0] <= 4 + SLACK
+    assert 0 < ahead[0] <= in_flight(4) + SLACK
 
 
 def test_the_default_window_is_bounded():
     done, ahead = [], [0]
     final = run_fan(lazy_fan(300, done, ahead))
     assert final["total"] == sum(range(300))
-    assert ahead[0] <= default_concurrency() + SLACK
+    assert ahead[0] <= in_flight(default_concurrency()) + SLACK
 
 
 def test_two_hundred_thousand_trivial_children_stream_through_a_bounded_window():
@@ -183,7 +192,40 @@ def test_two_hundred_thousand_trivial_children_stream_through_a_bounded_window()
     final = run_fan(lazy_fan(n, done, ahead, max_concurrency=8))
     assert final["total"] == n * (n - 1) // 2
     assert len(done) == n
-    assert ahead[0] <= 8 + SLACK
+    assert ahead[0] <= in_flight(8) + SLACK
+
+
+def test_a_pool_of_the_window_size_gets_children_queued_ahead_and_still_runs_its_size():
+    """Children wait in the pool's own queue (a worker that finishes one starts the next
+    at once), and no more than the pool's size ever run together."""
+    peak, seen, queued, want = Peak(), threading.Event(), [], 3 * AHEAD
+    with MultiThreadedExecutor(max_concurrency=3) as pool:
+
+        def child(x):
+            with peak:
+                if x == 0:  # the other running children wait: the queue only grows
+                    deadline = time.monotonic() + WAIT
+                    while pool._work_queue.qsize() < want and time.monotonic() < deadline:
+                        time.sleep(0.001)
+                    queued.append(pool._work_queue.qsize())
+                    seen.set()
+                else:
+                    wait_for(seen, "child 0 to see the queue")
+            return x
+
+        final = run_fan(fan_of(child, 12), executor=pool)
+    assert final["pairs"] == [(x, x) for x in range(12)]
+    assert queued == [want]
+    assert peak.most == 3
+
+
+def test_nothing_is_queued_ahead_where_the_window_is_what_caps_or_a_start_is_counted():
+    pool = traits_of(ThreadPoolExecutor(4))
+    assert queue_ahead(pool, 4, None, watched=False) == 4 * AHEAD > 0
+    assert queue_ahead(pool, 2, None, watched=False) == 0  # the window caps, not the pool
+    assert queue_ahead(pool, 4, 1.0, watched=False) == 0  # a timeout counts from submission
+    assert queue_ahead(pool, 4, None, watched=True) == 0  # so does a child_started event
+    assert queue_ahead(traits_of(InlineExecutor()), 1, None, watched=False) == 0
 
 
 def threads_of(n, executor):

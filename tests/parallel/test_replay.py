@@ -12,8 +12,11 @@ from fanwise.core.errors import CorruptStateError
 from fanwise.core.persistence import SQLitePersister
 from fanwise.parallel import ChildrenFailedError, MapActionsAndStates, MapStates, RunnableGraph
 from fanwise.parallel._replay import REPLAY_BATCH
+from fanwise.parallel.cascade import AHEAD
 
 N = REPLAY_BATCH + 600
+FIRST = 4 + 4 * AHEAD
+"""The first batch a resume pulls: the window of 4, and the children queued ahead."""
 """More than one replay batch, so that a batch after the first is replayed too."""
 
 
@@ -118,10 +121,10 @@ def test_a_finished_step_is_replayed_from_the_store_and_no_child_runs(tmp_path):
     result = resume(store, squares(tally, range(N)))
     assert result["ys"] == [x * x for x in range(N)]
     assert sum(tally.counts().values()) == N  # none ran again
-    assert store.looked_up == 4  # only the first batch (one per slot) took the general path
+    assert store.looked_up == FIRST  # only the first batch took the general path
     # the batches after the first are whole blocks, each checked against its seal
     blocks = list(range(REPLAY_BATCH, N, REPLAY_BATCH))
-    assert store.replayed == list(zip([4, *blocks], [*blocks, N]))
+    assert store.replayed == list(zip([FIRST, *blocks], [*blocks, N]))
     assert store.sealed == blocks  # the first batch is not a whole block
 
 
@@ -226,7 +229,7 @@ def test_without_seals_a_batch_is_checked_child_by_child_and_still_replayed(tmp_
     assert result["ys"] == [x * x for x in range(N)]
     assert sum(tally.counts().values()) == N
     assert not store.sealed and len(store.replayed) >= 2
-    assert store.looked_up == 4  # replayed from the aggregates, not the general path
+    assert store.looked_up == FIRST  # replayed from the aggregates, not the general path
 
 
 def test_an_async_fanout_replays_its_finished_children_too(tmp_path):

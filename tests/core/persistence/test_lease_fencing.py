@@ -410,12 +410,17 @@ class Recorded(MapStates):
         return ["total"]
 
 
-def test_a_driver_that_knows_its_lease_is_lost_starts_no_further_child(store):
+@pytest.mark.parametrize("on_failure", ["raise", "continue"])
+def test_a_driver_that_knows_its_lease_is_lost_starts_no_further_child(store, on_failure):
+    """Also a child queued in the pool before the loss was known (it checks when it
+    starts), and whatever the failure policy: a lost lease is not a child's failure."""
     _, _, _, make = store
     ran = []
+    sweep = Recorded(make(), 5, ran)
+    sweep.on_failure = on_failure
     app = (
         ApplicationBuilder()
-        .with_actions(sweep=Recorded(make(), 5, ran), done=Result("total"))
+        .with_actions(sweep=sweep, done=Result("total"))
         .with_transitions(("sweep", "done"))
         .with_entrypoint("sweep")
         .with_state_persister(make(lease_ttl=0.6))
