@@ -86,7 +86,7 @@ class ModelCallFailed(RuntimeError):
     """What an LLM-like child raises (after waiting its latency, like a failed request)."""
 
 
-@action(reads=["seconds", "fails"], writes=["ok"])
+@action(reads=["i", "seconds", "fails"], writes=["ok"])
 def model_call(state: State) -> State:
     time.sleep(state["seconds"])
     if state["fails"]:

@@ -15,12 +15,13 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fanwise.core import _runner
+from fanwise.core import _runner, visibility
 from fanwise.core.actions import Action
 from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
 from fanwise.core.context import ParentPointer
 from fanwise.core.errors import LeaseLostError
+from fanwise.core.hooks import HookSet, async_hook_reason
 from fanwise.core.persistence.base import (
     BaseStateLoader,
     ChildSlot,
@@ -39,6 +40,7 @@ from fanwise.core.protocols import (
 )
 from fanwise.core.state import State
 from fanwise.core.tracking.local import RecordingTracker
+from fanwise.core.visibility import TracerFactory
 from fanwise.executors.protocols import NestedChoice
 from fanwise.parallel._retry import RetryPolicy
 from fanwise.parallel.cascade import copy_of
@@ -362,6 +364,8 @@ def _attempt(
         savers.append(saver)
     if saver is not None and _plain_saved(spec):
         return _run_direct_saved(spec, saver), saver
+    if _plain_tracked(spec, saver):
+        return _run_direct_tracked(spec, saver), saver
     app = _builder(spec, saver).build()
     _watch_nested(app, spec)
     _run_to_halt(app, spec, items)
@@ -414,6 +418,80 @@ def _run_direct_saved(spec: ChildSpec, saver: _DeferredSaver) -> State:
         raise
     saver.save(spec.partition_key, spec.app_id, 0, action.name, after, "completed")
     return saver.stored_form(after)
+
+
+def _plain_tracked(spec: ChildSpec, saver: _DeferredSaver | None) -> bool:
+    """Whether the child is one plain action observed by its tracker's sync hooks and at
+    most a sync persister, with no saved step to go on from (`_run_direct_tracked`)."""
+    return (
+        spec.runnable.direct_action is not None
+        and spec.tracker is not None
+        and spec.events is None
+        and not spec.collect_items
+        and spec.resume_from is None
+        and (saver is None or not saver.is_async())
+        and _sync_hooks(spec.tracker) is not None
+    )
+
+
+def _sync_hooks(tracker: Any) -> HookSet | None:
+    """The tracker's hooks, if they are all sync (an async one needs the app's async run:
+    `async_hook_reason`), else None."""
+    if async_hook_reason([tracker]) is not None:
+        return None
+    return HookSet([tracker])
+
+
+def _run_direct_tracked(spec: ChildSpec, saver: _DeferredSaver | None) -> State:
+    """What the application of a tracked one-step child does, without building it: the
+    same hook calls with the same arguments, in the same order (`post_application_create`,
+    `pre_run_step`, the action under a span tracer if a hook records spans, the step's row,
+    `post_run_step`), which `tests/parallel/test_direct_children.py` compares with the
+    application's. Building the application was most of such a child's own cost on
+    threads (the "threads + SQLite + tracking" row of benchmarks/workloads.py)."""
+    action = spec.runnable.direct_action
+    hooks = _sync_hooks(spec.tracker)
+    assert action is not None and hooks is not None  # `_plain_tracked`
+    app_id, partition_key, before = spec.app_id, spec.partition_key, spec.state
+    for hook in hooks.methods("post_application_create"):
+        hook(app_id=app_id, partition_key=partition_key, state=before,
+             application_graph=spec.runnable.graph.starting_at(spec.runnable.entrypoint),
+             parent_pointer=None,
+             spawning_parent_pointer=spec.spawning_parent)
+    chosen = _runner.select_inputs(action, spec.inputs)
+    ids = {"app_id": app_id, "partition_key": partition_key, "sequence_id": 0}
+    for hook in hooks.methods("pre_run_step"):
+        hook(**ids, state=before, action=action, inputs=chosen)
+    try:
+        tracer = (TracerFactory(action.name, 0, app_id, partition_key, hooks)
+                  if hooks.traces else None)
+        token = visibility.activate(tracer) if tracer is not None else None
+        try:
+            result, returned = action.execute(before, chosen)
+        finally:
+            if token is not None:
+                visibility.deactivate(token)
+        after = _runner.apply_writes(action, before, returned)
+        if saver is not None:
+            saver.save(partition_key, app_id, 0, action.name, after, "completed")
+            after = saver.stored_form(after)
+    except Exception as exc:
+        lost = None
+        if saver is not None and not isinstance(exc, LeaseLostError):
+            try:
+                saver.save(partition_key, app_id, 0, action.name, before, "failed")
+            except LeaseLostError as save_exc:
+                lost = save_exc
+            except Exception as save_exc:  # the step's own error stays the one raised
+                exc.add_note(f"saving the failed step 0 also failed: {save_exc!r}")
+        for hook in hooks.methods("post_run_step"):
+            hook(**ids, state=before, action=action, result=None, exception=exc)
+        if lost is not None:
+            raise lost from exc
+        raise
+    for hook in hooks.methods("post_run_step"):
+        hook(**ids, state=after, action=action, result=result, exception=None)
+    return after
 
 
 def _run_direct(action: Action, state: State, inputs: dict[str, Any]) -> State:

@@ -1,14 +1,28 @@
-"""A persisted one-step child runs without an application around it; what it saves must be
-exactly what its application would save (the same rows, the same failed step)."""
+"""A persisted or tracked one-step child runs without an application around it; what it
+saves and what its hooks are told must be exactly what its application would save and
+tell (the same rows, the same failed step, the same hook calls in the same order)."""
 
 import sqlite3
 from contextlib import closing
 
 import pytest
 from fanout_testing import map_fan, run_fan
+from fanwise.core import State
 from fanwise.core.persistence import SQLitePersister
 from fanwise.core.tracking import LocalTrackingClient
-from fanwise.parallel import ChildrenFailedError
+from fanwise.core.visibility import trace
+from fanwise.parallel import ChildrenFailedError, child
+
+
+@pytest.fixture
+def application_path(monkeypatch):
+    """Make every child build its application (no direct path)."""
+
+    def use_application():
+        monkeypatch.setattr(child, "_plain_saved", lambda spec: False)
+        monkeypatch.setattr(child, "_plain_tracked", lambda spec, saver: False)
+
+    return use_application
 
 
 def child_rows(db):
@@ -27,13 +41,15 @@ def fails_at_3(x):
 
 
 @pytest.mark.parametrize("child_fn", [lambda x: x * 10, fails_at_3], ids=["ok", "one fails"])
-def test_the_direct_path_saves_the_rows_an_application_saves(tmp_path, child_fn):
+def test_the_direct_path_saves_the_rows_an_application_saves(
+    tmp_path, child_fn, application_path
+):
     results = {}
     for path in ("direct", "application"):
         db = tmp_path / f"{path}.db"
-        # a tracker makes each child build its application; the rows must not differ
-        tracker = (LocalTrackingClient("p", storage_dir=tmp_path / "tracking")
-                   if path == "application" else None)
+        if path == "application":
+            application_path()
+        tracker = LocalTrackingClient("p", storage_dir=tmp_path / path)
         fan = map_fan(child_fn, 6, on_failure="continue")
         try:
             results[path] = run_fan(fan, app_id="same", persister=SQLitePersister(db),
@@ -50,3 +66,102 @@ def test_the_direct_path_saves_the_rows_an_application_saves(tmp_path, child_fn)
         # the failed child's row is its state before the step, as "failed"
         failed = next(row for row in results["direct", "rows"] if row[0] == 3)
         assert failed[5] == "failed" and failed[4] == '{"x":3}'
+
+
+class HookLog:
+    """Every hook call a child's tracker gets: (hook, arguments), states as dicts, errors
+    by their repr (each run raises its own), graphs and actions by what describes them."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _log(self, hook, kwargs):
+        seen = {}
+        for name, value in sorted(kwargs.items()):
+            if isinstance(value, State):
+                value = dict(value)
+            elif isinstance(value, BaseException):
+                value = repr(value)
+            elif name == "span" and value is not None:
+                value = (value.name, value.sequence_id)
+            elif name == "application_graph":  # each run plans its own (equal) graph
+                value = (value.to_dict(), value.entrypoint.name)
+            elif name == "action" and not isinstance(value, str):
+                value = (value.name, value.reads, value.writes)
+            seen[name] = value
+        self.calls.append((hook, seen))
+
+    def post_application_create(self, **kwargs):
+        self._log("post_application_create", kwargs)
+
+    def pre_run_step(self, **kwargs):
+        self._log("pre_run_step", kwargs)
+
+    def post_run_step(self, **kwargs):
+        self._log("post_run_step", kwargs)
+
+    def pre_start_span(self, **kwargs):
+        self._log("pre_start_span", kwargs)
+
+    def post_end_span(self, **kwargs):
+        self._log("post_end_span", kwargs)
+
+    def do_log_attributes(self, **kwargs):
+        self._log("do_log_attributes", kwargs)
+
+
+@trace()
+def traced_tenfold(x):
+    return x * 10
+
+
+def traced_fails_at_3(x):
+    if x == 3:
+        raise ValueError("three")
+    return traced_tenfold(x)
+
+
+@pytest.mark.parametrize("persisted", [False, True], ids=["tracked", "tracked+persisted"])
+def test_the_direct_path_tells_the_hooks_what_an_application_tells_them(
+    tmp_path, persisted, application_path
+):
+    calls = {}
+    for path in ("direct", "application"):
+        if path == "application":
+            application_path()
+        log = HookLog()
+        fan = map_fan(traced_fails_at_3, 6, on_failure="continue", max_concurrency=1)
+        persister = SQLitePersister(tmp_path / f"{path}.db") if persisted else None
+        with pytest.raises(ChildrenFailedError, match="positions 3"):
+            run_fan(fan, app_id="same", persister=persister, tracker=log)
+        calls[path] = [call for call in log.calls if call[1].get("app_id") != "same"]
+
+    assert calls["direct"] == calls["application"]
+    hooks = [hook for hook, _ in calls["direct"]]
+    # six children: created, step begun, a traced span (not in the failing one), step ended
+    assert hooks.count("post_application_create") == hooks.count("post_run_step") == 6
+    assert hooks.count("pre_start_span") == hooks.count("post_end_span") == 5
+    failed = [args for hook, args in calls["direct"]
+              if hook == "post_run_step" and args["exception"] is not None]
+    assert [args["state"] for args in failed] == [{"x": 3}]
+
+
+def test_a_tracked_child_without_an_application_is_written_as_one_with_it(
+    tmp_path, application_path
+):
+    """What LocalTrackingClient writes for the children reads back the same either way."""
+    read = {}
+    for path in ("direct", "application"):
+        if path == "application":
+            application_path()
+        tracker = LocalTrackingClient("p", storage_dir=tmp_path / path, child_folders=2)
+        with pytest.raises(ChildrenFailedError):
+            run_fan(map_fan(fails_at_3, 5, on_failure="continue"), app_id="same",
+                    tracker=tracker)
+        reader = LocalTrackingClient("p", storage_dir=tmp_path / path)
+        read[path] = sorted(
+            (c["child_app_id"], reader.load(None, c["child_app_id"])["state"].get_all())
+            for c in reader.children("same")
+        )
+    assert read["direct"] == read["application"]
+    assert len(read["direct"]) == 5

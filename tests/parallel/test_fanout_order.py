@@ -9,6 +9,11 @@ from fanout_testing import WAIT, fan_app, run_fan
 from fanwise.core import State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.parallel import MapStates
+from fanwise.parallel.cascade import AHEAD
+
+IN_FLIGHT = 4 + 4 * AHEAD
+"""Children in flight with `max_concurrency = 4`: running, and queued ahead in the pool
+(those may still finish after the slow child once it is released)."""
 
 
 def straggler_fan(n, slow, release, done, **settings):
@@ -49,7 +54,7 @@ def test_a_slow_child_does_not_stop_later_children_with_a_persister(tmp_path):
     n = 3000
     fan = straggler_fan(n, 0, release, done)
     final = run_fan(fan, persister=SQLitePersister(tmp_path / "s.db"))
-    assert done[-1] == 0 or done.index(0) > n - 10
+    assert done[-1] == 0 or done.index(0) >= n - IN_FLIGHT - 2
     assert [y["0"] for y in final["ys"]] == list(range(n))
 
 
@@ -57,7 +62,7 @@ def test_a_slow_child_does_not_stop_later_children_without_a_persister():
     release, done = threading.Event(), []
     n = 2000
     final = run_fan(straggler_fan(n, 0, release, done))
-    assert done.index(0) > n - 10
+    assert done.index(0) >= n - IN_FLIGHT - 2
     assert [y[0] for y in final["ys"]] == list(range(n))
 
 
