@@ -187,7 +187,8 @@ def run_threads(fan: Fan, workers: int, folder: str, adapters: str = "none") -> 
                 SQLitePersister(os.path.join(folder, "fan.sqlite")))
         if adapters == "sqlite+tracking":
             builder = builder.with_tracker(LocalTrackingClient(PROJECT, folder))
-        return builder.build().run(halt_after=["done"])[2]["out"]
+        with builder.build() as app:  # closed: its lease is released, its renewer stops
+            return app.run(halt_after=["done"])[2]["out"]
 
 
 def run_async(fan: Fan, concurrency: int, folder: str, adapters: str = "none") -> int:
@@ -201,7 +202,10 @@ def run_async(fan: Fan, concurrency: int, folder: str, adapters: str = "none") -
         if adapters == "sqlite+tracking":
             builder = builder.with_tracker(LocalTrackingClient(PROJECT, folder))
         app = await builder.abuild()
-        return (await app.arun(halt_after=["done"]))[2]["out"]
+        try:
+            return (await app.arun(halt_after=["done"]))[2]["out"]
+        finally:
+            app.close()  # its lease is released, its renewer stops
 
     return asyncio.run(run())
 
