@@ -22,9 +22,12 @@ _DECODER = json.JSONDecoder()
 _scan = _DECODER.scan_once
 
 
-def make_encoder(default: Callable[[Any], Any] | None, sort_keys: bool) -> Encode:
+def make_encoder(
+    default: Callable[[Any], Any] | None, sort_keys: bool, spaced: bool = False
+) -> Encode:
     """A function encoding a value as compact JSON (ASCII, NaN allowed), calling `default`
-    for what JSON has no form for. It keeps no state between calls, so threads share it.
+    for what JSON has no form for; `spaced`: with `json.dumps`'s default separators (", "
+    and ": "), its text exactly. It keeps no state between calls, so threads share it.
 
     Circular references are not tracked (as `check_circular=False`): one recurses until
     Python's recursion limit, a `RecursionError` like that of a value nested too deeply.
@@ -32,10 +35,11 @@ def make_encoder(default: Callable[[Any], Any] | None, sort_keys: bool) -> Encod
     make = _encoder.c_make_encoder
     if make is None:  # a Python without the C accelerator
         fallback = json.JSONEncoder(default=default, sort_keys=sort_keys, check_circular=False,
-                                    separators=(",", ":"))
+                                    separators=(", ", ": ") if spaced else (",", ":"))
         return fallback.encode
+    key_separator, item_separator = (": ", ", ") if spaced else (":", ",")
     encode_once = make(None, default or _no_default, _encoder.encode_basestring_ascii, None,
-                       ":", ",", sort_keys, False, True)
+                       key_separator, item_separator, sort_keys, False, True)
 
     def encode(value: Any) -> str:
         if isinstance(value, str):  # the C encoder takes only containers and scalars

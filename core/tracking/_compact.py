@@ -32,6 +32,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fanwise.core import _json
+
 COMPACT_FOLDER = ".fanwise-children"
 """The compact logs' folder in a project (hidden: Burr's UI skips hidden folders)."""
 GRAPHS_FOLDER = "graphs"
@@ -68,7 +70,7 @@ def shard_of(partition_key: str | None, app_id: str) -> str:
 
 def tagged(partition_key: str | None, app_id: str, line: bytes) -> bytes:
     """`line` (a JSON object and its newline) with the app's tag as its first field."""
-    tag = json.dumps([partition_key, app_id]).encode()
+    tag = _dumps([partition_key, app_id]).encode()
     return b'{"app": ' + tag + (b", " if line[1:2] != b"}" else b"") + line[1:]
 
 
@@ -78,7 +80,11 @@ def application_line(metadata: dict[str, Any], graph_digest: str,
     `graph.json` (by digest) and its parent's `children.jsonl` line would hold."""
     record = {"type": APPLICATION, "metadata": metadata, "graph": graph_digest,
               "child": child}
-    return (json.dumps(record) + "\n").encode()
+    return (_dumps(record) + "\n").encode()
+
+
+_dumps = _json.make_encoder(None, sort_keys=False, spaced=True)
+"""`json.dumps`'s text, without setting up an encoder per line (every compact line)."""
 
 
 def graph_digest(graph: bytes) -> str:

@@ -47,6 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from fanwise.core import _json
 from fanwise.core._paths import resolved
 from fanwise.core.errors import CorruptStateError
 from fanwise.core.persistence.base import BaseStateLoader, PersistedStateData
@@ -87,6 +88,10 @@ _PLACEMENTS = 65_536
 """Apps whose layout (folder or compact) a client remembers; beyond, it asks the run index.
 More than the facts a writer gathers before applying them (3,000), so the index knows any
 compact app forgotten here."""
+_LISTED_FOLDERS = 64
+"""Folders whose entries a client keeps listed (the project's, and its partitions')."""
+_LISTED_MOST = 200_000
+"""Entries past which a folder is not kept listed (its apps are looked up one by one)."""
 CHILD_FOLDERS = 1000
 """Children of one fan-out step given an app folder by default (`child_folders=`)."""
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
@@ -177,6 +182,9 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         """Children given a folder so far, per fan-out step (parent key, id, sequence id)."""
         self._graphs_kept: dict[bytes, str] = {}
         """Graphs kept in the compact logs' folder, and their digests."""
+        self._listed: dict[str, set[str] | None] = {}
+        """Entries of folders that hold app folders, listed once (`_folder_known`)."""
+        self._compact_logs_seen = False
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -332,6 +340,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         """
         app_dir = self._app_dir(partition_key, app_id)
         fresh, existing = _make_dir(app_dir)
+        self._listed_new(app_dir)
         if fresh and partition_key is not None and self._adopt_earlier_layout(
             partition_key, app_id, app_dir
         ):
@@ -390,6 +399,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
             os.rename(earlier, target)
+            self._listed_new(target)
         except FileNotFoundError:  # another client moved it first
             return
         except OSError as exc:
@@ -451,7 +461,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             compact = False
         elif self._is_compact(parent):
             compact = True
-        elif self._has_folder(*app):
+        elif self._folder_known(*app):
             compact = False
         else:
             step = (*parent, parent_sequence_id)
@@ -480,8 +490,11 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         return known
 
     def _has_compact_logs(self) -> bool:
-        """Whether the project has compact apps at all (most have none: no index lookup)."""
-        return os.path.isdir(os.path.join(self._root, COMPACT_FOLDER))
+        """Whether the project has compact apps at all (most have none: no index lookup).
+        Once seen they stay (asked for every child: a `stat` each, on the writer thread)."""
+        if not self._compact_logs_seen:
+            self._compact_logs_seen = os.path.isdir(os.path.join(self._root, COMPACT_FOLDER))
+        return self._compact_logs_seen
 
     def _remember(self, app: AppKey, compact: bool) -> None:
         with self._lock:
@@ -489,6 +502,49 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             self._compact.move_to_end(app)
             while len(self._compact) > _PLACEMENTS:
                 self._compact.popitem(last=False)
+
+    def _folder_known(self, partition_key: str | None, app_id: str) -> bool:
+        """`_has_folder` for a child being created, from listings of the folders that may
+        hold it, each read once by this client and kept up to date with the folders it
+        creates: a `stat` per child on the writer thread waited for the GIL each time, a
+        quarter of the writer's time (the async "+ SQLite + tracking" row of
+        benchmarks/workloads.py). Another client creating the same app at the same time
+        would be a second driver of it, which leases prevent."""
+        places = [self._app_dir(partition_key, app_id)]
+        if partition_key is not None:
+            places += self._earlier_dirs(partition_key, app_id)
+        for index, place in enumerate(places):
+            folder, name = os.path.split(place)
+            names = self._listing(folder)
+            exists = name in names if names is not None else os.path.isdir(place)
+            if not exists:
+                continue
+            if index == 0:
+                return True
+            if _partition_key_of(_read_metadata_if_sound(place) or {}) == partition_key:
+                return True
+        return False
+
+    def _listing(self, folder: str) -> set[str] | None:
+        """The entries of `folder`, listed once; None for a folder too large to keep."""
+        if folder in self._listed:
+            return self._listed[folder]
+        try:
+            entries = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            entries = []
+        names = set(entries) if len(entries) <= _LISTED_MOST else None
+        if len(self._listed) >= _LISTED_FOLDERS:
+            self._listed.clear()
+        self._listed[folder] = names
+        return names
+
+    def _listed_new(self, app_dir: str) -> None:
+        """An app folder this client just created (or moved into place)."""
+        folder, name = os.path.split(app_dir)
+        names = self._listed.get(folder)
+        if names is not None:
+            names.add(name)
 
     def _has_folder(self, partition_key: str | None, app_id: str) -> bool:
         """Whether the app has a folder (in the current layout, or an earlier one)."""
@@ -1099,11 +1155,17 @@ def _line(record: dict[str, Any], lenient: tuple[str, ...] = ()) -> bytes:
     and a field whose repr fails too (nested too deeply, a raising `__repr__`) is recorded
     as a placeholder naming its type: a tracker never crashes the app it observes."""
     try:
-        text = json.dumps(record, default=repr)
+        text = _encode_line(record)
     except (TypeError, ValueError, RecursionError):
         record = {**record, **{key: _safe_repr(record[key]) for key in lenient}}
         text = json.dumps(record, default=_safe_repr)
     return (text + "\n").encode()
+
+
+_encode_line = _json.make_encoder(repr, sort_keys=False, spaced=True)
+"""`json.dumps(record, default=repr)`'s text, without setting up an encoder per line (a
+child's tracking encodes four: the async "+ SQLite + tracking" row of
+benchmarks/workloads.py)."""
 
 
 def _safe_repr(value: Any) -> str:

@@ -240,3 +240,19 @@ def test_an_index_of_the_schema_before_compact_children_keeps_its_launches(tmp_p
         assert len(list(index.iter_children("root"))) == 3
         later = list(index.iter_children("later"))
         assert sum(index.compact_place(row.app_id) is not None for row in later) == 3
+
+
+def test_a_client_knows_the_folders_there_before_it_listed_and_those_it_creates(tmp_path):
+    """Whether a child being created has a folder comes from one listing per folder, kept up
+    to date with the folders the client creates (no `stat` per child)."""
+    client = LocalTrackingClient("proj", str(tmp_path))
+    os.makedirs(tmp_path / "proj" / "earlier")
+    assert client._folder_known(None, "earlier")
+    assert not client._folder_known(None, "new")  # the listing is taken now
+    client.post_application_create(app_id="new", partition_key=None, state=State(),
+                                   application_graph=None, parent_pointer=None,
+                                   spawning_parent_pointer=None)
+    assert os.path.isdir(tmp_path / "proj" / "new")
+    assert client._folder_known(None, "new")
+    assert client._folder_known(None, "new") == client._has_folder(None, "new")
+    assert not client._folder_known("some key", "new")  # another partition's folder
