@@ -364,8 +364,11 @@ def _attempt(
         savers.append(saver)
     if saver is not None and _plain_saved(spec):
         return _run_direct_saved(spec, saver), saver
-    if _plain_tracked(spec, saver):
-        return _run_direct_tracked(spec, saver), saver
+    action = spec.runnable.direct_action
+    if _plain_tracked(spec, saver, action) and not (
+        conforms(spec.saver, MaybeAsync) and spec.saver.is_async()
+    ):
+        return _runner.drive_sync(_direct_tracked(spec, action, saver)), saver
     app = _builder(spec, saver).build()
     _watch_nested(app, spec)
     _run_to_halt(app, spec, items)
@@ -420,44 +423,53 @@ def _run_direct_saved(spec: ChildSpec, saver: _DeferredSaver) -> State:
     return saver.stored_form(after)
 
 
-def _plain_tracked(spec: ChildSpec, saver: _DeferredSaver | None) -> bool:
-    """Whether the child is one plain action observed by its tracker's sync hooks and at
-    most a sync persister, with no saved step to go on from (`_run_direct_tracked`)."""
+def _plain_tracked(spec: ChildSpec, saver: _DeferredSaver | None, action: Action | None) -> bool:
+    """Whether the child is one plain `action` observed by its tracker's sync hooks and at
+    most a persister, with no saved step to go on from (`_direct_tracked`)."""
     return (
-        spec.runnable.direct_action is not None
+        action is not None
         and spec.tracker is not None
         and spec.events is None
         and not spec.collect_items
         and spec.resume_from is None
-        and (saver is None or not saver.is_async())
         and _sync_hooks(spec.tracker) is not None
     )
 
 
 def _sync_hooks(tracker: Any) -> HookSet | None:
     """The tracker's hooks, if they are all sync (an async one needs the app's async run:
-    `async_hook_reason`), else None."""
-    if async_hook_reason([tracker]) is not None:
-        return None
-    return HookSet([tracker])
+    `async_hook_reason`), else None. Every child of a fan-out shares its tracker: the set
+    of the last one asked for is kept (making it per child was a sixth of the event loop's
+    time on the async "+ SQLite + tracking" row of benchmarks/workloads.py)."""
+    global _last_hooks
+    last_tracker, hooks = _last_hooks
+    if last_tracker is tracker:
+        return hooks
+    hooks = None if async_hook_reason([tracker]) is not None else HookSet([tracker])
+    _last_hooks = (tracker, hooks)  # one tuple: threads read a consistent pair
+    return hooks
 
 
-def _run_direct_tracked(spec: ChildSpec, saver: _DeferredSaver | None) -> State:
+_last_hooks: tuple[Any, HookSet | None] = (None, None)
+
+
+def _direct_tracked(
+    spec: ChildSpec, action: Action, saver: _DeferredSaver | None
+) -> Generator[Any, Any, State]:
     """What the application of a tracked one-step child does, without building it: the
     same hook calls with the same arguments, in the same order (`post_application_create`,
     `pre_run_step`, the action under a span tracer if a hook records spans, the step's row,
     `post_run_step`), which `tests/parallel/test_direct_children.py` compares with the
-    application's. Building the application was most of such a child's own cost on
-    threads (the "threads + SQLite + tracking" row of benchmarks/workloads.py)."""
-    action = spec.runnable.direct_action
+    application's. Effects (the action's and the saver's awaitables) for
+    `_runner.drive_sync`/`_async`. Building the application was most of such a child's own
+    cost (the threads and async "+ SQLite + tracking" rows of benchmarks/workloads.py)."""
     hooks = _sync_hooks(spec.tracker)
-    assert action is not None and hooks is not None  # `_plain_tracked`
+    assert hooks is not None  # `_plain_tracked` asked
     app_id, partition_key, before = spec.app_id, spec.partition_key, spec.state
     for hook in hooks.methods("post_application_create"):
         hook(app_id=app_id, partition_key=partition_key, state=before,
              application_graph=spec.runnable.graph.starting_at(spec.runnable.entrypoint),
-             parent_pointer=None,
-             spawning_parent_pointer=spec.spawning_parent)
+             parent_pointer=None, spawning_parent_pointer=spec.spawning_parent)
     chosen = _runner.select_inputs(action, spec.inputs)
     ids = {"app_id": app_id, "partition_key": partition_key, "sequence_id": 0}
     for hook in hooks.methods("pre_run_step"):
@@ -467,19 +479,19 @@ def _run_direct_tracked(spec: ChildSpec, saver: _DeferredSaver | None) -> State:
                   if hooks.traces else None)
         token = visibility.activate(tracer) if tracer is not None else None
         try:
-            result, returned = action.execute(before, chosen)
+            result, returned = yield action.execute(before, chosen)
         finally:
             if token is not None:
                 visibility.deactivate(token)
         after = _runner.apply_writes(action, before, returned)
         if saver is not None:
-            saver.save(partition_key, app_id, 0, action.name, after, "completed")
+            yield saver.save(partition_key, app_id, 0, action.name, after, "completed")
             after = saver.stored_form(after)
     except Exception as exc:
         lost = None
         if saver is not None and not isinstance(exc, LeaseLostError):
             try:
-                saver.save(partition_key, app_id, 0, action.name, before, "failed")
+                yield saver.save(partition_key, app_id, 0, action.name, before, "failed")
             except LeaseLostError as save_exc:
                 lost = save_exc
             except Exception as save_exc:  # the step's own error stays the one raised
@@ -513,22 +525,22 @@ async def arun_child(spec: ChildSpec) -> ChildResult:
     try:
         _check_lease(spec)
         if not spec.retry.retries:
-            app, saver = await _aattempt(spec, items, None)
+            state, saver = await _aattempt(spec, items, None)
         else:
             savers: list[Any] = []
             retrying = spec.retry.async_attempts()
             async for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    app, saver = await _aattempt(spec, items, savers)
+                    state, saver = await _aattempt(spec, items, savers)
     except Exception as exc:
         return _result(spec, None, None, attempts, started, items, exc)
-    return _result(spec, app.state, saver, attempts, started, items)
+    return _result(spec, state, saver, attempts, started, items)
 
 
 async def _aattempt(
     spec: ChildSpec, items: _Items | None, savers: list[Any] | None
-) -> tuple[Application, Any]:
+) -> tuple[State, Any]:
     is_async = spec.saver is not None and spec.saver.is_async()
     if savers:
         spec.resume_from = await _runner.drive_async(_reloading(spec, savers[-1]))
@@ -539,13 +551,16 @@ async def _aattempt(
     )
     if savers is not None:
         savers.append(saver)
+    action = spec.runnable.one_action
+    if spec.timeout is None and _plain_tracked(spec, saver, action):
+        return await _runner.drive_async(_direct_tracked(spec, action, saver)), saver
     app = await _builder(spec, saver).abuild()
     _watch_nested(app, spec)
     if spec.timeout is None:
         await _arun_to_halt(app, spec, items)
     else:
         await _with_timeout(_arun_to_halt(app, spec, items), spec)
-    return app, saver
+    return app.state, saver
 
 
 async def _with_timeout(run: Any, spec: ChildSpec) -> None:

@@ -39,20 +39,23 @@ class RunnableGraph:
         return frozenset(self.halt_after) | ends
 
     @functools.cached_property
-    def direct_action(self) -> Action | None:
+    def one_action(self) -> Action | None:
         """The one action of a one-step child that can run without an application around
-        it (sync, not streaming, no `__context` or `__tracer`), else None."""
+        it (not streaming, no `__context` or `__tracer`; sync or async), else None."""
         if len(self.graph.actions) != 1 or self.entrypoint not in self.halt_after:
             return None
         action = self.graph.get_action(self.entrypoint)
-        if (
-            action.is_async()
-            or action.streaming
-            or action.context_param is not None
-            or action.tracer_param is not None
+        if action.streaming or action.context_param is not None or (
+            action.tracer_param is not None
         ):
             return None
         return action
+
+    @functools.cached_property
+    def direct_action(self) -> Action | None:
+        """`one_action` if it is sync (what a child on a thread runs without an app)."""
+        action = self.one_action
+        return None if action is None or action.is_async() else action
 
     @staticmethod
     def create(from_: SubgraphType) -> RunnableGraph:

@@ -2,16 +2,17 @@
 saves and what its hooks are told must be exactly what its application would save and
 tell (the same rows, the same failed step, the same hook calls in the same order)."""
 
+import asyncio
 import sqlite3
 from contextlib import closing
 
 import pytest
-from fanout_testing import map_fan, run_fan
-from fanwise.core import State
+from fanout_testing import fan_app, map_fan, run_fan
+from fanwise.core import State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.core.tracking import LocalTrackingClient
 from fanwise.core.visibility import trace
-from fanwise.parallel import ChildrenFailedError, child
+from fanwise.parallel import ChildrenFailedError, MapStates, child
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def application_path(monkeypatch):
 
     def use_application():
         monkeypatch.setattr(child, "_plain_saved", lambda spec: False)
-        monkeypatch.setattr(child, "_plain_tracked", lambda spec, saver: False)
+        monkeypatch.setattr(child, "_plain_tracked", lambda spec, saver, action: False)
 
     return use_application
 
@@ -121,19 +122,50 @@ def traced_fails_at_3(x):
     return traced_tenfold(x)
 
 
+def async_fan(child_fn, n):
+    """`map_fan`'s fan-out with an async child and reduce (children on the event loop)."""
+
+    @action(reads=["x"], writes=["y"])
+    async def child_step(state):
+        return state.update(y=child_fn(state["x"]))
+
+    class Fan(MapStates):
+        reads, writes = [], ["ys"]
+        on_failure, max_concurrency = "continue", 1
+
+        def action(self):
+            return child_step
+
+        def states(self):
+            return [State({"x": x}) for x in range(n)]
+
+        async def reduce(self, state, states):
+            return state.update(ys=[s["y"] async for s in states])
+
+    return Fan()
+
+
+def run_either(kind, fan, **kwargs):
+    if kind == "sync":
+        return run_fan(fan, **kwargs)
+    return asyncio.run(fan_app(fan, **kwargs).arun(halt_after=["done"]))[2]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
 @pytest.mark.parametrize("persisted", [False, True], ids=["tracked", "tracked+persisted"])
 def test_the_direct_path_tells_the_hooks_what_an_application_tells_them(
-    tmp_path, persisted, application_path
+    tmp_path, persisted, kind, application_path
 ):
     calls = {}
     for path in ("direct", "application"):
         if path == "application":
             application_path()
         log = HookLog()
-        fan = map_fan(traced_fails_at_3, 6, on_failure="continue", max_concurrency=1)
+        fan = (map_fan(traced_fails_at_3, 6, on_failure="continue", max_concurrency=1)
+               if kind == "sync" else async_fan(traced_fails_at_3, 6))
         persister = SQLitePersister(tmp_path / f"{path}.db") if persisted else None
         with pytest.raises(ChildrenFailedError, match="positions 3"):
-            run_fan(fan, app_id="same", persister=persister, tracker=log)
+            run_either(kind, fan, app_id="same", persister=persister, tracker=log)
         calls[path] = [call for call in log.calls if call[1].get("app_id") != "same"]
 
     assert calls["direct"] == calls["application"]
