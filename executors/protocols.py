@@ -79,7 +79,9 @@ def traits_of(executor: Executor) -> ExecutorTraits:
             executor.runs_in_process,
             executor.accepts_backlog,
             executor.nested(),
-            isinstance(executor, ThreadPoolExecutor),
+            # its pool caps what runs only if the pool is exactly its declared size
+            isinstance(executor, ThreadPoolExecutor)
+            and executor._max_workers == executor.max_concurrency,
         )
     if isinstance(executor, ThreadPoolExecutor):
         return ExecutorTraits(executor._max_workers, True, False, None, True)

@@ -165,9 +165,9 @@ class Window:
             self.held[position] = result
             return False
         self.held[position] = result
-        if position - self.next_position > self.capacity:
+        if position - self.next_position > self.capacity + self.ahead:
             # only children well ahead of the next one count against the budget: fewer
-            # than `capacity` others can wait closer, so what is not counted is bounded
+            # than the window's others can wait closer, so what is not counted is bounded
             # by the window (and estimating every held state cost a trivial child 2%)
             size = self._held_sizes[position] = approx_bytes(result)
             self.held_bytes += size

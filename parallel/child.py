@@ -15,11 +15,11 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fanwise.core import _runner, visibility
+from fanwise.core import _runner, context, visibility
 from fanwise.core.actions import Action
 from fanwise.core.application import Application
 from fanwise.core.builder import ApplicationBuilder
-from fanwise.core.context import ParentPointer
+from fanwise.core.context import ApplicationContext, ParentPointer
 from fanwise.core.errors import LeaseLostError
 from fanwise.core.hooks import HookSet, async_hook_reason
 from fanwise.core.persistence.base import (
@@ -355,7 +355,7 @@ def _attempt(
     if savers:
         spec.resume_from = _runner.drive_sync(_reloading(spec, savers[-1]))
     if _plain(spec):
-        return _run_direct(spec.runnable.direct_action, spec.state, spec.inputs), None
+        return _run_direct(spec), None
     saver = (
         _DeferredSaver(spec.saver, spec.fingerprint, spec.tracker, child_slot(spec))
         if spec.saver is not None else None
@@ -408,7 +408,7 @@ def _run_direct_saved(spec: ChildSpec, saver: _DeferredSaver) -> State:
     benchmarks/scale.py)."""
     action = spec.runnable.direct_action
     try:
-        after = _run_direct(action, spec.state, spec.inputs)
+        after = _run_direct(spec, saver)
     except LeaseLostError:
         raise
     except Exception as exc:
@@ -478,9 +478,11 @@ def _direct_tracked(
         tracer = (TracerFactory(action.name, 0, app_id, partition_key, hooks)
                   if hooks.traces else None)
         token = visibility.activate(tracer) if tracer is not None else None
+        running = _running(spec, saver, action)
         try:
             result, returned = yield action.execute(before, chosen)
         finally:
+            context.left(running)
             if token is not None:
                 visibility.deactivate(token)
         after = _runner.apply_writes(action, before, returned)
@@ -506,13 +508,45 @@ def _direct_tracked(
     return after
 
 
-def _run_direct(action: Action, state: State, inputs: dict[str, Any]) -> State:
-    """A child that is one plain action with nothing observing it (no persister, tracker,
-    hooks or context): what its one step would do, without building an application for it
-    (building one is half a trivial child's cost: the small-I/O and trivial-children rows
-    of benchmarks/workloads.py)."""
-    _, returned = action.execute(state, _runner.select_inputs(action, inputs))
-    return _runner.apply_writes(action, state, returned)
+def _run_direct(spec: ChildSpec, saver: _DeferredSaver | None = None) -> State:
+    """A child that is one plain action with nothing observing it but at most `saver` (no
+    tracker, hooks or context parameter): what its one step would do, without building an
+    application for it (building one is half a trivial child's cost: the small-I/O and
+    trivial-children rows of benchmarks/workloads.py)."""
+    action = spec.runnable.direct_action
+    assert action is not None  # `_unwatched`
+    chosen = _runner.select_inputs(action, spec.inputs)
+    running = _running(spec, saver, action)
+    try:
+        _, returned = action.execute(spec.state, chosen)
+    finally:
+        context.left(running)
+    return _runner.apply_writes(action, spec.state, returned)
+
+
+class _Running:
+    """What `ApplicationContext.get()` asks of the app running an action, for a child run
+    without one: the context its application would give (`Application._context`)."""
+
+    __slots__ = ("_spec", "_saver")
+
+    def __init__(self, spec: ChildSpec, saver: _DeferredSaver | None) -> None:
+        self._spec, self._saver = spec, saver
+
+    def _context(self, action: Action, sequence_id: int) -> ApplicationContext:
+        spec = self._spec
+        return ApplicationContext(
+            app_id=spec.app_id, partition_key=spec.partition_key, sequence_id=sequence_id,
+            action_name=action.name, tracker=spec.tracker, state_persister=self._saver,
+            state_initializer=None, executor=spec.executor,
+            spawning_parent=spec.spawning_parent,
+        )
+
+
+def _running(spec: ChildSpec, saver: _DeferredSaver | None, action: Action) -> Any:
+    """Mark `action` as running in the child (not in its parent, whose context an async
+    child's task inherits); the token for `context.left`."""
+    return context.running_action.set((_Running(spec, saver), action, 0))  # type: ignore[arg-type]
 
 
 async def arun_child(spec: ChildSpec) -> ChildResult:

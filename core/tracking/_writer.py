@@ -262,6 +262,7 @@ class BackgroundTrackingClient(LocalTrackingClient):
 
     _writer: TrackingWriter
     _owner: bool
+    lists_folders = True
 
     @classmethod
     def sharing(
@@ -387,6 +388,7 @@ class BackgroundTrackingClient(LocalTrackingClient):
             else:
                 self._writer.flush()
         finally:
+            self._listed.clear()
             super().close()
 
     def __reduce__(self) -> tuple[Any, ...]:

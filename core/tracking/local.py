@@ -183,7 +183,8 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         self._graphs_kept: dict[bytes, str] = {}
         """Graphs kept in the compact logs' folder, and their digests."""
         self._listed: dict[str, set[str] | None] = {}
-        """Entries of folders that hold app folders, listed once (`_folder_known`)."""
+        """Entries of folders that hold app folders, listed once (`_folder_known`), by a
+        client that lives for one fan-out (`lists_folders`)."""
         self._compact_logs_seen = False
 
     # -- hooks -------------------------------------------------------------------------
@@ -503,13 +504,19 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             while len(self._compact) > _PLACEMENTS:
                 self._compact.popitem(last=False)
 
+    lists_folders = False
+    """Whether `_folder_known` reads listings: only a client that lives for one fan-out
+    (`BackgroundTrackingClient`), so that a listing is never older than the fan-out."""
+
     def _folder_known(self, partition_key: str | None, app_id: str) -> bool:
-        """`_has_folder` for a child being created, from listings of the folders that may
-        hold it, each read once by this client and kept up to date with the folders it
-        creates: a `stat` per child on the writer thread waited for the GIL each time, a
-        quarter of the writer's time (the async "+ SQLite + tracking" row of
-        benchmarks/workloads.py). Another client creating the same app at the same time
-        would be a second driver of it, which leases prevent."""
+        """`_has_folder` for a child being created; with `lists_folders`, from listings of
+        the folders that may hold it, each read once and kept up to date with the folders
+        this client creates: a `stat` per child on the writer thread waited for the GIL
+        each time, a quarter of the writer's time (the async "+ SQLite + tracking" row of
+        benchmarks/workloads.py). Another client creating the same app during the fan-out
+        would be a second driver of that child."""
+        if not self.lists_folders:
+            return self._has_folder(partition_key, app_id)
         places = [self._app_dir(partition_key, app_id)]
         if partition_key is not None:
             places += self._earlier_dirs(partition_key, app_id)

@@ -8,7 +8,7 @@ from contextlib import closing
 
 import pytest
 from fanout_testing import fan_app, map_fan, run_fan
-from fanwise.core import State, action
+from fanwise.core import ApplicationContext, State, action
 from fanwise.core.persistence import SQLitePersister
 from fanwise.core.tracking import LocalTrackingClient
 from fanwise.core.visibility import trace
@@ -21,6 +21,7 @@ def application_path(monkeypatch):
 
     def use_application():
         monkeypatch.setattr(child, "_plain_saved", lambda spec: False)
+        monkeypatch.setattr(child, "_plain", lambda spec: False)
         monkeypatch.setattr(child, "_plain_tracked", lambda spec, saver, action: False)
 
     return use_application
@@ -197,3 +198,64 @@ def test_a_tracked_child_without_an_application_is_written_as_one_with_it(
         )
     assert read["direct"] == read["application"]
     assert len(read["direct"]) == 5
+
+
+def context_fan(kind, seen):
+    """A fan-out of 3 one-step children that record what `ApplicationContext.get()` says."""
+
+    def record():
+        found = ApplicationContext.get()
+        seen.append(None if found is None else (found.app_id, found.sequence_id,
+                                                found.action_name,
+                                                found.spawning_parent.app_id))
+
+    if kind == "sync":
+        @action(reads=["x"], writes=["y"])
+        def step(state):
+            record()
+            return state.update(y=state["x"])
+    else:
+        @action(reads=["x"], writes=["y"])
+        async def step(state):
+            record()
+            return state.update(y=state["x"])
+
+    class Fan(MapStates):
+        reads, writes = [], ["ys"]
+
+        def action(self):
+            return step
+
+        def states(self):
+            return [State({"x": x}) for x in range(3)]
+
+        def reduce(self, state, states):
+            return state.update(ys=sorted(s["y"] for s in states))
+
+    if kind == "async":
+        async def reduce(self, state, states):
+            return state.update(ys=sorted([s["y"] async for s in states]))
+
+        Fan.reduce = reduce
+    return Fan()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("observed", ["nothing", "persister", "tracker"])
+def test_a_child_without_an_application_sees_the_context_its_application_would_give(
+    tmp_path, kind, observed, application_path
+):
+    seen = {}
+    for path in ("direct", "application"):
+        if path == "application":
+            application_path()
+        seen[path] = []
+        adapters = {
+            "persister": {"persister": SQLitePersister(tmp_path / f"{path}.db")},
+            "tracker": {"tracker": HookLog()},
+        }.get(observed, {})
+        assert run_either(kind, context_fan(kind, seen[path]), app_id="parent",
+                          **adapters)["ys"] == [0, 1, 2]
+    assert sorted(seen["direct"]) == sorted(seen["application"])
+    assert all(entry[1:] == (0, "step", "parent") for entry in seen["direct"])
+    assert len({entry[0] for entry in seen["direct"]}) == 3  # each child its own id

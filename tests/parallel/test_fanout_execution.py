@@ -227,6 +227,13 @@ def test_nothing_is_queued_ahead_where_the_window_is_what_caps_or_a_start_is_cou
     assert queue_ahead(pool, 4, None, watched=True) == 0  # so does a child_started event
     assert queue_ahead(traits_of(InlineExecutor()), 1, None, watched=False) == 0
 
+    class Smaller(MultiThreadedExecutor):  # declares less than its pool runs
+        def __init__(self):
+            super().__init__(8)
+            self.max_concurrency = 4
+
+    assert queue_ahead(traits_of(Smaller()), 4, None, watched=False) == 0
+
 
 def threads_of(n, executor):
     """Run n children on `executor`; the thread each ran on, and the driver's thread."""

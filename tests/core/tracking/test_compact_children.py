@@ -246,6 +246,7 @@ def test_a_client_knows_the_folders_there_before_it_listed_and_those_it_creates(
     """Whether a child being created has a folder comes from one listing per folder, kept up
     to date with the folders the client creates (no `stat` per child)."""
     client = LocalTrackingClient("proj", str(tmp_path))
+    client.lists_folders = True  # as the client of one fan-out's writer does
     os.makedirs(tmp_path / "proj" / "earlier")
     assert client._folder_known(None, "earlier")
     assert not client._folder_known(None, "new")  # the listing is taken now
