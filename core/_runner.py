@@ -258,16 +258,9 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
             if app._stored_form is not None:  # go on as a resumed run would
                 after = app._stored_form(after)
     except Exception as exc:
-        lost = None  # a lost lease outranks the step's own error: this driver must stop
-        if app._saver is not None and not isinstance(exc, LeaseLostError):
-            try:
-                yield app._saver.save(
-                    app.partition_key, app.uid, sequence_id, action.name, before, "failed"
-                )
-            except LeaseLostError as save_exc:
-                lost = save_exc
-            except Exception as save_exc:  # the step's own error stays the one raised
-                exc.add_note(f"saving the failed step {sequence_id} also failed: {save_exc!r}")
+        lost = yield from save_failed_step(
+            app._saver, app.partition_key, app.uid, sequence_id, action.name, before, exc
+        )
         for hook in app._post_hooks:
             yield hook.post_run_step(
                 **ids, state=before, action=action, result=None, exception=exc
@@ -283,6 +276,25 @@ def step(app: Application, inputs: dict[str, Any] | None, async_run: bool) -> St
     if report is not None:
         yield from report.ended()
     return StepOutcome(action, result, after)
+
+
+def save_failed_step(
+    saver: Any, partition_key: str | None, app_id: str, sequence_id: int, action_name: str,
+    before: State, exc: Exception,
+) -> StepGen:
+    """Save `before` as the failed step `sequence_id` (so that a resume restarts it), unless
+    there is no saver or the step itself lost the lease. Returns the `LeaseLostError` of
+    that save, which outranks the step's own error `exc` (this driver must stop); any other
+    error of the save is noted on `exc`, which stays the one raised."""
+    if saver is None or isinstance(exc, LeaseLostError):
+        return None
+    try:
+        yield saver.save(partition_key, app_id, sequence_id, action_name, before, "failed")
+    except LeaseLostError as lost:
+        return lost
+    except Exception as save_exc:
+        exc.add_note(f"saving the failed step {sequence_id} also failed: {save_exc!r}")
+    return None
 
 
 def ending_call(app: Application, gen: StepGen, method: ExecuteMethod, async_run: bool) -> StepGen:

@@ -365,9 +365,7 @@ def _attempt(
     if saver is not None and _plain_saved(spec):
         return _run_direct_saved(spec, saver), saver
     action = spec.runnable.direct_action
-    if _plain_tracked(spec, saver, action) and not (
-        conforms(spec.saver, MaybeAsync) and spec.saver.is_async()
-    ):
+    if _plain_tracked(spec, action) and not _saves_async(spec):
         return _runner.drive_sync(_direct_tracked(spec, action, saver)), saver
     app = _builder(spec, saver).build()
     _watch_nested(app, spec)
@@ -393,11 +391,12 @@ def _plain(spec: ChildSpec) -> bool:
 def _plain_saved(spec: ChildSpec) -> bool:
     """Whether the child is one plain action whose only observer is a sync persister, with
     no saved step to go on from (`_run_direct_saved`)."""
-    return (
-        spec.resume_from is None
-        and _unwatched(spec)
-        and not (conforms(spec.saver, MaybeAsync) and spec.saver.is_async())
-    )
+    return spec.resume_from is None and _unwatched(spec) and not _saves_async(spec)
+
+
+def _saves_async(spec: ChildSpec) -> bool:
+    """Whether the child's persister is async (a sync run cannot save through it)."""
+    return conforms(spec.saver, MaybeAsync) and spec.saver.is_async()
 
 
 def _run_direct_saved(spec: ChildSpec, saver: _DeferredSaver) -> State:
@@ -409,21 +408,17 @@ def _run_direct_saved(spec: ChildSpec, saver: _DeferredSaver) -> State:
     action = spec.runnable.direct_action
     try:
         after = _run_direct(spec, saver)
-    except LeaseLostError:
-        raise
     except Exception as exc:
-        try:
-            saver.save(spec.partition_key, spec.app_id, 0, action.name, spec.state, "failed")
-        except LeaseLostError:
-            raise
-        except Exception as save_exc:  # the step's own error stays the one raised
-            exc.add_note(f"saving the failed step 0 also failed: {save_exc!r}")
+        lost = _runner.drive_sync(_runner.save_failed_step(
+            saver, spec.partition_key, spec.app_id, 0, action.name, spec.state, exc))
+        if lost is not None:
+            raise lost from exc
         raise
     saver.save(spec.partition_key, spec.app_id, 0, action.name, after, "completed")
     return saver.stored_form(after)
 
 
-def _plain_tracked(spec: ChildSpec, saver: _DeferredSaver | None, action: Action | None) -> bool:
+def _plain_tracked(spec: ChildSpec, action: Action | None) -> bool:
     """Whether the child is one plain `action` observed by its tracker's sync hooks and at
     most a persister, with no saved step to go on from (`_direct_tracked`)."""
     return (
@@ -490,14 +485,9 @@ def _direct_tracked(
             yield saver.save(partition_key, app_id, 0, action.name, after, "completed")
             after = saver.stored_form(after)
     except Exception as exc:
-        lost = None
-        if saver is not None and not isinstance(exc, LeaseLostError):
-            try:
-                yield saver.save(partition_key, app_id, 0, action.name, before, "failed")
-            except LeaseLostError as save_exc:
-                lost = save_exc
-            except Exception as save_exc:  # the step's own error stays the one raised
-                exc.add_note(f"saving the failed step 0 also failed: {save_exc!r}")
+        lost = yield from _runner.save_failed_step(
+            saver, partition_key, app_id, 0, action.name, before, exc
+        )
         for hook in hooks.methods("post_run_step"):
             hook(**ids, state=before, action=action, result=None, exception=exc)
         if lost is not None:
@@ -586,7 +576,7 @@ async def _aattempt(
     if savers is not None:
         savers.append(saver)
     action = spec.runnable.one_action
-    if spec.timeout is None and _plain_tracked(spec, saver, action):
+    if spec.timeout is None and _plain_tracked(spec, action):
         return await _runner.drive_async(_direct_tracked(spec, action, saver)), saver
     app = await _builder(spec, saver).abuild()
     _watch_nested(app, spec)

@@ -402,11 +402,14 @@ class Fanout:
             )
             yield from self._failed(ChildResult(spec.position, spec.app_id, None, error=error))
 
-    def _stop(self) -> None:
-        """Start no more children; cancel those not started; running ones finish."""
+    def _stop(self, cancel_queued: bool = True) -> None:
+        """Start no more children; cancel those not started (unless not `cancel_queued`:
+        those queued in the executor then start too); running ones finish."""
         window = self._window
         window.stopping = True
         window.queued.clear()
+        if not cancel_queued:
+            return
         if self._plan.gate is not None:
             self._plan.gate.closed = True
         self._channel.cancel_pending(running_too=False)
@@ -414,8 +417,7 @@ class Fanout:
     def _settle(self) -> Effects:
         """Let the children handed to the executor finish (also those queued in it) and
         keep their rows (before raising)."""
-        self._window.stopping = True
-        self._window.queued.clear()
+        self._stop(cancel_queued=False)
         while self._window.inflight:
             got = yield self._channel.get(timeout=self._wait_seconds())
             if got is None:

@@ -183,7 +183,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
         self._graphs_kept: dict[bytes, str] = {}
         """Graphs kept in the compact logs' folder, and their digests."""
         self._listed: dict[str, set[str] | None] = {}
-        """Entries of folders that hold app folders, listed once (`_folder_known`), by a
+        """Entries of folders that hold app folders, listed once (`_has_folder`), by a
         client that lives for one fan-out (`lists_folders`)."""
         self._compact_logs_seen = False
 
@@ -462,7 +462,7 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             compact = False
         elif self._is_compact(parent):
             compact = True
-        elif self._folder_known(*app):
+        elif self._has_folder(*app):
             compact = False
         else:
             step = (*parent, parent_sequence_id)
@@ -505,32 +505,21 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
                 self._compact.popitem(last=False)
 
     lists_folders = False
-    """Whether `_folder_known` reads listings: only a client that lives for one fan-out
-    (`BackgroundTrackingClient`), so that a listing is never older than the fan-out."""
+    """Whether `_has_folder` answers from listings of the folders that hold app folders,
+    each read once and kept up to date with the folders this client creates: only a client
+    that lives for one fan-out (`BackgroundTrackingClient`), so that a listing is never
+    older than the fan-out (another client creating the same app meanwhile would be a
+    second driver of that child). A `stat` per child on the writer thread waited for the
+    GIL each time, a quarter of the writer's time (the async "+ SQLite + tracking" row of
+    benchmarks/workloads.py)."""
 
-    def _folder_known(self, partition_key: str | None, app_id: str) -> bool:
-        """`_has_folder` for a child being created; with `lists_folders`, from listings of
-        the folders that may hold it, each read once and kept up to date with the folders
-        this client creates: a `stat` per child on the writer thread waited for the GIL
-        each time, a quarter of the writer's time (the async "+ SQLite + tracking" row of
-        benchmarks/workloads.py). Another client creating the same app during the fan-out
-        would be a second driver of that child."""
+    def _listed_has(self, path: str) -> bool | None:
+        """Whether `path` is in its folder's listing; None where no listing is kept."""
         if not self.lists_folders:
-            return self._has_folder(partition_key, app_id)
-        places = [self._app_dir(partition_key, app_id)]
-        if partition_key is not None:
-            places += self._earlier_dirs(partition_key, app_id)
-        for index, place in enumerate(places):
-            folder, name = os.path.split(place)
-            names = self._listing(folder)
-            exists = name in names if names is not None else os.path.isdir(place)
-            if not exists:
-                continue
-            if index == 0:
-                return True
-            if _partition_key_of(_read_metadata_if_sound(place) or {}) == partition_key:
-                return True
-        return False
+            return None
+        folder, name = os.path.split(path)
+        names = self._listing(folder)
+        return None if names is None else name in names
 
     def _listing(self, folder: str) -> set[str] | None:
         """The entries of `folder`, listed once; None for a folder too large to keep."""
@@ -554,11 +543,15 @@ class LocalTrackingClient(SpanRecords, BaseStateLoader):
             names.add(name)
 
     def _has_folder(self, partition_key: str | None, app_id: str) -> bool:
-        """Whether the app has a folder (in the current layout, or an earlier one)."""
-        if os.path.isdir(self._app_dir(partition_key, app_id)):
+        """Whether the app has a folder (in the current layout, or an earlier one); from
+        this client's listings if it keeps them (`lists_folders`)."""
+        app_dir = self._app_dir(partition_key, app_id)
+        listed = self._listed_has(app_dir)
+        if os.path.isdir(app_dir) if listed is None else listed:
             return True
         return partition_key is not None and any(
-            _partition_key_of(_read_metadata_if_sound(earlier) or {}) == partition_key
+            self._listed_has(earlier) is not False
+            and _partition_key_of(_read_metadata_if_sound(earlier) or {}) == partition_key
             for earlier in self._earlier_dirs(partition_key, app_id)
         )
 

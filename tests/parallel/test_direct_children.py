@@ -16,15 +16,18 @@ from fanwise.parallel import ChildrenFailedError, MapStates, child
 
 
 @pytest.fixture
-def application_path(monkeypatch):
-    """Make every child build its application (no direct path)."""
+def paths(monkeypatch):
+    """`paths()` yields "direct", then "application" once every child builds its
+    application (no direct path)."""
 
-    def use_application():
+    def each():
+        yield "direct"
         monkeypatch.setattr(child, "_plain_saved", lambda spec: False)
         monkeypatch.setattr(child, "_plain", lambda spec: False)
-        monkeypatch.setattr(child, "_plain_tracked", lambda spec, saver, action: False)
+        monkeypatch.setattr(child, "_plain_tracked", lambda spec, action: False)
+        yield "application"
 
-    return use_application
+    return each
 
 
 def child_rows(db):
@@ -43,14 +46,10 @@ def fails_at_3(x):
 
 
 @pytest.mark.parametrize("child_fn", [lambda x: x * 10, fails_at_3], ids=["ok", "one fails"])
-def test_the_direct_path_saves_the_rows_an_application_saves(
-    tmp_path, child_fn, application_path
-):
+def test_the_direct_path_saves_the_rows_an_application_saves(tmp_path, child_fn, paths):
     results = {}
-    for path in ("direct", "application"):
+    for path in paths():
         db = tmp_path / f"{path}.db"
-        if path == "application":
-            application_path()
         tracker = LocalTrackingClient("p", storage_dir=tmp_path / path)
         fan = map_fan(child_fn, 6, on_failure="continue")
         try:
@@ -123,19 +122,21 @@ def traced_fails_at_3(x):
     return traced_tenfold(x)
 
 
-def async_fan(child_fn, n):
-    """`map_fan`'s fan-out with an async child and reduce (children on the event loop)."""
+def fan_of(kind, child_fn, n, **settings):
+    """`map_fan`, or for "async" its fan-out with an async child and reduce (children on
+    the event loop)."""
+    if kind == "sync":
+        return map_fan(child_fn, n, **settings)
 
     @action(reads=["x"], writes=["y"])
-    async def child_step(state):
+    async def child(state):  # named as map_fan's child
         return state.update(y=child_fn(state["x"]))
 
     class Fan(MapStates):
         reads, writes = [], ["ys"]
-        on_failure, max_concurrency = "continue", 1
 
         def action(self):
-            return child_step
+            return child
 
         def states(self):
             return [State({"x": x}) for x in range(n)]
@@ -143,6 +144,8 @@ def async_fan(child_fn, n):
         async def reduce(self, state, states):
             return state.update(ys=[s["y"] async for s in states])
 
+    for name, value in settings.items():
+        setattr(Fan, name, value)
     return Fan()
 
 
@@ -155,15 +158,12 @@ def run_either(kind, fan, **kwargs):
 @pytest.mark.parametrize("kind", ["sync", "async"])
 @pytest.mark.parametrize("persisted", [False, True], ids=["tracked", "tracked+persisted"])
 def test_the_direct_path_tells_the_hooks_what_an_application_tells_them(
-    tmp_path, persisted, kind, application_path
+    tmp_path, persisted, kind, paths
 ):
     calls = {}
-    for path in ("direct", "application"):
-        if path == "application":
-            application_path()
+    for path in paths():
         log = HookLog()
-        fan = (map_fan(traced_fails_at_3, 6, on_failure="continue", max_concurrency=1)
-               if kind == "sync" else async_fan(traced_fails_at_3, 6))
+        fan = fan_of(kind, traced_fails_at_3, 6, on_failure="continue", max_concurrency=1)
         persister = SQLitePersister(tmp_path / f"{path}.db") if persisted else None
         with pytest.raises(ChildrenFailedError, match="positions 3"):
             run_either(kind, fan, app_id="same", persister=persister, tracker=log)
@@ -179,14 +179,10 @@ def test_the_direct_path_tells_the_hooks_what_an_application_tells_them(
     assert [args["state"] for args in failed] == [{"x": 3}]
 
 
-def test_a_tracked_child_without_an_application_is_written_as_one_with_it(
-    tmp_path, application_path
-):
+def test_a_tracked_child_without_an_application_is_written_as_one_with_it(tmp_path, paths):
     """What LocalTrackingClient writes for the children reads back the same either way."""
     read = {}
-    for path in ("direct", "application"):
-        if path == "application":
-            application_path()
+    for path in paths():
         tracker = LocalTrackingClient("p", storage_dir=tmp_path / path, child_folders=2)
         with pytest.raises(ChildrenFailedError):
             run_fan(map_fan(fails_at_3, 5, on_failure="continue"), app_id="same",
@@ -200,62 +196,33 @@ def test_a_tracked_child_without_an_application_is_written_as_one_with_it(
     assert len(read["direct"]) == 5
 
 
-def context_fan(kind, seen):
-    """A fan-out of 3 one-step children that record what `ApplicationContext.get()` says."""
+def context_recorder(seen):
+    """A child function that records what `ApplicationContext.get()` says, and returns x."""
 
-    def record():
+    def record(x):
         found = ApplicationContext.get()
         seen.append(None if found is None else (found.app_id, found.sequence_id,
                                                 found.action_name,
                                                 found.spawning_parent.app_id))
+        return x
 
-    if kind == "sync":
-        @action(reads=["x"], writes=["y"])
-        def step(state):
-            record()
-            return state.update(y=state["x"])
-    else:
-        @action(reads=["x"], writes=["y"])
-        async def step(state):
-            record()
-            return state.update(y=state["x"])
-
-    class Fan(MapStates):
-        reads, writes = [], ["ys"]
-
-        def action(self):
-            return step
-
-        def states(self):
-            return [State({"x": x}) for x in range(3)]
-
-        def reduce(self, state, states):
-            return state.update(ys=sorted(s["y"] for s in states))
-
-    if kind == "async":
-        async def reduce(self, state, states):
-            return state.update(ys=sorted([s["y"] async for s in states]))
-
-        Fan.reduce = reduce
-    return Fan()
+    return record
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 @pytest.mark.parametrize("observed", ["nothing", "persister", "tracker"])
 def test_a_child_without_an_application_sees_the_context_its_application_would_give(
-    tmp_path, kind, observed, application_path
+    tmp_path, kind, observed, paths
 ):
     seen = {}
-    for path in ("direct", "application"):
-        if path == "application":
-            application_path()
+    for path in paths():
         seen[path] = []
         adapters = {
             "persister": {"persister": SQLitePersister(tmp_path / f"{path}.db")},
             "tracker": {"tracker": HookLog()},
         }.get(observed, {})
-        assert run_either(kind, context_fan(kind, seen[path]), app_id="parent",
-                          **adapters)["ys"] == [0, 1, 2]
+        fan = fan_of(kind, context_recorder(seen[path]), 3)
+        assert run_either(kind, fan, app_id="parent", **adapters)["ys"] == [0, 1, 2]
     assert sorted(seen["direct"]) == sorted(seen["application"])
-    assert all(entry[1:] == (0, "step", "parent") for entry in seen["direct"])
+    assert all(entry[1:] == (0, "child", "parent") for entry in seen["direct"])
     assert len({entry[0] for entry in seen["direct"]}) == 3  # each child its own id
